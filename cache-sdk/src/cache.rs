@@ -1,0 +1,975 @@
+//! [`Cache`]: the typed two-tier cache, and its [`CacheBuilder`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{self, Codec, Header};
+use crate::config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
+use crate::error::{BuildError, ConfigError, Error, Result};
+use crate::flight::Flights;
+use crate::key;
+use crate::stats::{bump, read, CacheCounters, Stats};
+use crate::tier::local::{AnyValue, Local};
+use crate::tier::memory::parse_int;
+use crate::tier::remote::{Remote, StoreEvent};
+use crate::ttl::{Ttl, TtlPresets};
+
+/// What a cached value must be: serde both ways, shareable across threads.
+/// Implemented for every such type.
+///
+/// ```
+/// fn assert_value<T: cache_sdk::CacheValue>() {}
+/// assert_value::<Vec<String>>();
+/// ```
+pub trait CacheValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
+
+/// The typed two-tier cache: L1 in the process (moka, typed values), L2 in Redis (or the
+/// in-memory fallback while Redis is absent). Cheap to clone; clones share everything.
+///
+/// ```
+/// use cache_sdk::{Cache, Ttl};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::builder().l1_capacity(1_000).build().await?;
+/// cache.set("cache:product:42", &"Desk".to_string(), Ttl::Api).await?;
+/// let name: Option<String> = cache.get("cache:product:42").await?;
+/// assert_eq!(name.as_deref(), Some("Desk"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: Local,
+    remote: Remote,
+    flights: Flights,
+    counters: CacheCounters,
+    presets: TtlPresets,
+    codec: Codec,
+    max_value_size: usize,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("l1", &self.inner.local)
+            .field("l2", &self.inner.remote)
+            .field("codec", &self.inner.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How keys appear in logs: session ids are credentials, so they are not shown.
+pub(crate) fn log_key(key: &str) -> &str {
+    if key.starts_with("sess:") {
+        "sess:<redacted>"
+    } else {
+        key
+    }
+}
+
+impl Cache {
+    /// A builder, starting from [`CacheConfig::default`] (Redis disabled).
+    ///
+    /// ```
+    /// let builder = cache_sdk::Cache::builder().l1_capacity(500);
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder {
+            cfg: CacheConfig::default(),
+            error: None,
+        }
+    }
+
+    /// A cache in memory only, with default settings; needs no runtime to create.
+    ///
+    /// ```
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert!(!cache.stats().connected);
+    /// ```
+    #[must_use]
+    pub fn in_memory() -> Self {
+        let cfg = CacheConfig::default();
+        let remote = Remote::new(&cfg).unwrap_or_else(|_| unreachable_config());
+        Self::assemble(&cfg, remote)
+    }
+
+    fn assemble(cfg: &CacheConfig, remote: Remote) -> Self {
+        let local = Local::new(cfg.l1_capacity, cfg.l1_ttl);
+        let l1 = local.clone();
+        remote.on_event(move |event| {
+            if event == StoreEvent::Recovered {
+                // Other instances may have changed anything while we were cut off.
+                l1.clear();
+            }
+        });
+        Cache {
+            inner: Arc::new(Inner {
+                local,
+                remote,
+                flights: Flights::default(),
+                counters: CacheCounters::default(),
+                presets: cfg.ttl.clone(),
+                codec: cfg.codec,
+                max_value_size: cfg.max_value_size,
+            }),
+        }
+    }
+
+    /// The TTL presets in force.
+    ///
+    /// ```
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert_eq!(cache.ttl_presets().base(&cache_sdk::Ttl::Api).unwrap().as_secs(), 600);
+    /// ```
+    #[must_use]
+    pub fn ttl_presets(&self) -> &TtlPresets {
+        &self.inner.presets
+    }
+
+    /// Reads a value: L1, then L2. A value that does not decode as `T` (corrupt, another
+    /// type, an older format, over the size limit) is a miss, logged as a warning.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] for a bad key, [`Error::Backend`] when Redis answers an error.
+    /// Redis being unreachable is not an error: the fallback answers.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert_eq!(cache.get::<u32>("cache:missing:1").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get<T: CacheValue + Clone>(&self, key: &str) -> Result<Option<T>> {
+        Ok(self.get_arc::<T>(key).await?.map(|v| (*v).clone()))
+    }
+
+    /// Like [`Cache::get`], without cloning: the shared value itself.
+    ///
+    /// # Errors
+    /// As [`Cache::get`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set("cache:n:1", &7u64, cache_sdk::Ttl::Api).await?;
+    /// assert_eq!(*cache.get_arc::<u64>("cache:n:1").await?.unwrap(), 7);
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub async fn get_arc<T: CacheValue>(&self, key: &str) -> Result<Option<Arc<T>>> {
+        if let Some(v) = self.inner.local.get::<T>(key) {
+            bump(&self.inner.counters.l1_hits);
+            return Ok(Some(v));
+        }
+        bump(&self.inner.counters.l1_misses);
+        key::validate(key)?;
+        self.l2_get::<T>(key).await
+    }
+
+    async fn l2_get<T: CacheValue>(&self, key: &str) -> Result<Option<Arc<T>>> {
+        let bytes = self.inner.remote.get(key).await?;
+        Ok(self.accept::<T>(key, bytes))
+    }
+
+    /// Decodes bytes read from L2 and puts the value into L1.
+    fn accept<T: CacheValue>(&self, key: &str, bytes: Option<Vec<u8>>) -> Option<Arc<T>> {
+        let c = &self.inner.counters;
+        let Some(bytes) = bytes else {
+            bump(&c.l2_misses);
+            return None;
+        };
+        match codec::decode::<T>(&bytes, self.inner.max_value_size) {
+            Ok(value) => {
+                bump(&c.l2_hits);
+                let value = Arc::new(value);
+                let remaining = Header::parse(&bytes).ok().and_then(|h| h.remaining());
+                self.inner
+                    .local
+                    .insert(key, value.clone() as AnyValue, remaining);
+                Some(value)
+            }
+            Err(e) => {
+                bump(&c.l2_misses);
+                bump(&c.decode_errors);
+                tracing::warn!(
+                    key = log_key(key),
+                    error = %e,
+                    expected = std::any::type_name::<T>(),
+                    "cached value does not decode; treated as a miss"
+                );
+                None
+            }
+        }
+    }
+
+    fn resolve(&self, ttl: &Ttl) -> Result<Duration> {
+        self.inner.presets.resolve(ttl)
+    }
+
+    fn encode<T: CacheValue>(&self, key: &str, value: &T, ttl: Duration) -> Result<Vec<u8>> {
+        let bytes =
+            codec::encode(value, self.inner.codec, Some(ttl)).map_err(|message| Error::Encode {
+                key: log_key(key).to_owned(),
+                message,
+            })?;
+        if bytes.len() > self.inner.max_value_size {
+            return Err(Error::ValueTooLarge {
+                key: log_key(key).to_owned(),
+                size: bytes.len(),
+                limit: self.inner.max_value_size,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes a value to L2 and L1.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`], [`Error::Encode`],
+    /// [`Error::ValueTooLarge`], or [`Error::Backend`] when Redis refuses the write.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set("user:7:theme", &"dark".to_string(), cache_sdk::Ttl::UserPreferences).await?;
+    /// assert!(cache.set("user:7:x", &1u8, cache_sdk::Ttl::secs(0)).await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn set<T: CacheValue + Clone>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: impl Into<Ttl>,
+    ) -> Result<()> {
+        self.set_arc(key, Arc::new(value.clone()), ttl).await
+    }
+
+    /// Like [`Cache::set`], taking a shared value (no clone needed).
+    ///
+    /// # Errors
+    /// As [`Cache::set`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set_arc("cache:big:1", std::sync::Arc::new(vec![0u8; 10]), cache_sdk::Ttl::Api).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_arc<T: CacheValue>(
+        &self,
+        key: &str,
+        value: Arc<T>,
+        ttl: impl Into<Ttl>,
+    ) -> Result<()> {
+        key::validate(key)?;
+        let ttl = self.resolve(&ttl.into())?;
+        let bytes = self.encode(key, &*value, ttl)?;
+        let result = self.inner.remote.set(key, bytes, Some(ttl)).await;
+        match result {
+            Ok(()) => self.inner.local.insert(key, value as AnyValue, Some(ttl)),
+            Err(_) => self.inner.local.invalidate(key),
+        }
+        result
+    }
+
+    /// Removes a key from both tiers; returns whether it existed in L2.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] or [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set("cache:a:1", &1u8, cache_sdk::Ttl::Api).await?;
+    /// assert!(cache.delete("cache:a:1").await?);
+    /// assert!(!cache.delete("cache:a:1").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        key::validate(key)?;
+        self.inner.local.invalidate(key);
+        let existed = self.inner.remote.delete(key).await;
+        // A concurrent read may have refilled L1 from the old value meanwhile.
+        self.inner.local.invalidate(key);
+        existed
+    }
+
+    /// Whether a key exists in L2.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] or [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert!(!cache.exists("cache:a:1").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        key::validate(key)?;
+        self.inner.remote.exists(key).await
+    }
+
+    /// Sets a new TTL on an existing key; returns whether the key existed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`] or [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set("cache:a:1", &1u8, cache_sdk::Ttl::Api).await?;
+    /// assert!(cache.expire("cache:a:1", cache_sdk::Ttl::secs(5)).await?);
+    /// assert!(cache.ttl("cache:a:1").await?.unwrap() <= std::time::Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
+    pub async fn expire(&self, key: &str, ttl: impl Into<Ttl>) -> Result<bool> {
+        key::validate(key)?;
+        let ttl = self.resolve(&ttl.into())?;
+        // The L1 copy carries the old deadline; the next read refreshes it from L2.
+        self.inner.local.invalidate(key);
+        self.inner.remote.expire(key, ttl).await
+    }
+
+    /// The remaining TTL of a key; `None` when the key does not exist or never expires.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] or [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert_eq!(cache.ttl("cache:nothing:here").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
+        key::validate(key)?;
+        Ok(self.inner.remote.pttl(key).await?.flatten())
+    }
+
+    /// Reads several keys: L1 first, then the rest in one `MGET` round trip. The result has
+    /// one entry per key, in order.
+    ///
+    /// # Errors
+    /// As [`Cache::get`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set("cache:n:1", &1u32, cache_sdk::Ttl::Api).await?;
+    /// let got = cache.get_many::<u32>(&["cache:n:1", "cache:n:2"]).await?;
+    /// assert_eq!(got, vec![Some(1), None]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many<T: CacheValue + Clone>(&self, keys: &[&str]) -> Result<Vec<Option<T>>> {
+        let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match self.inner.local.get::<T>(k) {
+                Some(v) => {
+                    bump(&self.inner.counters.l1_hits);
+                    out.push(Some((*v).clone()));
+                }
+                None => {
+                    bump(&self.inner.counters.l1_misses);
+                    key::validate(k)?;
+                    missing.push(i);
+                    out.push(None);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let miss_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let values = self.inner.remote.mget(&miss_keys).await?;
+        for (&i, bytes) in missing.iter().zip(values) {
+            out[i] = self.accept::<T>(keys[i], bytes).map(|v| (*v).clone());
+        }
+        Ok(out)
+    }
+
+    /// Writes several values with one TTL in one pipelined round trip (not atomic).
+    ///
+    /// # Errors
+    /// As [`Cache::set`]; nothing is written when any key or value is invalid.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set_many(&[("cache:n:1", 1u32), ("cache:n:2", 2)], cache_sdk::Ttl::Api).await?;
+    /// assert_eq!(cache.get::<u32>("cache:n:2").await?, Some(2));
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_many<K: AsRef<str>, T: CacheValue + Clone>(
+        &self,
+        items: &[(K, T)],
+        ttl: impl Into<Ttl>,
+    ) -> Result<()> {
+        let ttl = self.resolve(&ttl.into())?;
+        let mut encoded = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            let k = key::validate(k.as_ref())?;
+            encoded.push((k.to_owned(), self.encode(k, v, ttl)?));
+        }
+        let result = self.inner.remote.mset(encoded, Some(ttl)).await;
+        for (k, v) in items {
+            match &result {
+                Ok(()) => {
+                    self.inner
+                        .local
+                        .insert(k.as_ref(), Arc::new(v.clone()) as AnyValue, Some(ttl))
+                }
+                Err(_) => self.inner.local.invalidate(k.as_ref()),
+            }
+        }
+        result
+    }
+
+    /// Adds 1 to the counter under `key` (created at 0). See [`Cache::incr_by`].
+    ///
+    /// # Errors
+    /// As [`Cache::incr_by`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert_eq!(cache.incr("cache:hits:home").await?, 1);
+    /// assert_eq!(cache.incr("cache:hits:home").await?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn incr(&self, key: &str) -> Result<i64> {
+        self.incr_by(key, 1).await
+    }
+
+    /// Atomically adds `delta` to the counter under `key` (created at 0, TTL kept), like
+    /// Redis `INCRBY`, also on the fallback. Counters are stored as plain integers (readable
+    /// by any Redis client), not in the envelope: read them with [`Cache::counter`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Backend`] or [`Error::Decode`] when the key holds
+    /// something other than an integer, or the result would overflow.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert_eq!(cache.incr_by("cache:stock:9", -3).await?, -3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
+        key::validate(key)?;
+        self.inner.local.invalidate(key);
+        self.inner.remote.incr_by(key, delta).await
+    }
+
+    /// Reads a counter written by [`Cache::incr_by`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::Backend`], or [`Error::Decode`] when the key holds
+    /// something other than an integer.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.incr_by("cache:c:1", 5).await?;
+    /// assert_eq!(cache.counter("cache:c:1").await?, Some(5));
+    /// # Ok(()) }
+    /// ```
+    pub async fn counter(&self, key: &str) -> Result<Option<i64>> {
+        key::validate(key)?;
+        match self.inner.remote.get(key).await? {
+            None => Ok(None),
+            Some(bytes) => parse_int(&bytes)
+                .map(Some)
+                .ok_or_else(|| crate::tier::memory::not_an_integer(log_key(key))),
+        }
+    }
+
+    /// Lists the keys matching a Redis glob pattern, with `SCAN … MATCH … COUNT` (never
+    /// `KEYS`). Put user-supplied parts through [`key::escape_glob`] (or use
+    /// [`Key::user_pattern`](crate::Key::user_pattern)) so they match only themselves.
+    /// The order is unspecified; a key may appear twice if the keyspace is rehashed
+    /// during the scan, as with Redis itself.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] for an empty or control-character pattern, or
+    /// [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set("user:7:theme", &1u8, cache_sdk::Ttl::Api).await?;
+    /// cache.set("user:70:theme", &1u8, cache_sdk::Ttl::Api).await?;
+    /// let keys = cache.scan(&cache_sdk::Key::user_pattern(7)?).await?;
+    /// assert_eq!(keys, vec!["user:7:theme".to_string()]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+        key::validate(pattern)?;
+        self.inner.remote.scan(pattern).await
+    }
+
+    /// Read-through: L1, then L2, then `loader`, whose value is stored in both tiers.
+    /// Concurrent calls for one key run the loader once (single-flight) and all get its
+    /// value. Loader errors are returned as they are and never cached.
+    ///
+    /// Cache trouble never fails this call: an invalid key or TTL, a value that cannot be
+    /// encoded, or a Redis error is logged, and the loaded value is returned uncached.
+    ///
+    /// # Errors
+    /// The loader's error.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), std::io::Error> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// let load = || async { Ok::<_, std::io::Error>("from db".to_string()) };
+    /// let v = cache.get_or_load("cache:product:1", cache_sdk::Ttl::Api, load).await?;
+    /// assert_eq!(v, "from db");
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_load<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: impl Into<Ttl>,
+        loader: F,
+    ) -> std::result::Result<T, E>
+    where
+        T: CacheValue + Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
+        self.get_or_load_arc(key, ttl, loader)
+            .await
+            .map(|v| (*v).clone())
+    }
+
+    /// Like [`Cache::get_or_load`], returning the shared value without cloning it.
+    ///
+    /// # Errors
+    /// The loader's error.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// let v = cache
+    ///     .get_or_load_arc("cache:n:1", cache_sdk::Ttl::Api, || async { Ok::<_, ()>(5u8) })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(*v, 5);
+    /// # }
+    /// ```
+    pub async fn get_or_load_arc<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: impl Into<Ttl>,
+        loader: F,
+    ) -> std::result::Result<Arc<T>, E>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
+        let c = &self.inner.counters;
+        if let Some(v) = self.inner.local.get::<T>(key) {
+            bump(&c.l1_hits);
+            return Ok(v);
+        }
+        bump(&c.l1_misses);
+        let ttl = ttl.into();
+        let resolved = key::validate(key).and_then(|_| self.resolve(&ttl));
+        if let Err(e) = &resolved {
+            tracing::error!(key = log_key(key), error = %e, "get_or_load cannot cache this key; loading without the cache");
+            bump(&c.loads);
+            return loader()
+                .await
+                .map(Arc::new)
+                .inspect_err(|_| bump(&c.load_errors));
+        }
+
+        let mut flight = self.inner.flights.join(key);
+        let slot = flight.slot();
+        let mut shared = slot.lock().await;
+        if let Some(v) = shared.as_ref().and_then(|v| v.clone().downcast::<T>().ok()) {
+            return Ok(v);
+        }
+        flight.lead();
+        if let Some(v) = self.inner.local.get::<T>(key) {
+            *shared = Some(v.clone() as AnyValue);
+            return Ok(v);
+        }
+        match self.l2_get::<T>(key).await {
+            Ok(Some(v)) => {
+                *shared = Some(v.clone() as AnyValue);
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(key = log_key(key), error = %e, "L2 read failed; loading"),
+        }
+        bump(&c.loads);
+        let value = match loader().await {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                bump(&c.load_errors);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.set_arc(key, value.clone(), ttl).await {
+            tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
+        }
+        *shared = Some(value.clone() as AnyValue);
+        Ok(value)
+    }
+
+    /// Drops a key from this instance's L1 only (L2 untouched). For cross-instance
+    /// invalidation hooks.
+    ///
+    /// ```
+    /// cache_sdk::Cache::in_memory().invalidate_local("cache:a:1");
+    /// ```
+    pub fn invalidate_local(&self, key: &str) {
+        self.inner.local.invalidate(key);
+    }
+
+    /// Empties this instance's L1.
+    ///
+    /// ```
+    /// cache_sdk::Cache::in_memory().clear_local();
+    /// ```
+    pub fn clear_local(&self) {
+        self.inner.local.clear();
+    }
+
+    /// A snapshot of the state and counters.
+    ///
+    /// ```
+    /// let s = cache_sdk::Cache::in_memory().stats();
+    /// assert!(s.using_fallback && !s.connected);
+    /// ```
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let status = self.inner.remote.status();
+        let rc = self.inner.remote.counters();
+        let c = &self.inner.counters;
+        Stats {
+            connected: status.connected,
+            using_fallback: !status.connected,
+            in_memory_keys: status.in_memory_keys,
+            store: if status.connected { "redis" } else { "memory" },
+            redis_configured: status.redis_configured,
+            l1_entries: self.inner.local.len(),
+            l1_hits: read(&c.l1_hits),
+            l1_misses: read(&c.l1_misses),
+            l2_hits: read(&c.l2_hits),
+            l2_misses: read(&c.l2_misses),
+            loads: read(&c.loads),
+            load_errors: read(&c.load_errors),
+            decode_errors: read(&c.decode_errors),
+            backend_errors: read(&rc.backend_errors),
+            fallback_ops: read(&rc.fallback_ops),
+            outages: read(&rc.outages),
+            replayed: read(&rc.replayed),
+            replay_skipped: read(&rc.replay_skipped),
+            replay_pending: status.replay_pending as u64,
+            replay_dropped: status.replay_dropped,
+        }
+    }
+
+    /// Whether the cache runs on its configured primary store: Redis when configured (and
+    /// reachable), memory when Redis is not configured. `false` means degraded: Redis is
+    /// configured but the fallback serves.
+    ///
+    /// ```
+    /// assert!(cache_sdk::Cache::in_memory().is_ready());
+    /// ```
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        let s = self.inner.remote.status();
+        s.connected || !s.redis_configured
+    }
+
+    /// Reads raw bytes from L2, bypassing L1 and the envelope (for stores that keep their own
+    /// format, such as sessions shared with other languages).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] or [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set_raw("sess:abc", b"{}".to_vec(), cache_sdk::Ttl::Session).await?;
+    /// assert_eq!(cache.get_raw("sess:abc").await?.as_deref(), Some(&b"{}"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        key::validate(key)?;
+        self.inner.remote.get(key).await
+    }
+
+    /// Writes raw bytes to L2 (see [`Cache::get_raw`]); drops the key from L1.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`], [`Error::ValueTooLarge`] or
+    /// [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// cache.set_raw("sess:abc", b"{}".to_vec(), cache_sdk::Ttl::Session).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_raw(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<()> {
+        let ttl = self.check_raw(key, &bytes, &ttl.into())?;
+        self.inner.local.invalidate(key);
+        self.inner.remote.set(key, bytes, Some(ttl)).await
+    }
+
+    /// Writes raw bytes only if the key does not exist (`SET NX`); returns whether it was
+    /// written.
+    ///
+    /// # Errors
+    /// As [`Cache::set_raw`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert!(cache.set_raw_nx("sess:x", vec![1], cache_sdk::Ttl::Session).await?);
+    /// assert!(!cache.set_raw_nx("sess:x", vec![2], cache_sdk::Ttl::Session).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_raw_nx(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<bool> {
+        let ttl = self.check_raw(key, &bytes, &ttl.into())?;
+        self.inner.local.invalidate(key);
+        self.inner.remote.set_nx(key, bytes, Some(ttl)).await
+    }
+
+    fn check_raw(&self, key: &str, bytes: &[u8], ttl: &Ttl) -> Result<Duration> {
+        key::validate(key)?;
+        if bytes.len() > self.inner.max_value_size {
+            return Err(Error::ValueTooLarge {
+                key: log_key(key).to_owned(),
+                size: bytes.len(),
+                limit: self.inner.max_value_size,
+            });
+        }
+        self.resolve(ttl)
+    }
+}
+
+fn unreachable_config() -> Remote {
+    // The default configuration has no Redis, so building its remote tier cannot fail;
+    // this keeps `in_memory()` infallible without an `unwrap`.
+    Remote::memory_only(&CacheConfig::default())
+}
+
+/// Builds a [`Cache`]. Every setter is optional; [`CacheBuilder::build`] connects to Redis
+/// when configured and falls back to memory when it cannot.
+///
+/// ```
+/// use cache_sdk::{Cache, Codec};
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::builder()
+///     .l1_capacity(5_000)
+///     .l1_ttl(Duration::from_secs(10))
+///     .codec(Codec::Json)
+///     .namespace("erp")
+///     .ttl_preset("reports", Duration::from_secs(3600))
+///     .build()
+///     .await?;
+/// # let _ = cache;
+/// # Ok(()) }
+/// ```
+#[must_use]
+#[derive(Debug)]
+pub struct CacheBuilder {
+    cfg: CacheConfig,
+    error: Option<ConfigError>,
+}
+
+impl CacheBuilder {
+    /// Replaces the configuration with the one read from the environment (and `.env`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable with a bad value.
+    ///
+    /// ```
+    /// let b = cache_sdk::Cache::builder().from_env().unwrap();
+    /// # let _ = b;
+    /// ```
+    pub fn from_env(mut self) -> std::result::Result<Self, ConfigError> {
+        self.cfg = CacheConfig::from_env()?;
+        Ok(self)
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, cfg: CacheConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Uses Redis as configured.
+    pub fn redis(mut self, redis: RedisConfig) -> Self {
+        self.cfg.redis = Some(redis);
+        self
+    }
+
+    /// Uses Redis at this URL (`redis://…` or `rediss://…`).
+    pub fn redis_url(self, url: impl Into<String>) -> Self {
+        self.redis(RedisConfig::url(url))
+    }
+
+    /// Runs in memory only.
+    pub fn no_redis(mut self) -> Self {
+        self.cfg.redis = None;
+        self
+    }
+
+    /// L1 capacity in entries (0 disables L1).
+    pub fn l1_capacity(mut self, entries: u64) -> Self {
+        self.cfg.l1_capacity = entries;
+        self
+    }
+
+    /// The longest an entry stays in L1 (see [`CacheConfig::l1_ttl`]).
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.cfg.l1_ttl = ttl;
+        self
+    }
+
+    /// Bound on every Redis call (default 100 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.timeout = timeout;
+        self
+    }
+
+    /// Bound on connecting to Redis (default 500 ms).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest wait between two attempts to reach Redis while it is down (default
+    /// 100 ms).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.cfg.probe_interval = interval;
+        self
+    }
+
+    /// Prefix for every Redis key.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.cfg.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The codec for values.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.cfg.codec = codec;
+        self
+    }
+
+    /// The largest encoded value accepted (at most 64 MiB).
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.cfg.max_value_size = bytes;
+        self
+    }
+
+    /// Memory the in-memory fallback may use.
+    pub fn fallback_max_bytes(mut self, bytes: u64) -> Self {
+        self.cfg.fallback_max_bytes = bytes;
+        self
+    }
+
+    /// Most keys kept for replay after an outage.
+    pub fn replay_capacity(mut self, keys: usize) -> Self {
+        self.cfg.replay_capacity = keys;
+        self
+    }
+
+    /// Defines or overrides a TTL preset.
+    pub fn ttl_preset(mut self, name: &str, ttl: Duration) -> Self {
+        if let Err(e) = self.cfg.ttl.define(name, ttl) {
+            self.error.get_or_insert(ConfigError::Invalid {
+                name: "ttl_preset",
+                value: format!("{name}={ttl:?}"),
+                reason: e.to_string(),
+            });
+        }
+        self
+    }
+
+    /// ± fraction of jitter applied to TTLs (0.0 ..= 0.5).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        if let Err(e) = self.cfg.ttl.set_jitter(fraction) {
+            self.error.get_or_insert(e);
+        }
+        self
+    }
+
+    /// Fail `build()` when Redis is configured but unreachable, instead of falling back.
+    pub fn require_redis(mut self, required: bool) -> Self {
+        self.cfg.require_redis = required;
+        self
+    }
+
+    /// Builds the cache: checks the configuration, makes one attempt to reach Redis
+    /// (bounded by the connect timeout), and starts the task that watches Redis.
+    /// Must run inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`BuildError::Config`] for an invalid configuration; [`BuildError::RedisRequired`]
+    /// when `require_redis(true)` and Redis cannot be reached.
+    pub async fn build(self) -> std::result::Result<Cache, BuildError> {
+        if let Some(e) = self.error {
+            return Err(e.into());
+        }
+        let cfg = self.cfg;
+        if cfg.max_value_size == 0 || cfg.max_value_size > MAX_VALUE_SIZE_LIMIT {
+            return Err(ConfigError::Invalid {
+                name: "max_value_size",
+                value: cfg.max_value_size.to_string(),
+                reason: "must be between 1 byte and 64 MiB".into(),
+            }
+            .into());
+        }
+        if cfg.timeout.is_zero() || cfg.connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "timeout",
+                value: format!("{:?}/{:?}", cfg.timeout, cfg.connect_timeout),
+                reason: "timeouts must be above zero".into(),
+            }
+            .into());
+        }
+        let remote = Remote::new(&cfg)?;
+        remote.start(&cfg).await?;
+        Ok(Cache::assemble(&cfg, remote))
+    }
+}

@@ -1,0 +1,535 @@
+//! Configuration, from the environment (and a `.env` file) or from code.
+//!
+//! # When Redis is used
+//!
+//! - `REDIS_ENABLED=false` (or `0`, `no`, `off`): never, everything runs in memory.
+//! - `REDIS_ENABLED=true`: always, at `REDIS_URL`, or at `REDIS_HOST`/`REDIS_PORT`
+//!   (`localhost:6379` by default).
+//! - `REDIS_ENABLED` unset: when `REDIS_URL`, `REDIS_HOST` or `REDIS_CLUSTER_NODES` is set.
+//!
+//! Either way, a Redis that cannot be reached means the in-memory fallback, not an error.
+//!
+//! # Variables
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `REDIS_URL` | `redis://[user:pass@]host:port/db` or `rediss://…` (TLS); wins over the parts below | — |
+//! | `REDIS_HOST` / `REDIS_PORT` | server address | `localhost` / `6379` |
+//! | `REDIS_USERNAME` / `REDIS_PASSWORD` | ACL user and password (empty = none) | none |
+//! | `REDIS_DB` | database number, 0–15 | `0` |
+//! | `REDIS_TLS` | `true` to use TLS | `false` |
+//! | `REDIS_ENABLED` | see above | — |
+//! | `REDIS_CLUSTER_NODES` | `host1:6379,host2:6379,…` | — |
+//! | `REDIS_TIMEOUT_MS` | bound on every Redis call | `100` |
+//! | `REDIS_CONNECT_TIMEOUT_MS` | bound on connecting | `500` |
+//! | `CACHE_NAMESPACE` | prefix put before every Redis key (`<ns>:`) | none |
+//! | `CACHE_L1_CAPACITY` | L1 entries (0 disables L1) | `10000` |
+//! | `CACHE_L1_TTL_SECS` | the longest an entry stays in L1 | `30` |
+//! | `CACHE_CODEC` | `bincode` or `json` | `bincode` |
+//! | `CACHE_MAX_VALUE_BYTES` | the largest encoded value accepted | `4194304` |
+//! | `CACHE_FALLBACK_MAX_BYTES` | memory the in-memory fallback may use | `67108864` |
+//! | `CACHE_TTL_<NAME>` | seconds for a TTL preset (`API`, `SESSION`, …) | see [`Ttl`](crate::Ttl) |
+//! | `CACHE_TTL_JITTER` | ± fraction applied to TTLs | `0` |
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::error::ConfigError;
+use crate::ttl::TtlPresets;
+
+/// Where and how to reach Redis.
+///
+/// `Debug` never shows the password, not even inside a URL.
+///
+/// ```
+/// use cache_sdk::RedisConfig;
+/// let mut r = RedisConfig::host("cache.internal", 6380);
+/// r.password = Some("s3cret".into());
+/// r.db = 2;
+/// assert_eq!(r.connection_url(), "redis://:s3cret@cache.internal:6380/2");
+/// assert!(!format!("{r:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// A full URL; when set, the fields below except `cluster_nodes` are ignored.
+    pub url: Option<String>,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Database number (0–15).
+    pub db: u8,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// Redis Cluster seed nodes (`host:port`).
+    pub cluster_nodes: Vec<String>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self::host("localhost", 6379)
+    }
+}
+
+impl RedisConfig {
+    /// A single server at `host:port`.
+    #[must_use]
+    pub fn host(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            url: None,
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+            db: 0,
+            tls: false,
+            cluster_nodes: Vec::new(),
+        }
+    }
+
+    /// A server given by URL (`redis://…`, `rediss://…`).
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::url("redis://127.0.0.1:6379/0");
+    /// assert_eq!(r.connection_url(), "redis://127.0.0.1:6379/0");
+    /// ```
+    #[must_use]
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: Some(url.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The URL the client connects to. It holds the password: do not log it.
+    #[must_use]
+    pub fn connection_url(&self) -> String {
+        if let Some(url) = &self.url {
+            return url.clone();
+        }
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
+            (Some(u), None) => format!("{}@", encode(u)),
+            (None, Some(p)) => format!(":{}@", encode(p)),
+            (None, None) => String::new(),
+        };
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{auth}{host}:{}/{}", self.port, self.db)
+    }
+
+    /// The address for logs: scheme, host, port and db, without credentials.
+    #[must_use]
+    pub fn display_address(&self) -> String {
+        redact_url(&self.connection_url())
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("address", &self.display_address())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "REDACTED"))
+            .field("tls", &self.tls)
+            .field("cluster_nodes", &self.cluster_nodes)
+            .finish()
+    }
+}
+
+/// Removes the user-info part of a URL.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}REDACTED@{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Everything a [`Cache`](crate::Cache) needs. Build it with [`CacheConfig::from_env`], or
+/// start from [`CacheConfig::default`] (Redis disabled) and set fields, or use the
+/// [`CacheBuilder`](crate::CacheBuilder).
+///
+/// ```
+/// use cache_sdk::CacheConfig;
+/// let cfg = CacheConfig::from_vars([("REDIS_HOST", "10.0.0.5"), ("REDIS_DB", "3")]).unwrap();
+/// let redis = cfg.redis.as_ref().unwrap();
+/// assert_eq!((redis.host.as_str(), redis.port, redis.db), ("10.0.0.5", 6379, 3));
+///
+/// let err = CacheConfig::from_vars([("REDIS_DB", "42")]).unwrap_err();
+/// assert!(err.to_string().starts_with("REDIS_DB=\"42\" is invalid"));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// Redis, or `None` to run in memory only.
+    pub redis: Option<RedisConfig>,
+    /// L1 capacity in entries; 0 disables L1.
+    pub l1_capacity: u64,
+    /// The longest an entry stays in L1. Without cross-instance invalidation, another app
+    /// instance's write is seen here at most this late: keep it short when several
+    /// instances write the same keys.
+    pub l1_ttl: Duration,
+    /// Bound on every Redis call; past it the call counts as a failure and runs on the
+    /// fallback.
+    pub timeout: Duration,
+    /// Bound on connecting to Redis.
+    pub connect_timeout: Duration,
+    /// The longest wait between two attempts to reach Redis again while it is down.
+    pub probe_interval: Duration,
+    /// Prefix for every Redis key (`<namespace>:<key>`).
+    pub namespace: Option<String>,
+    /// How values are encoded.
+    pub codec: Codec,
+    /// The largest encoded value accepted, in bytes (at most 64 MiB).
+    pub max_value_size: usize,
+    /// Memory the in-memory fallback may use, in bytes.
+    pub fallback_max_bytes: u64,
+    /// Most keys whose outage writes are kept for replay to Redis.
+    pub replay_capacity: usize,
+    /// TTL presets.
+    pub ttl: TtlPresets,
+    /// Fail `build()` when Redis is configured but cannot be reached.
+    pub require_redis: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            l1_capacity: 10_000,
+            l1_ttl: Duration::from_secs(30),
+            timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(500),
+            probe_interval: Duration::from_millis(100),
+            namespace: None,
+            codec: Codec::Bincode,
+            max_value_size: 4 * 1024 * 1024,
+            fallback_max_bytes: 64 * 1024 * 1024,
+            replay_capacity: 100_000,
+            ttl: TtlPresets::default(),
+            require_redis: false,
+        }
+    }
+}
+
+/// The largest value size that may be configured.
+pub const MAX_VALUE_SIZE_LIMIT: usize = 64 * 1024 * 1024;
+
+impl CacheConfig {
+    /// Reads the configuration from the process environment, after a `.env` file in the
+    /// current directory or its parents (variables already set win over the file).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first variable with a bad value, or the `.env` file when it
+    /// cannot be parsed.
+    ///
+    /// ```
+    /// let cfg = cache_sdk::CacheConfig::from_env().unwrap();
+    /// # let _ = cfg;
+    /// ```
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&env_with_dotenv()?)
+    }
+
+    /// Reads the configuration from the given variables only (no process environment, no
+    /// `.env`); useful in tests.
+    ///
+    /// # Errors
+    /// As [`CacheConfig::from_env`].
+    pub fn from_vars<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError> {
+        let map = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Self::from_map(&map)
+    }
+
+    fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let mut cfg = CacheConfig::default();
+
+        let enabled = get("REDIS_ENABLED")
+            .map(|v| parse_bool("REDIS_ENABLED", v))
+            .transpose()?;
+        let cluster_nodes = get("REDIS_CLUSTER_NODES")
+            .map(parse_nodes)
+            .transpose()?
+            .unwrap_or_default();
+        let addressed =
+            get("REDIS_URL").is_some() || get("REDIS_HOST").is_some() || !cluster_nodes.is_empty();
+        if enabled.unwrap_or(addressed) {
+            let mut r = RedisConfig::host(
+                get("REDIS_HOST").unwrap_or("localhost"),
+                get("REDIS_PORT")
+                    .map(|v| {
+                        parse_num::<u16>("REDIS_PORT", v, 1, 65535, "not a port number (1-65535)")
+                    })
+                    .transpose()?
+                    .unwrap_or(6379),
+            );
+            r.username = get("REDIS_USERNAME").map(str::to_owned);
+            // Passwords may legitimately start or end with spaces: no trimming.
+            r.password = vars
+                .get("REDIS_PASSWORD")
+                .filter(|p| !p.is_empty())
+                .cloned();
+            r.db = get("REDIS_DB")
+                .map(|v| parse_num::<u8>("REDIS_DB", v, 0, 15, "not a database number (0-15)"))
+                .transpose()?
+                .unwrap_or(0);
+            r.tls = get("REDIS_TLS")
+                .map(|v| parse_bool("REDIS_TLS", v))
+                .transpose()?
+                .unwrap_or(false);
+            if let Some(url) = get("REDIS_URL") {
+                check_url(url)?;
+                r.url = Some(url.to_owned());
+            }
+            r.cluster_nodes = cluster_nodes;
+            cfg.redis = Some(r);
+        }
+
+        let ms = |name: &'static str, v: &str| {
+            parse_num::<u64>(
+                name,
+                v,
+                1,
+                600_000,
+                "not a number of milliseconds (1-600000)",
+            )
+            .map(Duration::from_millis)
+        };
+        if let Some(v) = get("REDIS_TIMEOUT_MS") {
+            cfg.timeout = ms("REDIS_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = get("REDIS_CONNECT_TIMEOUT_MS") {
+            cfg.connect_timeout = ms("REDIS_CONNECT_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = get("CACHE_NAMESPACE") {
+            if v.chars().any(char::is_control) || v.contains(['*', '?', '[', ']', '\\']) {
+                return Err(invalid(
+                    "CACHE_NAMESPACE",
+                    v,
+                    "control or glob characters are not allowed",
+                ));
+            }
+            cfg.namespace = Some(v.to_owned());
+        }
+        if let Some(v) = get("CACHE_L1_CAPACITY") {
+            cfg.l1_capacity = parse_num("CACHE_L1_CAPACITY", v, 0, u64::MAX, "not a whole number")?;
+        }
+        if let Some(v) = get("CACHE_L1_TTL_SECS") {
+            cfg.l1_ttl = Duration::from_secs(parse_num(
+                "CACHE_L1_TTL_SECS",
+                v,
+                0,
+                31_536_000,
+                "not a number of seconds (0-31536000)",
+            )?);
+        }
+        if let Some(v) = get("CACHE_CODEC") {
+            cfg.codec = match v.to_ascii_lowercase().as_str() {
+                "bincode" => Codec::Bincode,
+                "json" => Codec::Json,
+                _ => return Err(invalid("CACHE_CODEC", v, "expected `bincode` or `json`")),
+            };
+        }
+        if let Some(v) = get("CACHE_MAX_VALUE_BYTES") {
+            cfg.max_value_size = parse_num(
+                "CACHE_MAX_VALUE_BYTES",
+                v,
+                1,
+                MAX_VALUE_SIZE_LIMIT,
+                "not a size in bytes (1-67108864)",
+            )?;
+        }
+        if let Some(v) = get("CACHE_FALLBACK_MAX_BYTES") {
+            cfg.fallback_max_bytes = parse_num(
+                "CACHE_FALLBACK_MAX_BYTES",
+                v,
+                1024,
+                u64::MAX,
+                "not a size in bytes (>= 1024)",
+            )?;
+        }
+        cfg.ttl.apply_env(
+            vars.iter()
+                .filter(|(k, _)| k.starts_with("CACHE_TTL_"))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
+        Ok(cfg)
+    }
+}
+
+/// The process environment over the `.env` file's variables.
+pub(crate) fn env_with_dotenv() -> Result<HashMap<String, String>, ConfigError> {
+    let mut vars = HashMap::new();
+    match dotenvy::dotenv_iter() {
+        Ok(iter) => {
+            for item in iter {
+                let (k, v) = item.map_err(|e| ConfigError::DotEnv(e.to_string()))?;
+                vars.insert(k, v);
+            }
+        }
+        Err(e) if e.not_found() => {}
+        Err(e) => return Err(ConfigError::DotEnv(e.to_string())),
+    }
+    vars.extend(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    );
+    Ok(vars)
+}
+
+pub(crate) fn invalid(name: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Parses `true/false`, `1/0`, `yes/no`, `on/off`.
+pub(crate) fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(name, v, "expected true or false")),
+    }
+}
+
+fn parse_num<N: std::str::FromStr + PartialOrd + Copy>(
+    name: &'static str,
+    v: &str,
+    min: N,
+    max: N,
+    reason: &str,
+) -> Result<N, ConfigError> {
+    match v.parse::<N>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(invalid(name, v, reason)),
+    }
+}
+
+fn parse_nodes(v: &str) -> Result<Vec<String>, ConfigError> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|node| {
+            let ok = node
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if ok {
+                Ok(node.to_owned())
+            } else {
+                Err(invalid(
+                    "REDIS_CLUSTER_NODES",
+                    v,
+                    &format!("`{node}` is not host:port"),
+                ))
+            }
+        })
+        .collect()
+}
+
+fn check_url(url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid {
+            name: "REDIS_URL",
+            value: redact_url(url),
+            reason: format!("not a Redis URL ({})", e.category()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_is_off_by_default_and_on_when_addressed() {
+        assert!(CacheConfig::from_vars(Vec::<(String, String)>::new())
+            .unwrap()
+            .redis
+            .is_none());
+        assert!(CacheConfig::from_vars([("REDIS_ENABLED", "true")])
+            .unwrap()
+            .redis
+            .is_some());
+        assert!(
+            CacheConfig::from_vars([("REDIS_URL", "redis://h:1"), ("REDIS_ENABLED", "false")])
+                .unwrap()
+                .redis
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("REDIS_PORT", "70000"),
+            ("REDIS_DB", "x"),
+            ("REDIS_TLS", "maybe"),
+            ("REDIS_ENABLED", "sure"),
+            ("REDIS_CLUSTER_NODES", "a:1,b"),
+            ("REDIS_TIMEOUT_MS", "0"),
+            ("CACHE_CODEC", "xml"),
+        ] {
+            let err = CacheConfig::from_vars([("REDIS_HOST", "h"), (k, v)]).unwrap_err();
+            assert!(err.to_string().contains(k), "{err}");
+        }
+    }
+
+    #[test]
+    fn url_errors_never_show_the_password() {
+        let err = CacheConfig::from_vars([("REDIS_URL", "http://user:hunter2@host")]).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(
+            text.contains("REDIS_URL") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_url_encoded_and_redacted() {
+        let cfg = CacheConfig::from_vars([
+            ("REDIS_HOST", "::1"),
+            ("REDIS_USERNAME", "app"),
+            ("REDIS_PASSWORD", "p@ss word"),
+            ("REDIS_TLS", "true"),
+        ])
+        .unwrap();
+        let r = cfg.redis.unwrap();
+        assert_eq!(
+            r.connection_url(),
+            "rediss://app:p%40ss%20word@[::1]:6379/0"
+        );
+        assert_eq!(r.display_address(), "rediss://REDACTED@[::1]:6379/0");
+        assert!(!format!("{r:?}").contains("p@ss"));
+    }
+}

@@ -1,0 +1,42 @@
+#![doc = include_str!("../../README.md")]
+//!
+//! # Guide
+//!
+//! - [`Cache`]: the typed two-tier cache (L1 moka in the process, L2 Redis or the in-memory
+//!   fallback); build it with [`Cache::builder`].
+//! - [`CacheConfig`]: every setting, and the environment variables that set them.
+//! - [`Ttl`] and [`TtlPresets`]: sessions 24 h, API responses 10 min, user preferences 7 days,
+//!   and presets of your own.
+//! - [`Key`]: the key patterns `cache:{resource}:{id}`, `user:{userId}:{field}`, `sess:{id}`.
+//! - [`codec`]: the envelope values are stored in.
+//! - [`Stats`]: what [`Cache::stats`] reports.
+//!
+//! # Redis is optional
+//!
+//! Without Redis (not configured, unreachable at start, or lost later) every operation runs
+//! on a bounded in-memory store; [`Stats::using_fallback`] says so. Every Redis call is
+//! bounded by a timeout (100 ms by default); the first failure opens a circuit breaker so
+//! that calls go straight to memory, and a background task probes Redis (backoff up to
+//! 100 ms). When Redis answers, writes made during the outage are replayed, L1 is cleared
+//! (other instances may have written meanwhile), and operations return to Redis.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cache;
+pub mod codec;
+mod config;
+mod error;
+mod flight;
+pub mod key;
+mod stats;
+mod tier;
+mod ttl;
+
+pub use cache::{Cache, CacheBuilder, CacheValue};
+pub use codec::Codec;
+pub use config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
+pub use error::{BuildError, ConfigError, Error, Result};
+pub use key::Key;
+pub use stats::Stats;
+pub use ttl::{Ttl, TtlPresets, MAX_TTL};

@@ -1,0 +1,673 @@
+//! L2: Redis when it answers, the in-memory fallback when it does not.
+//!
+//! States: `Disabled` (no Redis configured: memory only), `Up` (Redis), `Down` (the breaker
+//! is open: every call goes straight to memory, no timeout is paid, and a background task
+//! probes Redis with backoff), `Recovering` (Redis answers again; the writes made during the
+//! outage are being replayed, calls still go to memory). Once the replay log is empty the
+//! state turns `Up` under the log's lock, so no write can slip between the two stores; the
+//! fallback is then cleared and listeners (L1) are told to drop what they hold.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::memory::{MemEntry, MemoryStore};
+use super::redis::{Failure, RedisLink};
+use super::replay::{Pending, ReplayLog, DEL_SCRIPT, SET_SCRIPT};
+use crate::codec::now_ms;
+use crate::config::CacheConfig;
+use crate::error::{BuildError, Error};
+
+const DISABLED: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+const RECOVERING: u8 = 3;
+
+/// What listeners are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreEvent {
+    /// Redis became unavailable; the fallback serves.
+    Lost,
+    /// Redis is back and the outage writes were replayed.
+    Recovered,
+}
+
+type Listener = Arc<dyn Fn(StoreEvent) + Send + Sync>;
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) fallback_ops: AtomicU64,
+    pub(crate) backend_errors: AtomicU64,
+    pub(crate) outages: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) replay_skipped: AtomicU64,
+}
+
+struct Inner {
+    link: Option<RedisLink>,
+    memory: MemoryStore,
+    state: AtomicU8,
+    log: Mutex<ReplayLog>,
+    namespace: Option<String>,
+    wake: Arc<Notify>,
+    listeners: Mutex<Vec<Listener>>,
+    counters: Counters,
+    probe_interval: Duration,
+    set_script: redis::Script,
+    del_script: redis::Script,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the supervisor task notice that the cache is gone.
+        self.wake.notify_one();
+    }
+}
+
+/// A point-in-time view of the remote tier.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteStatus {
+    pub(crate) redis_configured: bool,
+    pub(crate) connected: bool,
+    pub(crate) in_memory_keys: u64,
+    pub(crate) replay_pending: usize,
+    pub(crate) replay_dropped: u64,
+}
+
+/// The remote tier. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("link", &self.inner.link)
+            .field("state", &self.inner.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (each critical
+    // section is a single map operation), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Remote {
+    /// Builds the tier; Redis (when configured) is not contacted until [`Remote::start`].
+    pub(crate) fn new(cfg: &CacheConfig) -> Result<Self, BuildError> {
+        let link = cfg
+            .redis
+            .as_ref()
+            .map(|r| RedisLink::new(r, cfg.timeout, cfg.connect_timeout))
+            .transpose()?;
+        Ok(Self::with_link(cfg, link))
+    }
+
+    /// A tier without Redis.
+    pub(crate) fn memory_only(cfg: &CacheConfig) -> Self {
+        Self::with_link(cfg, None)
+    }
+
+    fn with_link(cfg: &CacheConfig, link: Option<RedisLink>) -> Self {
+        let inner = Arc::new(Inner {
+            state: AtomicU8::new(if link.is_some() { DOWN } else { DISABLED }),
+            link,
+            memory: MemoryStore::new(cfg.fallback_max_bytes),
+            log: Mutex::new(ReplayLog::new(cfg.replay_capacity)),
+            namespace: cfg.namespace.clone(),
+            wake: Arc::new(Notify::new()),
+            listeners: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+            probe_interval: cfg.probe_interval,
+            set_script: redis::Script::new(SET_SCRIPT),
+            del_script: redis::Script::new(DEL_SCRIPT),
+        });
+        Remote { inner }
+    }
+
+    /// Makes one attempt to reach Redis, logs which store is in use, and starts the task
+    /// that watches Redis.
+    pub(crate) async fn start(&self, cfg: &CacheConfig) -> Result<(), BuildError> {
+        let Some(link) = &self.inner.link else {
+            tracing::info!(
+                store = "memory",
+                "cache store: in-memory (Redis is not configured: set REDIS_ENABLED=true or REDIS_URL to use it)"
+            );
+            return Ok(());
+        };
+        match link.connect().await {
+            Ok(()) => {
+                self.inner.state.store(UP, Ordering::Release);
+                tracing::info!(store = "redis", address = %link.address, "cache store: redis");
+            }
+            Err(Failure::Unavailable(why) | Failure::Rejected(why)) => {
+                if cfg.require_redis {
+                    return Err(BuildError::RedisRequired(why));
+                }
+                self.inner.counters.outages.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    store = "memory",
+                    address = %link.address,
+                    error = %why,
+                    "cache store: in-memory fallback (Redis unreachable at start); will switch to Redis when it answers"
+                );
+            }
+        }
+        tokio::spawn(supervise(
+            Arc::downgrade(&self.inner),
+            self.inner.wake.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Registers a callback for store changes.
+    pub(crate) fn on_event(&self, f: impl Fn(StoreEvent) + Send + Sync + 'static) {
+        lock(&self.inner.listeners).push(Arc::new(f));
+    }
+
+    pub(crate) fn status(&self) -> RemoteStatus {
+        let log = lock(&self.inner.log);
+        RemoteStatus {
+            redis_configured: self.inner.link.is_some(),
+            connected: self.state() == UP,
+            in_memory_keys: self.inner.memory.len(),
+            replay_pending: log.len(),
+            replay_dropped: log.dropped,
+        }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    fn state(&self) -> u8 {
+        self.inner.state.load(Ordering::Acquire)
+    }
+
+    fn rkey<'a>(&self, key: &'a str) -> Cow<'a, str> {
+        match &self.inner.namespace {
+            Some(ns) => Cow::Owned(format!("{ns}:{key}")),
+            None => Cow::Borrowed(key),
+        }
+    }
+
+    fn up_link(&self) -> Option<&RedisLink> {
+        if self.state() == UP {
+            self.inner.link.as_ref()
+        } else {
+            None
+        }
+    }
+
+    fn trip(&self, why: &str) {
+        if self
+            .inner
+            .state
+            .compare_exchange(UP, DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.inner.counters.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                store = "memory",
+                error = %why,
+                "redis unavailable: serving from the in-memory fallback until it answers again"
+            );
+            self.inner.notify(StoreEvent::Lost);
+            self.inner.wake.notify_one();
+        }
+    }
+
+    fn rejected(&self, why: String) -> Error {
+        self.inner
+            .counters
+            .backend_errors
+            .fetch_add(1, Ordering::Relaxed);
+        Error::Backend(why)
+    }
+
+    /// A read: Redis when up, else the fallback.
+    async fn read<'s, R, Fut>(
+        &'s self,
+        on_redis: impl FnOnce(&'s RedisLink) -> Fut,
+        on_memory: impl FnOnce(&MemoryStore) -> R,
+    ) -> Result<R, Error>
+    where
+        Fut: Future<Output = Result<R, Failure>>,
+    {
+        if let Some(link) = self.up_link() {
+            match on_redis(link).await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Unavailable(why)) => self.trip(&why),
+                Err(Failure::Rejected(why)) => return Err(self.rejected(why)),
+            }
+        }
+        self.inner
+            .counters
+            .fallback_ops
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(on_memory(&self.inner.memory))
+    }
+
+    /// A write: Redis when up; else the fallback plus the replay log, atomically with the
+    /// state check so a write never lands in memory after the switch back to Redis.
+    async fn write<'s, R, Fut>(
+        &'s self,
+        on_redis: impl Fn(&'s RedisLink) -> Fut,
+        on_memory: impl FnOnce(&MemoryStore, Option<&mut ReplayLog>) -> R,
+    ) -> Result<R, Error>
+    where
+        Fut: Future<Output = Result<R, Failure>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if let Some(link) = self.up_link() {
+                match on_redis(link).await {
+                    Ok(v) => return Ok(v),
+                    Err(Failure::Unavailable(why)) => self.trip(&why),
+                    Err(Failure::Rejected(why)) => return Err(self.rejected(why)),
+                }
+            }
+            self.inner
+                .counters
+                .fallback_ops
+                .fetch_add(1, Ordering::Relaxed);
+            if self.state() == DISABLED {
+                return Ok(on_memory(&self.inner.memory, None));
+            }
+            let mut log = lock(&self.inner.log);
+            if self.state() == UP {
+                if attempts < 3 {
+                    continue;
+                }
+                // Flapping: open the breaker ourselves so the probe replays this write.
+                self.trip("redis keeps failing");
+            }
+            return Ok(on_memory(&self.inner.memory, Some(&mut log)));
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let rkey = self.rkey(key);
+        let cmd = {
+            let mut c = redis::cmd("GET");
+            c.arg(&*rkey);
+            c
+        };
+        self.read(
+            |l| l.query::<Option<Vec<u8>>>(&cmd),
+            |m| m.get(key).map(|e| e.bytes.to_vec()),
+        )
+        .await
+    }
+
+    pub(crate) async fn mget(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(&*self.rkey(k));
+        }
+        self.read(
+            |l| l.query::<Vec<Option<Vec<u8>>>>(&cmd),
+            |m| {
+                keys.iter()
+                    .map(|k| m.get(k).map(|e| e.bytes.to_vec()))
+                    .collect()
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let cmd = set_cmd(&self.rkey(key), &bytes, ttl, false);
+        self.write(
+            |l| l.query::<()>(&cmd),
+            |m, log| {
+                let bytes: Arc<[u8]> = bytes.into();
+                if let Some(log) = log {
+                    log.record(key, pending_set(&bytes, ttl));
+                }
+                m.set(key, bytes, ttl);
+            },
+        )
+        .await
+    }
+
+    /// Sets only when absent; returns whether it was set.
+    pub(crate) async fn set_nx(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let cmd = set_cmd(&self.rkey(key), &bytes, ttl, true);
+        self.write(
+            |l| {
+                let cmd = &cmd;
+                async move { Ok(l.query::<Option<String>>(cmd).await?.is_some()) }
+            },
+            |m, log| {
+                let bytes: Arc<[u8]> = bytes.into();
+                let set = m.set_nx(key, bytes.clone(), ttl);
+                if let (true, Some(log)) = (set, log) {
+                    log.record(key, pending_set(&bytes, ttl));
+                }
+                set
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn mset(
+        &self,
+        items: Vec<(String, Vec<u8>)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let mut pipe = redis::pipe();
+        for (k, v) in &items {
+            pipe.add_command(set_cmd(&self.rkey(k), v, ttl, false))
+                .ignore();
+        }
+        self.write(
+            |l| l.pipe::<()>(&pipe),
+            |m, mut log| {
+                for (k, v) in items {
+                    let bytes: Arc<[u8]> = v.into();
+                    if let Some(log) = log.as_deref_mut() {
+                        log.record(&k, pending_set(&bytes, ttl));
+                    }
+                    m.set(&k, bytes, ttl);
+                }
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&*self.rkey(key));
+        self.write(
+            |l| {
+                let cmd = &cmd;
+                async move { Ok(l.query::<i64>(cmd).await? > 0) }
+            },
+            |m, log| {
+                if let Some(log) = log {
+                    log.record(key, Pending::Delete { at_ms: now_ms() });
+                }
+                m.delete(key)
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(&*self.rkey(key));
+        self.read(
+            |l| {
+                let cmd = &cmd;
+                async move { Ok(l.query::<i64>(cmd).await? > 0) }
+            },
+            |m| m.exists(key),
+        )
+        .await
+    }
+
+    pub(crate) async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(&*self.rkey(key)).arg(millis(ttl));
+        self.write(
+            |l| {
+                let cmd = &cmd;
+                async move { Ok(l.query::<i64>(cmd).await? > 0) }
+            },
+            |m, log| {
+                let found = m.expire(key, ttl);
+                if let (true, Some(log), Some(e)) = (found, log, m.get(key)) {
+                    log.record(key, pending_set(&e.bytes, Some(ttl)));
+                }
+                found
+            },
+        )
+        .await
+    }
+
+    /// `None`: no such key; `Some(None)`: no expiry.
+    pub(crate) async fn pttl(&self, key: &str) -> Result<Option<Option<Duration>>, Error> {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(&*self.rkey(key));
+        self.read(
+            |l| async move {
+                Ok(match l.query::<i64>(&cmd).await? {
+                    -2 => None,
+                    -1 => Some(None),
+                    ms => Some(Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))),
+                })
+            },
+            |m| m.ttl(key),
+        )
+        .await
+    }
+
+    pub(crate) async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, Error> {
+        let mut cmd = redis::cmd("INCRBY");
+        cmd.arg(&*self.rkey(key)).arg(delta);
+        self.write(
+            |l| {
+                let cmd = &cmd;
+                async move { l.query::<i64>(cmd).await.map(Ok) }
+            },
+            |m, log| {
+                let (n, entry) = m.incr_by(key, delta)?;
+                if let Some(log) = log {
+                    log.record_incr(key, delta, pending_entry(&entry));
+                }
+                Ok(n)
+            },
+        )
+        .await?
+    }
+
+    /// Keys (without the namespace) matching a glob pattern (itself without the namespace).
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Error> {
+        let rpattern = self.rkey(pattern);
+        let strip = self.inner.namespace.as_ref().map_or(0, |ns| ns.len() + 1);
+        self.read(
+            |l| async move {
+                let keys = l.scan(&rpattern).await?;
+                Ok(keys
+                    .into_iter()
+                    .map(|k| k[strip.min(k.len())..].to_owned())
+                    .collect())
+            },
+            |m| m.scan(pattern),
+        )
+        .await
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn set_cmd(rkey: &str, bytes: &[u8], ttl: Option<Duration>, nx: bool) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(rkey).arg(bytes);
+    if nx {
+        cmd.arg("NX");
+    }
+    if let Some(ttl) = ttl {
+        cmd.arg("PX").arg(millis(ttl));
+    }
+    cmd
+}
+
+fn pending_set(bytes: &Arc<[u8]>, ttl: Option<Duration>) -> Pending {
+    Pending::Set {
+        bytes: bytes.clone(),
+        expires_at: ttl.map(|t| Instant::now() + t),
+        written_at_ms: now_ms(),
+    }
+}
+
+fn pending_entry(e: &MemEntry) -> Pending {
+    Pending::Set {
+        bytes: e.bytes.clone(),
+        expires_at: e.expires_at,
+        written_at_ms: now_ms(),
+    }
+}
+
+impl Inner {
+    fn notify(&self, event: StoreEvent) {
+        let listeners: Vec<Listener> = lock(&self.listeners).clone();
+        for l in listeners {
+            l(event);
+        }
+    }
+
+    fn rkey(&self, key: &str) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}:{key}"),
+            None => key.to_owned(),
+        }
+    }
+
+    /// Reconnects and replays the outage writes. Returns `true` once back `Up`.
+    async fn recover(&self) -> bool {
+        let Some(link) = &self.link else { return true };
+        if let Err(Failure::Unavailable(why) | Failure::Rejected(why)) = link.connect().await {
+            tracing::debug!(error = %why, "redis still unavailable");
+            return false;
+        }
+        self.state.store(RECOVERING, Ordering::Release);
+        let started = Instant::now();
+        let mut replayed = 0u64;
+        loop {
+            let batch = lock(&self.log).take(256);
+            if batch.is_empty() {
+                let log = lock(&self.log);
+                if !log.is_empty() {
+                    continue;
+                }
+                self.state.store(UP, Ordering::Release);
+                self.memory.clear();
+                drop(log);
+                self.counters
+                    .replayed
+                    .fetch_add(replayed, Ordering::Relaxed);
+                tracing::info!(
+                    store = "redis",
+                    address = %link.address,
+                    replayed,
+                    replay_ms = started.elapsed().as_millis() as u64,
+                    "redis is back: outage writes replayed, cache store is redis again"
+                );
+                self.notify(StoreEvent::Recovered);
+                return true;
+            }
+            let mut rest = batch.into_iter();
+            while let Some((key, op)) = rest.next() {
+                match self.replay_one(link, &key, &op).await {
+                    Ok(true) => replayed += 1,
+                    Ok(false) => {
+                        self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Failure::Rejected(why)) => {
+                        self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(key = %key, error = %why, "redis refused a replayed write; it stays only in memory");
+                    }
+                    Err(Failure::Unavailable(why)) => {
+                        let mut log = lock(&self.log);
+                        log.restore(key, op);
+                        for (k, o) in rest {
+                            log.restore(k, o);
+                        }
+                        self.state.store(DOWN, Ordering::Release);
+                        self.counters
+                            .replayed
+                            .fetch_add(replayed, Ordering::Relaxed);
+                        tracing::warn!(error = %why, "redis failed again during replay");
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replays one write; `Ok(false)` when it was skipped (expired, or Redis holds a newer
+    /// value).
+    async fn replay_one(&self, link: &RedisLink, key: &str, op: &Pending) -> Result<bool, Failure> {
+        let rkey = self.rkey(key);
+        match op {
+            Pending::Set {
+                bytes,
+                expires_at,
+                written_at_ms,
+            } => {
+                let px = match expires_at {
+                    None => 0,
+                    Some(t) => match t.checked_duration_since(Instant::now()) {
+                        Some(d) if !d.is_zero() => millis(d),
+                        _ => return Ok(false),
+                    },
+                };
+                let mut inv = self.set_script.key(&rkey);
+                inv.arg(&bytes[..]).arg(*written_at_ms).arg(px);
+                Ok(link.script::<i64>(&inv).await? == 1)
+            }
+            Pending::Delete { at_ms } => {
+                let mut inv = self.del_script.key(&rkey);
+                inv.arg(*at_ms);
+                link.script::<i64>(&inv).await.map(|_| true)
+            }
+            Pending::Incr { delta } => {
+                let mut cmd = redis::cmd("INCRBY");
+                cmd.arg(&rkey).arg(*delta);
+                link.query::<i64>(&cmd).await.map(|_| true)
+            }
+        }
+    }
+}
+
+/// The background task: while Redis is down, probes it with backoff (and jitter) up to
+/// `probe_interval`, then replays and switches back.
+async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        {
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.state.load(Ordering::Acquire) != DOWN {
+                drop(inner);
+                wake.notified().await;
+                continue;
+            }
+        }
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.state.load(Ordering::Acquire) != DOWN || inner.recover().await {
+                break;
+            }
+            let max = inner.probe_interval;
+            drop(inner);
+            let jittered = delay.mul_f64(rand::random_range(0.5..=1.0));
+            tokio::time::sleep(jittered).await;
+            delay = (delay * 2).min(max);
+        }
+    }
+}
