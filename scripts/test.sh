@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole check: installs redis-server when missing, then format, lint, docs and every
+# test of the workspace (the tests start their own redis-server processes on free ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${need_apt[*]} ..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "error: the tests need redis-server and redis-cli (Redis 6.2 or newer) on PATH." >&2
+    echo "Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis" >&2
+    exit 1
+  fi
+fi
+
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+cargo test --workspace --all-features
