@@ -31,6 +31,8 @@ pub(crate) struct Func {
     /// The first argument pattern that is not a plain name, if any.
     pub(crate) pattern_arg: Option<Span>,
     pub(crate) has_receiver: bool,
+    /// The receiver is `&self` (not `&mut self`, `self`, or a typed `self: ...`).
+    pub(crate) shared_receiver: bool,
     pub(crate) ret: Ret,
 }
 
@@ -39,9 +41,14 @@ impl Func {
         let mut args = Vec::new();
         let mut pattern_arg = None;
         let mut has_receiver = false;
+        let mut shared_receiver = false;
         for input in &item.sig.inputs {
             match input {
-                FnArg::Receiver(_) => has_receiver = true,
+                FnArg::Receiver(r) => {
+                    has_receiver = true;
+                    shared_receiver =
+                        r.colon_token.is_none() && r.reference.is_some() && r.mutability.is_none();
+                }
                 FnArg::Typed(pt) => match &*pt.pat {
                     Pat::Ident(pi) if pi.subpat.is_none() => args.push(Arg {
                         ident: pi.ident.clone(),
@@ -62,6 +69,7 @@ impl Func {
             args,
             pattern_arg,
             has_receiver,
+            shared_receiver,
             ret,
         }
     }

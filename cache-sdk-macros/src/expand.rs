@@ -147,6 +147,18 @@ impl Gen<'_> {
         let body = match (self.opts.tier(), self.func.is_async()) {
             (Tier::Both, _) => {
                 let cache = self.cache_ref();
+                // The body takes `self` for the whole call; a cache reached through a
+                // `&mut self` or `self` receiver is cloned (an `Arc` clone) first.
+                let mut uses_self = BTreeSet::new();
+                idents(cache.clone(), &mut uses_self);
+                let cache = if self.func.has_receiver
+                    && !self.func.shared_receiver
+                    && uses_self.contains("self")
+                {
+                    quote!(&#p::Cache::clone(#cache))
+                } else {
+                    cache
+                };
                 quote! {
                     let __cache_sdk_cache: &#p::Cache = #cache;
                     let __cache_sdk_key: ::std::string::String = #key;

@@ -45,19 +45,27 @@ impl<T: Display + ?Sized> KeyPart for T {
 }
 
 /// A placeholder's value, formatted into a key.
-#[derive(Debug)]
-pub struct Part<'a, T: ?Sized>(&'a T);
+pub struct Part<'a>(&'a dyn KeyPart);
 
-impl<T: KeyPart + ?Sized> Display for Part<'_, T> {
+impl fmt::Debug for Part<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Part(")?;
+        self.0.fmt_part(f)?;
+        f.write_str(")")
+    }
+}
+
+impl Display for Part<'_> {
     #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt_part(f)
     }
 }
 
-/// Wraps a placeholder's value; the bound gives a clear error for non-`Display` values.
+/// Wraps a placeholder's value; the bound gives one clear error for a non-`Display` value
+/// (and `Part` is always `Display`, so `format!` adds no second one).
 #[inline]
-pub fn part<T: KeyPart + ?Sized>(value: &T) -> Part<'_, T> {
+pub fn part<T: KeyPart>(value: &T) -> Part<'_> {
     Part(value)
 }
 
