@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn key_parts_format_like_display() {
-        assert_eq!(format!("cache:{}:{}", part(&7u64), part("x")), "cache:7:x");
+        assert_eq!(format!("cache:{}:{}", part(&7u64), part(&"x")), "cache:7:x");
     }
 
     #[test]
