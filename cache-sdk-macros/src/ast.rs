@@ -110,10 +110,9 @@ fn classify(ty: &Type) -> Ret {
                 return Ret::Plain;
             };
             let has_type_arg = match &last.arguments {
-                PathArguments::AngleBracketed(a) => a
-                    .args
-                    .iter()
-                    .any(|g| matches!(g, GenericArgument::Type(_))),
+                PathArguments::AngleBracketed(a) => {
+                    a.args.iter().any(|g| matches!(g, GenericArgument::Type(_)))
+                }
                 _ => false,
             };
             if !has_type_arg {

@@ -162,7 +162,8 @@ fn parse_keys(which: Which, input: ParseStream<'_>) -> syn::Result<Vec<LitStr>> 
                 format!("{} takes one key pattern, not a list", which.name()),
             ));
         }
-        let keys: Punctuated<LitStr, Token![,]> = content.parse_terminated(<LitStr as Parse>::parse, Token![,])?;
+        let keys: Punctuated<LitStr, Token![,]> =
+            content.parse_terminated(<LitStr as Parse>::parse, Token![,])?;
         if keys.is_empty() {
             return Err(syn::Error::new(
                 bracket.span.join(),
@@ -195,7 +196,10 @@ fn parse_jitter(input: ParseStream<'_>) -> syn::Result<f64> {
         Lit::Float(f) => (f.base10_parse::<f64>().ok(), f.span()),
         Lit::Str(s) => {
             let v = s.value();
-            let pct = v.trim().strip_suffix('%').and_then(|p| p.trim().parse::<f64>().ok());
+            let pct = v
+                .trim()
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<f64>().ok());
             (pct.map(|p| p / 100.0), s.span())
         }
         other => (None, other.span()),
@@ -221,8 +225,9 @@ fn parse_ttl(input: ParseStream<'_>) -> syn::Result<(TtlSpec, Span)> {
                 .map_err(|_| syn::Error::new(span, format!("invalid ttl: {TTL_HELP}")))?;
             TtlSpec::Secs(secs)
         }
-        Lit::Str(s) => ttl_from_str(&s.value())
-            .ok_or_else(|| syn::Error::new(span, format!("invalid ttl {:?}: {TTL_HELP}", s.value())))?,
+        Lit::Str(s) => ttl_from_str(&s.value()).ok_or_else(|| {
+            syn::Error::new(span, format!("invalid ttl {:?}: {TTL_HELP}", s.value()))
+        })?,
         _ => return Err(syn::Error::new(span, format!("invalid ttl: {TTL_HELP}"))),
     };
     if let TtlSpec::Secs(secs) = spec {
@@ -293,8 +298,14 @@ mod tests {
     fn ttl_strings() {
         assert_eq!(ttl_from_str("api"), Some(TtlSpec::Api));
         assert_eq!(ttl_from_str("Session"), Some(TtlSpec::Session));
-        assert_eq!(ttl_from_str("user-preferences"), Some(TtlSpec::UserPreferences));
-        assert_eq!(ttl_from_str("reports"), Some(TtlSpec::Named("reports".into())));
+        assert_eq!(
+            ttl_from_str("user-preferences"),
+            Some(TtlSpec::UserPreferences)
+        );
+        assert_eq!(
+            ttl_from_str("reports"),
+            Some(TtlSpec::Named("reports".into()))
+        );
         assert_eq!(ttl_from_str("300"), Some(TtlSpec::Secs(300)));
         assert_eq!(ttl_from_str("15m"), Some(TtlSpec::Secs(900)));
         assert_eq!(ttl_from_str("1h30m"), Some(TtlSpec::Secs(5400)));

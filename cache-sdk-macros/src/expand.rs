@@ -139,7 +139,11 @@ impl Gen<'_> {
     fn cached(&self) -> TokenStream {
         let p = self.private();
         let ItemFn {
-            attrs, vis, sig, block, ..
+            attrs,
+            vis,
+            sig,
+            block,
+            ..
         } = &self.func.item;
         let ret = self.ret_type();
         let key = self.key(&self.patterns[0]);
@@ -476,7 +480,10 @@ fn filter_generics(
                 _ => TokenStream::new(),
             };
             idents(bounded, &mut mentioned);
-            if mentioned.iter().any(|m| all.contains(m) && used.contains(m)) {
+            if mentioned
+                .iter()
+                .any(|m| all.contains(m) && used.contains(m))
+            {
                 idents(pred.to_token_stream(), &mut used);
             }
         }

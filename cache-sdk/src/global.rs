@@ -106,6 +106,9 @@ mod tests {
         assert_eq!(cache.get::<u8>("cache:g:2").await.unwrap(), Some(2));
         // The installed cache does not see what the default held.
         assert_eq!(cache.get::<u8>("cache:g:1").await.unwrap(), None);
-        assert_eq!(presets().base(&Ttl::named("reports")).unwrap().as_secs(), 60);
+        assert_eq!(
+            presets().base(&Ttl::named("reports")).unwrap().as_secs(),
+            60
+        );
     }
 }

@@ -426,7 +426,13 @@ impl LocalTier {
     }
 
     /// `#[cache_put(tier = "l1")]`.
-    pub fn put<T: Clone + Send + Sync + 'static>(&self, key: &str, value: &T, spec: TtlSpec, jitter: f64) {
+    pub fn put<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        value: &T,
+        spec: TtlSpec,
+        jitter: f64,
+    ) {
         if let Err(e) = key::validate(key) {
             tracing::error!(key = log_key(key), error = %e, "#[cache_put] cannot cache this key");
             return;
@@ -478,12 +484,24 @@ mod tests {
             v
         };
         let key = "cache:private-test:1";
-        assert_eq!(tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(None)), None);
-        assert_eq!(tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(Some(3))), Some(3));
-        assert_eq!(tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(Some(4))), Some(3));
+        assert_eq!(
+            tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(None)),
+            None
+        );
+        assert_eq!(
+            tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(Some(3))),
+            Some(3)
+        );
+        assert_eq!(
+            tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(Some(4))),
+            Some(3)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         tier.invalidate(key);
-        assert_eq!(tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(Some(5))), Some(5));
+        assert_eq!(
+            tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(Some(5))),
+            Some(5)
+        );
         assert!(tier.sync_flights.lock().unwrap().is_empty());
     }
 }
