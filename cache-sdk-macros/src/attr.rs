@@ -294,6 +294,55 @@ fn duration_secs(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn options(which: Which, tokens: proc_macro2::TokenStream) -> syn::Result<Options> {
+        use syn::parse::Parser;
+        (|input: ParseStream<'_>| Options::parse(which, input)).parse2(tokens)
+    }
+
+    fn error(which: Which, tokens: proc_macro2::TokenStream) -> String {
+        match options(which, tokens) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn options_parse_and_mistakes_are_named() {
+        let o = options(
+            Which::Cached,
+            quote::quote!(
+                key = "k:{id}",
+                ttl = 90,
+                tier = "l1",
+                jitter = "10%",
+                cache_none = true,
+                crate = "sdk"
+            ),
+        )
+        .unwrap();
+        assert_eq!(o.ttl.as_ref().map(|(t, _)| t), Some(&TtlSpec::Secs(90)));
+        assert_eq!(o.tier(), Tier::L1);
+        assert_eq!(o.jitter, Some(0.1));
+        assert!(o.krate.is_some());
+        let evict = options(Which::Evict, quote::quote!(key = ["a", "b"], before = true)).unwrap();
+        assert_eq!(evict.keys.len(), 2);
+
+        assert!(error(Which::Cached, quote::quote!(ttl = "api")).contains("needs a key pattern"));
+        assert!(error(Which::Cached, quote::quote!(key = ["a", "b"])).contains("one key pattern"));
+        assert!(error(Which::Put, quote::quote!(key = "a", before = true))
+            .contains("unknown option `before`"));
+        assert!(error(Which::Cached, quote::quote!(key = "a", key = "b"))
+            .contains("duplicate option `key`"));
+        assert!(error(Which::Cached, quote::quote!(key = "a", ttl = 0)).contains("out of range"));
+        assert!(
+            error(Which::Cached, quote::quote!(key = "a", ttl = "366d")).contains("out of range")
+        );
+        assert!(error(Which::Cached, quote::quote!(key = "a", jitter = 0.9)).contains("jitter"));
+        assert!(
+            error(Which::Cached, quote::quote!(key = "a", tier = "l2")).contains("unknown tier")
+        );
+    }
+
     #[test]
     fn ttl_strings() {
         assert_eq!(ttl_from_str("api"), Some(TtlSpec::Api));

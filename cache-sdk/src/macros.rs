@@ -86,7 +86,8 @@
 /// Async free functions and methods (`&self`, `&mut self`, `self`), with generics, lifetimes
 /// and `impl Trait` arguments; visibility, docs and other attributes are kept. Each argument
 /// must be a plain name (no destructuring patterns) and the return type must be nameable
-/// (not `impl Trait`).
+/// (not `impl Trait`). In a trait impl, the generated companions (which are not trait
+/// methods) do not fit: cache an inherent method and call it from the trait method.
 ///
 /// **Sync functions** can be cached only in this process, because Redis is reached
 /// asynchronously: write `tier = "l1"` (otherwise a compile error says so):
