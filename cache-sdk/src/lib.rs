@@ -10,6 +10,8 @@
 //! - [`Key`]: the key patterns `cache:{resource}:{id}`, `user:{userId}:{field}`, `sess:{id}`.
 //! - [`codec`]: the envelope values are stored in.
 //! - [`Stats`]: what [`Cache::stats`] reports.
+//! - [`cached`], [`cache_evict`], [`cache_put`]: attributes that cache a function's result,
+//!   and evict or write keys when a writer runs; [`install`] sets the cache they use.
 //!
 //! # Redis is optional
 //!
@@ -28,15 +30,23 @@ pub mod codec;
 mod config;
 mod error;
 mod flight;
+mod global;
 pub mod key;
+mod macros;
 mod stats;
 mod tier;
 mod ttl;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 
 pub use cache::{Cache, CacheBuilder, CacheValue};
 pub use codec::Codec;
 pub use config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
 pub use error::{BuildError, ConfigError, Error, Result};
+pub use global::{global, install};
 pub use key::Key;
+pub use macros::{cache_evict, cache_put, cached};
 pub use stats::Stats;
 pub use ttl::{Ttl, TtlPresets, MAX_TTL};
