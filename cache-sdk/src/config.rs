@@ -423,7 +423,7 @@ pub(crate) fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigErro
     }
 }
 
-fn parse_num<N: std::str::FromStr + PartialOrd + Copy>(
+pub(crate) fn parse_num<N: std::str::FromStr + PartialOrd + Copy>(
     name: &'static str,
     v: &str,
     min: N,

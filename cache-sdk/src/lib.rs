@@ -10,6 +10,8 @@
 //! - [`Key`]: the key patterns `cache:{resource}:{id}`, `user:{userId}:{field}`, `sess:{id}`.
 //! - [`codec`]: the envelope values are stored in.
 //! - [`Stats`]: what [`Cache::stats`] reports.
+//! - [`session`]: typed web sessions (signed cookies, `sess:{id}` records, the axum
+//!   extractor and tower layer, express-session compatibility).
 //!
 //! # Redis is optional
 //!
@@ -29,6 +31,7 @@ mod config;
 mod error;
 mod flight;
 pub mod key;
+pub mod session;
 mod stats;
 mod tier;
 mod ttl;
