@@ -1,18 +1,4 @@
 //! [`SessionConfig`]: cookie, lifetime, format and secrets, from code or the environment.
-//!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `APP_ENV` | `production` or `development` (`NODE_ENV` is read when `APP_ENV` is unset) | `production` |
-//! | `SESSION_SECRET` | the signing secret; `current,previous1,…` to rotate (secrets cannot contain `,`) | required in production; random in development |
-//! | `SESSION_SECRET_PREVIOUS` | more previous secrets, comma-separated | none |
-//! | `SESSION_FORMAT` | `native` or `express` | `native` |
-//! | `SESSION_COOKIE_NAME` | cookie name | `sid` (native), `connect.sid` (express) |
-//! | `SESSION_TTL_SECS` | session lifetime, extended by activity | `86400` (the session preset) |
-//! | `SESSION_TOUCH_INTERVAL_SECS` | the least time between two expiry extensions of one session (0: every request) | `60` |
-//! | `SESSION_SECURE` | `Secure` cookie attribute | `true` in production, `false` in development |
-//! | `SESSION_SAME_SITE` | `lax`, `strict` or `none` | `lax` |
-//! | `SESSION_COOKIE_DOMAIN` / `SESSION_COOKIE_PATH` | cookie `Domain` / `Path` | none / `/` |
-//! | `SESSION_MAX_BYTES` | the largest record written or read | `1048576` |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -299,8 +285,21 @@ impl SessionConfig {
         Ok(())
     }
 
-    /// Reads the configuration from the process environment, after a `.env` file (see the
-    /// [module table](self)).
+    /// Reads the configuration from the process environment, after a `.env` file:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `APP_ENV` | `production` or `development` (`NODE_ENV` is read when `APP_ENV` is unset) | `production` |
+    /// | `SESSION_SECRET` | the signing secret; `current,previous1,…` to rotate (secrets cannot contain `,`) | required in production; random in development |
+    /// | `SESSION_SECRET_PREVIOUS` | more previous secrets, comma-separated | none |
+    /// | `SESSION_FORMAT` | `native` or `express` | `native` |
+    /// | `SESSION_COOKIE_NAME` | cookie name | `sid` (native), `connect.sid` (express) |
+    /// | `SESSION_TTL_SECS` | session lifetime, extended by activity | `86400` (the session preset) |
+    /// | `SESSION_TOUCH_INTERVAL_SECS` | the least time between two expiry extensions of one session (0: every request) | `60` |
+    /// | `SESSION_SECURE` | `Secure` cookie attribute | `true` in production, `false` in development |
+    /// | `SESSION_SAME_SITE` | `lax`, `strict` or `none` | `lax` |
+    /// | `SESSION_COOKIE_DOMAIN` / `SESSION_COOKIE_PATH` | cookie `Domain` / `Path` | none / `/` |
+    /// | `SESSION_MAX_BYTES` | the largest record written or read | `1048576` |
     ///
     /// # Errors
     /// [`ConfigError`] naming the first variable with a bad value; in production, a missing

@@ -188,7 +188,7 @@ impl<T: SessionData> Session<T> {
 #[non_exhaustive]
 pub enum SessionRejection {
     /// The request did not pass through a [`SessionLayer`](super::SessionLayer).
-    #[error("no session in the request extensions. Is the SessionLayer installed (and around this route)?")]
+    #[error("no session in the request extensions: no SessionLayer handled this request. Is the SessionLayer installed?")]
     MissingLayer,
     /// The session was already extracted as another type in this request.
     #[error("{0}: extract one session type per request")]

@@ -1,29 +1,4 @@
 //! How a session is stored: the native format, or express-session's.
-//!
-//! # Native format
-//!
-//! Compact JSON in a small envelope, readable with `redis-cli GET sess:<id>`:
-//!
-//! ```text
-//! {"v":1,"ttl":86400,"savedAt":1764183056263,"data":{…the session type…}}
-//! ```
-//!
-//! - `v`: the envelope version (1). Anything else is not read.
-//! - `ttl`: this session's lifetime in seconds (the configured TTL unless the handler chose
-//!   another with [`Session::set_ttl`](crate::session::Session::set_ttl)); every touch
-//!   extends the key to this.
-//! - `savedAt`: Unix milliseconds of the last save, which lets the first request after a
-//!   save skip the touch.
-//! - `data`: the session type as JSON.
-//!
-//! Expiry is the Redis key's TTL only: a touch (`PEXPIRE`) does not rewrite the record.
-//! A record that does not decode (corrupt, another envelope version, a type that changed
-//! incompatibly) is treated as no session: the request gets a fresh one and a warning is
-//! logged, never an error response.
-//!
-//! # Express format
-//!
-//! See [`SessionFormat::Express`].
 
 use std::time::Duration;
 
@@ -39,6 +14,27 @@ const VERSION: u8 = 1;
 
 /// How session records are written under `sess:{id}`.
 ///
+/// # Native format
+///
+/// Compact JSON in a small envelope, readable with `redis-cli GET sess:<id>`:
+///
+/// ```text
+/// {"v":1,"ttl":86400,"savedAt":1764183056263,"data":{…the session type…}}
+/// ```
+///
+/// - `v`: the envelope version (1). Anything else is not read.
+/// - `ttl`: this session's lifetime in seconds (the configured TTL unless the handler chose
+///   another with [`Session::set_ttl`](crate::session::Session::set_ttl)); every touch
+///   extends the key to this.
+/// - `savedAt`: Unix milliseconds of the last save, which lets the first request after a
+///   save skip the touch.
+/// - `data`: the session type as JSON.
+///
+/// Expiry is the Redis key's TTL only: a touch (`PEXPIRE`) does not rewrite the record.
+/// A record that does not decode (corrupt, another envelope version, a type that changed
+/// incompatibly) is treated as no session: the request gets a fresh one and a warning is
+/// logged, never an error response.
+///
 /// ```
 /// use cache_sdk::session::SessionFormat;
 /// assert_eq!("express".parse::<SessionFormat>(), Ok(SessionFormat::Express));
@@ -48,13 +44,27 @@ const VERSION: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SessionFormat {
-    /// JSON in the SDK's envelope (see the [module docs](self)).
+    /// JSON in the SDK's envelope (see above).
     #[default]
     Native,
     /// What express-session + connect-redis write: `{"cookie":{…},…fields}`, the TTL from
     /// `cookie.originalMaxAge`, touch as an expiry update. With the same Redis, secret and
     /// cookie name (`connect.sid`), a Node backend and a Rust service share sessions both
     /// ways.
+    ///
+    /// A record is compact JSON: a `cookie` object first, then the application's fields at the
+    /// top level, e.g.
+    /// `{"cookie":{"originalMaxAge":86400000,"expires":"2026-11-26T18:50:56.263Z","secure":false,"httpOnly":true,"path":"/","sameSite":"lax"},"userId":1,"username":"alice"}`.
+    ///
+    /// - The session type must serialize as a JSON object without a `cookie` field.
+    /// - Fields the Rust type does not know (written by the Node side) are kept as they were
+    ///   when the Rust side saves, so neither side erases the other's data. A field the Rust
+    ///   type knows and no longer serializes (a `None` skipped with `skip_serializing_if`) is
+    ///   removed.
+    /// - The TTL is `cookie.originalMaxAge` (connect-redis derives it from `cookie.expires`,
+    ///   which express-session sets to now + `originalMaxAge` before every save and touch);
+    ///   without it, the configured TTL. `cookie.expires` itself is not checked when reading,
+    ///   as connect-redis does not check it either: expiry is the Redis key's TTL.
     Express,
 }
 

@@ -142,7 +142,6 @@ pub struct SessionService<S> {
 /// assert!(f.message.contains("OOM"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct SessionSaveFailed {
     /// What went wrong (never holds the session id).
     pub message: String,

@@ -47,6 +47,7 @@ pub struct Loaded<T> {
 
 impl<T> Loaded<T> {
     /// A new, unsaved session holding `data`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn fresh(data: T, ttl: Duration) -> Self {
         Self {
             data,
@@ -466,6 +467,7 @@ impl Sessions {
     /// Whether a session read now should have its expiry extended: not when this process
     /// refreshed it (save or touch) within the touch interval, nor when the record says it
     /// was saved within it.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn needs_touch(&self, id: &SessionId, saved_at_ms: Option<u64>) -> bool {
         let interval =
             u64::try_from(self.inner.config.touch_interval.as_millis()).unwrap_or(u64::MAX);
