@@ -136,7 +136,7 @@ impl SessionSecrets {
         self.keys.len()
     }
 
-    /// Always `false`: there is at least one secret.
+    /// Whether there is no secret (never for secrets built by [`SessionSecrets::new`]).
     ///
     /// ```
     /// assert!(!cache_sdk::session::SessionSecrets::random().is_empty());

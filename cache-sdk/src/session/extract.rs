@@ -90,26 +90,62 @@ impl<T> std::fmt::Debug for Session<T> {
 impl<T: SessionData> Session<T> {
     /// The stored id; `None` while the session is new (it gets one when first saved).
     /// A credential: do not log it.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn handler(session: Session<Vec<u64>>) -> bool {
+    ///     session.id().is_some()
+    /// }
+    /// ```
     pub fn id(&self) -> Option<SessionId> {
         self.request.with_state(|s| s.id())
     }
 
     /// Whether the session is new (not stored yet).
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn handler(session: Session<Vec<u64>>) -> &'static str {
+    ///     if session.is_new() { "welcome" } else { "welcome back" }
+    /// }
+    /// ```
     pub fn is_new(&self) -> bool {
         self.id().is_none()
     }
 
     /// Whether there are changes not yet written.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn handler(session: Session<Vec<u64>>) {
+    ///     session.update(|cart| cart.push(1));
+    ///     assert!(session.is_modified());
+    /// }
+    /// ```
     pub fn is_modified(&self) -> bool {
         self.request.with_state(|s| s.is_changed())
     }
 
     /// Reads the data through a closure.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn handler(session: Session<Vec<u64>>) -> String {
+    ///     session.read(|cart| format!("{} items", cart.len()))
+    /// }
+    /// ```
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         f(&lock(&self.cell.data))
     }
 
     /// A copy of the data.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn handler(session: Session<Vec<u64>>) -> axum::Json<Vec<u64>> {
+    ///     axum::Json(session.get())
+    /// }
+    /// ```
     pub fn get(&self) -> T
     where
         T: Clone,
@@ -118,6 +154,13 @@ impl<T: SessionData> Session<T> {
     }
 
     /// Changes the data through a closure; the session will be saved.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn add(session: Session<Vec<u64>>) -> String {
+    ///     session.update(|cart| { cart.push(42); cart.len() }).to_string()
+    /// }
+    /// ```
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let r = f(&mut lock(&self.cell.data));
         self.request.with_state(|s| s.changed());
@@ -125,12 +168,27 @@ impl<T: SessionData> Session<T> {
     }
 
     /// Replaces the data; returns the previous data. The session will be saved.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn reset(session: Session<Vec<u64>>) {
+    ///     let _old = session.replace(vec![1, 2, 3]);
+    /// }
+    /// ```
     pub fn replace(&self, value: T) -> T {
         self.update(|d| std::mem::replace(d, value))
     }
 
     /// Takes the data out, leaving `T::default()` (and dropping fields another application
     /// stored in an express-format record). The session stays, empty, and will be saved.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn checkout(session: Session<Vec<u64>>) -> String {
+    ///     let cart = session.remove();
+    ///     format!("ordered {} items", cart.len())
+    /// }
+    /// ```
     pub fn remove(&self) -> T {
         let old = self.update(std::mem::take);
         self.request.with_state(|s| s.clear_extra());
@@ -138,6 +196,11 @@ impl<T: SessionData> Session<T> {
     }
 
     /// Ends the session: the record is deleted after the handler, and the cookie removed.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn logout(session: Session<Vec<u64>>) { session.destroy(); }
+    /// ```
     pub fn destroy(&self) {
         self.request.with_state(|s| s.destroy());
     }
@@ -146,11 +209,26 @@ impl<T: SessionData> Session<T> {
     /// privileges change (login, logout to a lower role) so that an id planted or seen
     /// before cannot be used afterwards (session fixation). The new cookie is sent with
     /// the response.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn login(session: Session<Option<u64>>) {
+    ///     session.regenerate();
+    ///     session.replace(Some(7)); // the user id
+    /// }
+    /// ```
     pub fn regenerate(&self) {
         self.request.with_state(|s| s.regenerate());
     }
 
     /// This session's lifetime: the configured one, or what [`Session::set_ttl`] chose.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn handler(session: Session<Vec<u64>>) -> String {
+    ///     format!("{} s", session.ttl().as_secs())
+    /// }
+    /// ```
     pub fn ttl(&self) -> Duration {
         self.request.with_state(|s| s.ttl())
     }
@@ -160,6 +238,14 @@ impl<T: SessionData> Session<T> {
     ///
     /// # Errors
     /// [`SessionError::Store`] with [`crate::Error::InvalidTtl`] outside 1 s ..= 365 days.
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// async fn remember_me(session: Session<Option<u64>>) {
+    ///     let thirty_days = std::time::Duration::from_secs(30 * 86_400);
+    ///     session.set_ttl(thirty_days).expect("within the limits");
+    /// }
+    /// ```
     pub fn set_ttl(&self, ttl: Duration) -> Result<(), SessionError> {
         crate::ttl::check(ttl)?;
         self.request.with_state(|s| s.set_ttl(ttl));
@@ -172,6 +258,19 @@ impl<T: SessionData> Session<T> {
     /// # Errors
     /// As [`Sessions::save`](super::Sessions::save) and
     /// [`Sessions::create`](super::Sessions::create).
+    ///
+    /// ```
+    /// # use cache_sdk::session::Session;
+    /// use axum::http::StatusCode;
+    /// async fn login(session: Session<Option<u64>>) -> StatusCode {
+    ///     session.regenerate();
+    ///     session.replace(Some(7));
+    ///     match session.save().await {
+    ///         Ok(()) => StatusCode::OK,
+    ///         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    ///     }
+    /// }
+    /// ```
     pub async fn save(&self) -> Result<(), SessionError> {
         self.request.flush().await
     }

@@ -65,6 +65,9 @@ pub enum SessionFormat {
     ///   which express-session sets to now + `originalMaxAge` before every save and touch);
     ///   without it, the configured TTL. `cookie.expires` itself is not checked when reading,
     ///   as connect-redis does not check it either: expiry is the Redis key's TTL.
+    /// - The `cookie` object is written from this side's cookie attributes (`secure`,
+    ///   `httpOnly`, `path`, `sameSite`, `domain`), and express-session applies what it reads
+    ///   there: configure both sides' cookies alike (name `connect.sid`, same secret list).
     Express,
 }
 
