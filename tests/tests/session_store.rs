@@ -53,7 +53,11 @@ suite!(
 );
 
 fn user(name: &str) -> UserSession {
-    UserSession { user_id: Some(1), username: name.into(), visits: 0 }
+    UserSession {
+        user_id: Some(1),
+        username: name.into(),
+        visits: 0,
+    }
 }
 
 async fn create_load_save_touch_destroy_count(env: Env) {
@@ -63,25 +67,52 @@ async fn create_load_save_touch_destroy_count(env: Env) {
     let b = sessions.create(&user("b"), None).await.expect("create");
     assert_eq!(sessions.count().await.expect("count"), 2);
 
-    let mut loaded = sessions.load::<UserSession>(&a).await.expect("load").expect("found");
+    let mut loaded = sessions
+        .load::<UserSession>(&a)
+        .await
+        .expect("load")
+        .expect("found");
     assert_eq!(loaded.data, user("a"));
     assert_eq!(loaded.ttl, Duration::from_secs(86_400));
     loaded.data.visits = 9;
     sessions.save(&a, &loaded).await.expect("save");
-    assert_eq!(sessions.load::<UserSession>(&a).await.expect("load").expect("found").data.visits, 9);
+    assert_eq!(
+        sessions
+            .load::<UserSession>(&a)
+            .await
+            .expect("load")
+            .expect("found")
+            .data
+            .visits,
+        9
+    );
 
-    assert!(sessions.touch(&a, Duration::from_secs(100)).await.expect("touch"));
+    assert!(sessions
+        .touch(&a, Duration::from_secs(100))
+        .await
+        .expect("touch"));
     assert!(sessions.destroy(&a).await.expect("destroy"));
     assert!(!sessions.destroy(&a).await.expect("destroy"));
-    assert!(sessions.load::<UserSession>(&a).await.expect("load").is_none());
-    assert!(!sessions.touch(&a, Duration::from_secs(100)).await.expect("touch"));
+    assert!(sessions
+        .load::<UserSession>(&a)
+        .await
+        .expect("load")
+        .is_none());
+    assert!(!sessions
+        .touch(&a, Duration::from_secs(100))
+        .await
+        .expect("touch"));
     // A destroyed session is not brought back by a save.
     assert!(matches!(
         sessions.save(&a, &loaded).await,
         Err(cache_sdk::session::SessionError::Gone)
     ));
     assert_eq!(sessions.count().await.expect("count"), 1);
-    assert!(sessions.load::<UserSession>(&b).await.expect("load").is_some());
+    assert!(sessions
+        .load::<UserSession>(&b)
+        .await
+        .expect("load")
+        .is_some());
 }
 
 async fn create_never_overwrites_and_ids_are_fresh(env: Env) {
@@ -89,7 +120,10 @@ async fn create_never_overwrites_and_ids_are_fresh(env: Env) {
     let store = CacheSessionStore::new(cache.clone());
     let mut ids = std::collections::HashSet::new();
     for i in 0..50 {
-        let id = store.create(format!("{i}").into_bytes(), Duration::from_secs(60)).await.expect("create");
+        let id = store
+            .create(format!("{i}").into_bytes(), Duration::from_secs(60))
+            .await
+            .expect("create");
         assert_eq!(id.as_str().len(), 32);
         assert!(ids.insert(id));
     }
@@ -99,7 +133,10 @@ async fn create_never_overwrites_and_ids_are_fresh(env: Env) {
     // The primitive create relies on: an existing id is never overwritten.
     let id = ids.iter().next().expect("one").clone();
     let before = store.load(&id).await.expect("load");
-    assert!(!cache.set_raw_nx(&id.key(), b"other".to_vec(), cache_sdk::Ttl::Session).await.expect("nx"));
+    assert!(!cache
+        .set_raw_nx(&id.key(), b"other".to_vec(), cache_sdk::Ttl::Session)
+        .await
+        .expect("nx"));
     assert_eq!(store.load(&id).await.expect("load"), before);
 }
 
@@ -114,22 +151,47 @@ async fn records_that_do_not_decode_are_no_session(env: Env) {
         br#"{"v":1,"ttl":60,"savedAt":1,"data":{"visits":"many"}}"#,
         br#"{"cookie":{},"userId":1}"#,
     ] {
-        let id = store.create(garbage.to_vec(), Duration::from_secs(60)).await.expect("create");
-        assert!(sessions.load::<UserSession>(&id).await.expect("load").is_none());
+        let id = store
+            .create(garbage.to_vec(), Duration::from_secs(60))
+            .await
+            .expect("create");
+        assert!(sessions
+            .load::<UserSession>(&id)
+            .await
+            .expect("load")
+            .is_none());
     }
     // Over the size limit: not even decoded.
     let mut small = config(&["s"]);
     small.max_record_bytes = 100;
     let strict = common::sessions(&cache, small);
-    let id = sessions.create(&user(&"x".repeat(200)), None).await.expect("create");
-    assert!(strict.load::<UserSession>(&id).await.expect("load").is_none());
-    assert!(sessions.load::<UserSession>(&id).await.expect("load").is_some());
+    let id = sessions
+        .create(&user(&"x".repeat(200)), None)
+        .await
+        .expect("create");
+    assert!(strict
+        .load::<UserSession>(&id)
+        .await
+        .expect("load")
+        .is_none());
+    assert!(sessions
+        .load::<UserSession>(&id)
+        .await
+        .expect("load")
+        .is_some());
 }
 
 async fn per_session_ttl_is_kept(env: Env) {
     let sessions = env.sessions().await;
-    let id = sessions.create(&user("a"), Some(Duration::from_secs(30 * 86_400))).await.expect("create");
-    let loaded = sessions.load::<UserSession>(&id).await.expect("load").expect("found");
+    let id = sessions
+        .create(&user("a"), Some(Duration::from_secs(30 * 86_400)))
+        .await
+        .expect("create");
+    let loaded = sessions
+        .load::<UserSession>(&id)
+        .await
+        .expect("load")
+        .expect("found");
     assert_eq!(loaded.ttl, Duration::from_secs(30 * 86_400));
     assert!(loaded.saved_at_ms.is_some());
 }
@@ -164,10 +226,17 @@ async fn ttl_and_touch_are_visible_in_redis_and_counting_uses_scan() {
     assert!(pttl > 86_000_000 && pttl <= 86_400_000, "{pttl}");
     let raw = server.get_raw(&id.key()).await.expect("raw");
     server.cli(&["PEXPIRE", &id.key(), "5000"]);
-    assert!(sessions.touch(&id, Duration::from_secs(86_400)).await.expect("touch"));
+    assert!(sessions
+        .touch(&id, Duration::from_secs(86_400))
+        .await
+        .expect("touch"));
     let pttl = server.pttl(&id.key()).await;
     assert!(pttl > 86_000_000, "{pttl}");
-    assert_eq!(server.get_raw(&id.key()).await.expect("raw"), raw, "touch must not rewrite");
+    assert_eq!(
+        server.get_raw(&id.key()).await.expect("raw"),
+        raw,
+        "touch must not rewrite"
+    );
 
     // Other keys are not sessions; counting goes through SCAN, never KEYS.
     server.cli(&["SET", "cache:product:1", "x"]);
@@ -194,7 +263,11 @@ async fn a_session_survives_a_restart_of_the_app() {
     // A new process: new cache, new store, same Redis and secret.
     let cache = cache_on(Some(&server)).await;
     let sessions = common::sessions(&cache, config(&["restart-secret"]));
-    let loaded = sessions.load::<UserSession>(&id).await.expect("load").expect("found");
+    let loaded = sessions
+        .load::<UserSession>(&id)
+        .await
+        .expect("load")
+        .expect("found");
     assert_eq!(loaded.data.username, "carol");
     let app = app(sessions);
     let profile = send(&app, "GET", "/profile", Some(&cookie)).await;

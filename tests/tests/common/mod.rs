@@ -133,7 +133,11 @@ pub struct Reply {
 impl Reply {
     /// The `name=value` pair of the one Set-Cookie, for the next request's `Cookie`.
     pub fn cookie(&self) -> String {
-        assert_eq!(self.set_cookies.len(), 1, "expected one Set-Cookie: {self:?}");
+        assert_eq!(
+            self.set_cookies.len(),
+            1,
+            "expected one Set-Cookie: {self:?}"
+        );
         self.set_cookies[0]
             .split(';')
             .next()
