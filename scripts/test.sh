@@ -19,6 +19,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# The express-session compatibility test runs a Node app (tests/node) beside the Rust one
+# when node and npm are present; then its packages are installed from the lock file and the
+# test must run (CACHE_SDK_REQUIRE_NODE=1) instead of skipping.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+  export CACHE_SDK_REQUIRE_NODE=1
+else
+  echo "note: node/npm not found; the live express-session test will be skipped" >&2
+fi
+
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings

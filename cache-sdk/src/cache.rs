@@ -770,6 +770,27 @@ impl Cache {
         self.inner.remote.set_nx(key, bytes, Some(ttl)).await
     }
 
+    /// Writes raw bytes only if the key exists (`SET XX`); returns whether it was written.
+    /// Lets a store update a record without reviving one deleted meanwhile.
+    ///
+    /// # Errors
+    /// As [`Cache::set_raw`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cache_sdk::Result<()> {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// assert!(!cache.set_raw_xx("sess:y", vec![1], cache_sdk::Ttl::Session).await?);
+    /// cache.set_raw("sess:y", vec![1], cache_sdk::Ttl::Session).await?;
+    /// assert!(cache.set_raw_xx("sess:y", vec![2], cache_sdk::Ttl::Session).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_raw_xx(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<bool> {
+        let ttl = self.check_raw(key, &bytes, &ttl.into())?;
+        self.inner.local.invalidate(key);
+        self.inner.remote.set_xx(key, bytes, Some(ttl)).await
+    }
+
     fn check_raw(&self, key: &str, bytes: &[u8], ttl: &Ttl) -> Result<Duration> {
         key::validate(key)?;
         if bytes.len() > self.inner.max_value_size {

@@ -178,7 +178,7 @@ fn encode(s: &str) -> String {
 /// let redis = cfg.redis.as_ref().unwrap();
 /// assert_eq!((redis.host.as_str(), redis.port, redis.db), ("10.0.0.5", 6379, 3));
 ///
-/// let err = CacheConfig::from_vars([("REDIS_DB", "42")]).unwrap_err();
+/// let err = CacheConfig::from_vars([("REDIS_HOST", "10.0.0.5"), ("REDIS_DB", "42")]).unwrap_err();
 /// assert!(err.to_string().starts_with("REDIS_DB=\"42\" is invalid"));
 /// ```
 #[derive(Debug, Clone)]
@@ -423,7 +423,7 @@ pub(crate) fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigErro
     }
 }
 
-fn parse_num<N: std::str::FromStr + PartialOrd + Copy>(
+pub(crate) fn parse_num<N: std::str::FromStr + PartialOrd + Copy>(
     name: &'static str,
     v: &str,
     min: N,

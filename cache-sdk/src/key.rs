@@ -183,15 +183,22 @@ fn glob_at(p: &[char], t: &[char]) -> bool {
                     ti += 1;
                     continue;
                 }
-                '[' => {
-                    if let Some((matched, next)) = class(p, pi, t[ti]) {
-                        if matched {
-                            pi = next;
+                '[' => match class(p, pi, t[ti]) {
+                    Some((true, next)) => {
+                        pi = next;
+                        ti += 1;
+                        continue;
+                    }
+                    Some((false, _)) => {}
+                    // An unclosed `[` is a literal character.
+                    None => {
+                        if t[ti] == '[' {
+                            pi += 1;
                             ti += 1;
                             continue;
                         }
                     }
-                }
+                },
                 '\\' if pi + 1 < p.len() => {
                     if p[pi + 1] == t[ti] {
                         pi += 2;

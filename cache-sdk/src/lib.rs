@@ -12,6 +12,8 @@
 //! - [`Stats`]: what [`Cache::stats`] reports.
 //! - [`cached`], [`cache_evict`], [`cache_put`]: attributes that cache a function's result,
 //!   and evict or write keys when a writer runs; [`install`] sets the cache they use.
+//! - [`session`]: typed web sessions (signed cookies, `sess:{id}` records, the axum
+//!   extractor and tower layer, express-session compatibility).
 //!
 //! # Redis is optional
 //!
@@ -33,6 +35,7 @@ mod flight;
 mod global;
 pub mod key;
 mod macros;
+pub mod session;
 mod stats;
 mod tier;
 mod ttl;

@@ -1,5 +1,6 @@
 //! Every cache operation, run twice: against a real redis-server and against the in-memory
 //! store, so both promise the same behaviour.
+#![allow(clippy::unwrap_used)] // test helpers called by the suite macro, not #[test] fns
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -37,13 +37,22 @@ async fn killed_server_falls_back_and_returns_with_outage_writes() {
     server.kill();
     // Every operation keeps succeeding, on the fallback.
     cache.set("cache:during:1", &10u32, Ttl::Api).await.unwrap();
-    cache.set("cache:during:2", &20u32, Ttl::secs(2)).await.unwrap();
-    cache.set("cache:during:gone", &30u32, Ttl::Api).await.unwrap();
+    cache
+        .set("cache:during:2", &20u32, Ttl::secs(2))
+        .await
+        .unwrap();
+    cache
+        .set("cache:during:gone", &30u32, Ttl::Api)
+        .await
+        .unwrap();
     cache.delete("cache:during:gone").await.unwrap();
     cache.incr_by("cache:counter:visits", 5).await.unwrap();
     assert_eq!(cache.get::<u32>("cache:during:1").await.unwrap(), Some(10));
     let s = cache.stats();
-    assert!(!s.connected && s.using_fallback && s.in_memory_keys >= 2, "{s:?}");
+    assert!(
+        !s.connected && s.using_fallback && s.in_memory_keys >= 2,
+        "{s:?}"
+    );
     assert!(s.replay_pending >= 4, "{s:?}");
 
     server.restart();
@@ -58,7 +67,10 @@ async fn killed_server_falls_back_and_returns_with_outage_writes() {
     assert!(server.pttl("cache:during:2").await <= 2000);
     assert!(server.pttl("cache:during:1").await > 590_000);
     assert_eq!(server.pttl("cache:during:gone").await, -2);
-    assert_eq!(other.counter("cache:counter:visits").await.unwrap(), Some(5));
+    assert_eq!(
+        other.counter("cache:counter:visits").await.unwrap(),
+        Some(5)
+    );
     // The fallback was emptied.
     assert_eq!(cache.stats().in_memory_keys, 0);
 }
@@ -73,7 +85,10 @@ async fn down_at_start_then_switches_to_redis() {
     let cache = Cache::builder().redis_url(&url).build().await.unwrap();
     assert!(started.elapsed() < HANG);
     assert!(!cache.stats().connected && !cache.is_ready());
-    cache.set("cache:early:1", &"x".to_string(), Ttl::Api).await.unwrap();
+    cache
+        .set("cache:early:1", &"x".to_string(), Ttl::Api)
+        .await
+        .unwrap();
 
     server.restart();
     back_on_redis(&cache).await;
@@ -88,7 +103,10 @@ async fn down_at_start_then_switches_to_redis() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, cache_sdk::BuildError::RedisRequired(_)), "{err}");
+    assert!(
+        matches!(err, cache_sdk::BuildError::RedisRequired(_)),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,11 +135,17 @@ async fn newer_value_in_redis_wins_over_older_outage_write() {
     back_on_redis(&a).await;
     a.clear_local();
     assert_eq!(
-        a.get::<String>("cache:conflict:1").await.unwrap().as_deref(),
+        a.get::<String>("cache:conflict:1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("newer from B")
     );
     assert_eq!(
-        a.get::<String>("cache:conflict:2").await.unwrap().as_deref(),
+        a.get::<String>("cache:conflict:2")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("only A")
     );
 }
@@ -143,14 +167,23 @@ async fn l1_is_cleared_after_an_outage() {
 
 /// Runs `tasks` concurrent loops of mixed operations until `stop`, and returns
 /// (operations, errors, worst latency).
-async fn load(cache: Cache, tasks: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> (u64, u64, Duration) {
+async fn load(
+    cache: Cache,
+    tasks: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64, Duration) {
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let worst = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
-            let (cache, stop, ops, errors, worst) =
-                (cache.clone(), stop.clone(), ops.clone(), errors.clone(), worst.clone());
+            let (cache, stop, ops, errors, worst) = (
+                cache.clone(),
+                stop.clone(),
+                ops.clone(),
+                errors.clone(),
+                worst.clone(),
+            );
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -225,10 +258,16 @@ async fn paused_server_counts_as_down_not_as_a_wait() {
     // Breaker open: the next calls do not wait for the timeout at all.
     let started = Instant::now();
     for i in 0..100 {
-        cache.set(&format!("cache:p:x{i}"), &i, Ttl::Api).await.unwrap();
+        cache
+            .set(&format!("cache:p:x{i}"), &i, Ttl::Api)
+            .await
+            .unwrap();
     }
     let next_hundred = started.elapsed();
-    assert!(first < HANG && next_hundred < HANG, "{first:?} {next_hundred:?}");
+    assert!(
+        first < HANG && next_hundred < HANG,
+        "{first:?} {next_hundred:?}"
+    );
     assert!(!cache.stats().connected);
     server.resume();
     back_on_redis(&cache).await;
@@ -266,7 +305,10 @@ async fn killed_connections_are_replaced() {
     cache.set("cache:ck:1", &1u32, Ttl::Api).await.unwrap();
     server.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
     for i in 0..20 {
-        cache.set(&format!("cache:ck:{i}"), &i, Ttl::Api).await.unwrap();
+        cache
+            .set(&format!("cache:ck:{i}"), &i, Ttl::Api)
+            .await
+            .unwrap();
     }
     back_on_redis(&cache).await;
     cache.clear_local();
@@ -277,7 +319,8 @@ async fn killed_connections_are_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_is_a_typed_error() {
     cache_sdk_tests::init_tracing();
-    let server = RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let server =
+        RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
     let cache = cache_on(&server).await;
     let chunk = vec![7u8; 256 * 1024];
     let mut oom = None;
@@ -288,7 +331,10 @@ async fn out_of_memory_is_a_typed_error() {
         }
     }
     let err = oom.expect("redis never ran out of memory");
-    assert!(matches!(err, cache_sdk::Error::Backend(ref m) if m.contains("OOM")), "{err}");
+    assert!(
+        matches!(err, cache_sdk::Error::Backend(ref m) if m.contains("OOM")),
+        "{err}"
+    );
     // Reads keep working and Redis stays the store.
     assert!(cache.stats().connected);
     assert!(cache.get::<Vec<u8>>("cache:big:0").await.unwrap().is_some());

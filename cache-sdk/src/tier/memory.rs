@@ -75,6 +75,23 @@ impl MemoryStore {
         inserted
     }
 
+    /// Sets the key only when it exists (Redis `SET XX`); returns whether it was set.
+    pub(crate) fn set_xx(&self, key: &str, bytes: Arc<[u8]>, ttl: Option<Duration>) -> bool {
+        let now = Instant::now();
+        let expires_at = ttl.map(|t| now + t);
+        let mut updated = false;
+        self.map
+            .entry(key.to_owned())
+            .and_compute_with(|existing| match existing {
+                Some(e) if e.value().live(now) => {
+                    updated = true;
+                    Op::Put(MemEntry { bytes, expires_at })
+                }
+                _ => Op::Nop,
+            });
+        updated
+    }
+
     pub(crate) fn delete(&self, key: &str) -> bool {
         self.map.remove(key).is_some_and(|e| e.live(Instant::now()))
     }

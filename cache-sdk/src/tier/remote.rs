@@ -372,6 +372,35 @@ impl Remote {
         .await
     }
 
+    /// Sets only when present (`SET XX`); returns whether it was set.
+    pub(crate) async fn set_xx(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&*self.rkey(key)).arg(&bytes).arg("XX");
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(millis(ttl));
+        }
+        self.write(
+            |l| {
+                let cmd = &cmd;
+                async move { Ok(l.query::<Option<String>>(cmd).await?.is_some()) }
+            },
+            |m, log| {
+                let bytes: Arc<[u8]> = bytes.into();
+                let set = m.set_xx(key, bytes.clone(), ttl);
+                if let (true, Some(log)) = (set, log) {
+                    log.record(key, pending_set(&bytes, ttl));
+                }
+                set
+            },
+        )
+        .await
+    }
+
     pub(crate) async fn mset(
         &self,
         items: Vec<(String, Vec<u8>)>,

@@ -1,0 +1,210 @@
+//! How a session is stored: the native format, or express-session's.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::cookie::CookieAttributes;
+use super::express;
+
+/// The native envelope version.
+const VERSION: u8 = 1;
+
+/// How session records are written under `sess:{id}`.
+///
+/// # Native format
+///
+/// Compact JSON in a small envelope, readable with `redis-cli GET sess:<id>`:
+///
+/// ```text
+/// {"v":1,"ttl":86400,"savedAt":1764183056263,"data":{…the session type…}}
+/// ```
+///
+/// - `v`: the envelope version (1). Anything else is not read.
+/// - `ttl`: this session's lifetime in seconds (the configured TTL unless the handler chose
+///   another with [`Session::set_ttl`](crate::session::Session::set_ttl)); every touch
+///   extends the key to this.
+/// - `savedAt`: Unix milliseconds of the last save, which lets the first request after a
+///   save skip the touch.
+/// - `data`: the session type as JSON.
+///
+/// Expiry is the Redis key's TTL only: a touch (`PEXPIRE`) does not rewrite the record.
+/// A record that does not decode (corrupt, another envelope version, a type that changed
+/// incompatibly) is treated as no session: the request gets a fresh one and a warning is
+/// logged, never an error response.
+///
+/// ```
+/// use cache_sdk::session::SessionFormat;
+/// assert_eq!("express".parse::<SessionFormat>(), Ok(SessionFormat::Express));
+/// assert_eq!("native".parse::<SessionFormat>(), Ok(SessionFormat::Native));
+/// assert!("xml".parse::<SessionFormat>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SessionFormat {
+    /// JSON in the SDK's envelope (see above).
+    #[default]
+    Native,
+    /// What express-session + connect-redis write: `{"cookie":{…},…fields}`, the TTL from
+    /// `cookie.originalMaxAge`, touch as an expiry update. With the same Redis, secret and
+    /// cookie name (`connect.sid`), a Node backend and a Rust service share sessions both
+    /// ways.
+    ///
+    /// A record is compact JSON: a `cookie` object first, then the application's fields at the
+    /// top level, e.g.
+    /// `{"cookie":{"originalMaxAge":86400000,"expires":"2026-11-26T18:50:56.263Z","secure":false,"httpOnly":true,"path":"/","sameSite":"lax"},"userId":1,"username":"alice"}`.
+    ///
+    /// - The session type must serialize as a JSON object without a `cookie` field.
+    /// - Fields the Rust type does not know (written by the Node side) are kept as they were
+    ///   when the Rust side saves, so neither side erases the other's data. A field the Rust
+    ///   type knows and no longer serializes (a `None` skipped with `skip_serializing_if`) is
+    ///   removed.
+    /// - The TTL is `cookie.originalMaxAge` (connect-redis derives it from `cookie.expires`,
+    ///   which express-session sets to now + `originalMaxAge` before every save and touch);
+    ///   without it, the configured TTL. `cookie.expires` itself is not checked when reading,
+    ///   as connect-redis does not check it either: expiry is the Redis key's TTL.
+    /// - The `cookie` object is written from this side's cookie attributes (`secure`,
+    ///   `httpOnly`, `path`, `sameSite`, `domain`), and express-session applies what it reads
+    ///   there: configure both sides' cookies alike (name `connect.sid`, same secret list).
+    Express,
+}
+
+impl std::str::FromStr for SessionFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "native" => Ok(SessionFormat::Native),
+            "express" | "express-session" | "connect-redis" => Ok(SessionFormat::Express),
+            _ => Err("expected `native` or `express`".into()),
+        }
+    }
+}
+
+/// Why a record could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FormatError(pub(crate) String);
+
+/// A decoded record.
+#[derive(Debug)]
+pub(crate) struct Decoded<T> {
+    pub(crate) data: T,
+    /// The session's own TTL, when the record says.
+    pub(crate) ttl: Option<Duration>,
+    /// When it was last saved (Unix ms), when the record says.
+    pub(crate) saved_at_ms: Option<u64>,
+    /// Express: stored fields the type does not account for, written back unchanged.
+    pub(crate) extra: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvelopeOut<'a, T> {
+    v: u8,
+    ttl: u64,
+    saved_at: u64,
+    data: &'a T,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvelopeIn<T> {
+    ttl: u64,
+    saved_at: u64,
+    data: T,
+}
+
+impl SessionFormat {
+    pub(crate) fn decode<T: DeserializeOwned + Serialize + Default>(
+        self,
+        bytes: &[u8],
+    ) -> Result<Decoded<T>, FormatError> {
+        match self {
+            SessionFormat::Express => express::decode(bytes),
+            SessionFormat::Native => {
+                // Check the version before the data, so an unknown envelope is named as such.
+                #[derive(Deserialize)]
+                struct Version {
+                    v: u8,
+                }
+                let version: Version = serde_json::from_slice(bytes)
+                    .map_err(|e| FormatError(format!("not a session envelope: {e}")))?;
+                if version.v != VERSION {
+                    return Err(FormatError(format!("envelope version {}", version.v)));
+                }
+                let env: EnvelopeIn<T> = serde_json::from_slice(bytes)
+                    .map_err(|e| FormatError(format!("does not fit the session type: {e}")))?;
+                Ok(Decoded {
+                    data: env.data,
+                    ttl: (env.ttl > 0).then(|| Duration::from_secs(env.ttl)),
+                    saved_at_ms: Some(env.saved_at),
+                    extra: Map::new(),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn encode<T: Serialize>(
+        self,
+        data: &T,
+        extra: &Map<String, Value>,
+        attrs: &CookieAttributes,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, FormatError> {
+        match self {
+            SessionFormat::Express => express::encode(data, extra, attrs, ttl, now_ms),
+            SessionFormat::Native => serde_json::to_vec(&EnvelopeOut {
+                v: VERSION,
+                ttl: ttl.as_secs(),
+                saved_at: now_ms,
+                data,
+            })
+            .map_err(|e| FormatError(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct S {
+        n: u32,
+    }
+
+    #[test]
+    fn native_round_trip_and_shape() {
+        let attrs = CookieAttributes::new("sid");
+        let out = SessionFormat::Native
+            .encode(
+                &S { n: 7 },
+                &Map::new(),
+                &attrs,
+                Duration::from_secs(60),
+                1000,
+            )
+            .expect("encodes");
+        assert_eq!(out, br#"{"v":1,"ttl":60,"savedAt":1000,"data":{"n":7}}"#);
+        let d = SessionFormat::Native.decode::<S>(&out).expect("decodes");
+        assert_eq!(d.data, S { n: 7 });
+        assert_eq!(d.ttl, Some(Duration::from_secs(60)));
+        assert_eq!(d.saved_at_ms, Some(1000));
+    }
+
+    #[test]
+    fn native_refuses_other_versions_and_garbage() {
+        for bad in [
+            &br#"{"v":2,"ttl":60,"savedAt":1,"data":{"n":1}}"#[..],
+            br#"{"v":1,"ttl":60,"savedAt":1,"data":{"n":"x"}}"#,
+            br#"{"cookie":{},"n":1}"#,
+            b"\x00\x01garbage",
+            b"",
+        ] {
+            assert!(SessionFormat::Native.decode::<S>(bad).is_err());
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! [`Sessions`]: a store, a format and a configuration together: typed load and save,
+//! cookie signing, touch throttling and stats. The layer uses it; so can code outside a
+//! request (an admin task, a test, a migration).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::config::SessionConfig;
+use super::cookie::{find_cookie, Verified};
+use super::error::SessionError;
+use super::id::SessionId;
+use super::store::{SessionStore, StoreStatus};
+use crate::codec::now_ms;
+use crate::error::ConfigError;
+
+/// Most sessions whose last touch this process remembers (for throttling).
+const TOUCH_MEMORY: u64 = 200_000;
+
+/// A session read from the store.
+///
+/// ```
+/// use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+/// let id = sessions.create(&7u32.to_string(), None).await?;
+/// let loaded = sessions.load::<String>(&id).await?.unwrap();
+/// assert_eq!(loaded.data, "7");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Loaded<T> {
+    /// The data.
+    pub data: T,
+    /// This session's lifetime (its own, or the configured one).
+    pub ttl: Duration,
+    /// When it was last saved (Unix ms), when the record says.
+    pub saved_at_ms: Option<u64>,
+    /// Express format: stored fields `T` does not account for, written back on save.
+    pub(crate) extra: Map<String, Value>,
+}
+
+impl<T> Loaded<T> {
+    /// A new, unsaved session holding `data`.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn fresh(data: T, ttl: Duration) -> Self {
+        Self {
+            data,
+            ttl,
+            saved_at_ms: None,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// Sessions on a store: cheap to clone, clones share everything.
+///
+/// ```
+/// use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = cache_sdk::Cache::in_memory();
+/// let sessions = Sessions::new(CacheSessionStore::new(cache), SessionConfig::development())?;
+/// let id = sessions.create(&vec!["cart item".to_string()], None).await?;
+/// let cookie = sessions.cookie_value(&id);
+/// assert_eq!(sessions.verify(&cookie).unwrap().id, id);
+/// assert_eq!(sessions.count().await?, 1);
+/// sessions.destroy(&id).await?;
+/// assert!(sessions.load::<Vec<String>>(&id).await?.is_none());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+    /// Session id → when this process last refreshed its expiry (Unix ms).
+    touched: Option<moka::sync::Cache<SessionId, u64>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("store", &self.inner.store)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session stats endpoint's answer, in the seed's shape:
+/// `{"success":true,"store":"redis"|"memory","totalSessions":n,"redisStats":{…}}`.
+///
+/// ```
+/// use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+/// let json = serde_json::to_string(&sessions.stats().await?)?;
+/// assert_eq!(
+///     json,
+///     r#"{"success":true,"store":"memory","totalSessions":0,"redisStats":{"connected":false,"usingFallback":true,"inMemoryKeys":0}}"#
+/// );
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Always `true` (the seed's shape).
+    pub success: bool,
+    /// `"redis"` or `"memory"`: where sessions are kept now.
+    pub store: &'static str,
+    /// Live sessions in that store.
+    pub total_sessions: u64,
+    /// The store's state.
+    pub redis_stats: StoreStatus,
+}
+
+impl Sessions {
+    /// Sessions on `store` with `config`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the configuration is invalid (see [`SessionConfig::validate`]).
+    ///
+    /// ```
+    /// use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// let store = CacheSessionStore::new(cache_sdk::Cache::in_memory());
+    /// assert!(Sessions::new(store.clone(), SessionConfig::development()).is_ok());
+    /// assert!(Sessions::new(store, SessionConfig::development().cookie_name("a b")).is_err());
+    /// ```
+    pub fn new(store: impl SessionStore, config: SessionConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let touched = (!config.touch_interval.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(TOUCH_MEMORY)
+                .time_to_live(config.touch_interval)
+                .build()
+        });
+        tracing::info!(
+            format = ?config.format,
+            cookie = %config.cookie.name,
+            ttl_secs = config.ttl.as_secs(),
+            "sessions ready"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: Arc::new(store),
+                config,
+                touched,
+            }),
+        })
+    }
+
+    /// The configuration.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development()).unwrap();
+    /// assert_eq!(sessions.config().cookie.name, "sid");
+    /// ```
+    #[must_use]
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development()).unwrap();
+    /// assert!(!sessions.store().status().connected);
+    /// ```
+    #[must_use]
+    pub fn store(&self) -> &dyn SessionStore {
+        &*self.inner.store
+    }
+
+    /// The signed cookie value for an id (`s:{id}.{sig}`, before URL encoding).
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, SessionId, Sessions};
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development()).unwrap();
+    /// assert!(sessions.cookie_value(&SessionId::generate()).starts_with("s:"));
+    /// ```
+    #[must_use]
+    pub fn cookie_value(&self, id: &SessionId) -> String {
+        self.inner.config.secrets.sign(id)
+    }
+
+    /// Verifies a cookie value (URL-decoded) with every secret.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development()).unwrap();
+    /// assert!(sessions.verify("s:abc.def").is_none());
+    /// ```
+    #[must_use]
+    pub fn verify(&self, value: &str) -> Option<Verified> {
+        self.inner.config.secrets.verify(value)
+    }
+
+    /// Finds and verifies the session cookie in `Cookie` header values (the first cookie
+    /// with the configured name counts, as in express-session).
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, SessionId, Sessions};
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development()).unwrap();
+    /// let id = SessionId::generate();
+    /// let header = format!("sid={}", cache_sdk::session::cookie::encode_value(&sessions.cookie_value(&id)));
+    /// assert_eq!(sessions.verify_header([header.as_str()]).unwrap().id, id);
+    /// ```
+    #[must_use]
+    pub fn verify_header<'a>(
+        &self,
+        headers: impl IntoIterator<Item = &'a str>,
+    ) -> Option<Verified> {
+        let value = find_cookie(headers, &self.inner.config.cookie.name)?;
+        self.verify(&value)
+    }
+
+    pub(crate) fn encode_record<T: Serialize>(
+        &self,
+        data: &T,
+        extra: &Map<String, Value>,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<Vec<u8>, SessionError> {
+        let cfg = &self.inner.config;
+        let bytes = cfg
+            .format
+            .encode(data, extra, &cfg.cookie, ttl, now)
+            .map_err(|e| SessionError::Encode(e.0))?;
+        if bytes.len() > cfg.max_record_bytes {
+            return Err(SessionError::TooLarge {
+                size: bytes.len(),
+                limit: cfg.max_record_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads a session. A record that does not decode as `T` in the configured format, or
+    /// is over the size limit, is `None` (logged as a warning), like a missing one.
+    ///
+    /// # Errors
+    /// [`SessionError::Store`] when the store answers an error.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, SessionId, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// assert!(sessions.load::<u8>(&SessionId::generate()).await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn load<T>(&self, id: &SessionId) -> Result<Option<Loaded<T>>, SessionError>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let Some(bytes) = self.inner.store.load(id).await? else {
+            return Ok(None);
+        };
+        let cfg = &self.inner.config;
+        if bytes.len() > cfg.max_record_bytes {
+            tracing::warn!(
+                size = bytes.len(),
+                limit = cfg.max_record_bytes,
+                "session record over the size limit; starting a fresh session"
+            );
+            return Ok(None);
+        }
+        match cfg.format.decode::<T>(&bytes) {
+            Ok(d) => Ok(Some(Loaded {
+                data: d.data,
+                ttl: d.ttl.unwrap_or(cfg.ttl),
+                saved_at_ms: d.saved_at_ms,
+                extra: d.extra,
+            })),
+            Err(e) => {
+                tracing::warn!(
+                    format = ?cfg.format,
+                    expected = std::any::type_name::<T>(),
+                    error = %e.0,
+                    "session record does not decode; starting a fresh session"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores a new session under a fresh id (never overwriting one) and returns the id.
+    /// `ttl` defaults to the configured lifetime.
+    ///
+    /// # Errors
+    /// [`SessionError::Encode`], [`SessionError::TooLarge`], or the store's error.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// let id = sessions.create(&42u64, Some(std::time::Duration::from_secs(60))).await?;
+    /// assert_eq!(sessions.load::<u64>(&id).await?.unwrap().ttl.as_secs(), 60);
+    /// # Ok(()) }
+    /// ```
+    pub async fn create<T: Serialize>(
+        &self,
+        data: &T,
+        ttl: Option<Duration>,
+    ) -> Result<SessionId, SessionError> {
+        let ttl = ttl.unwrap_or(self.inner.config.ttl);
+        let now = now_ms();
+        let bytes = self.encode_record(data, &Map::new(), ttl, now)?;
+        self.create_raw(bytes, ttl, now).await
+    }
+
+    pub(crate) async fn create_raw(
+        &self,
+        record: Vec<u8>,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<SessionId, SessionError> {
+        let id = self.inner.store.create(record, ttl).await?;
+        self.remember_touch(&id, now);
+        Ok(id)
+    }
+
+    /// Replaces an existing session's data (and resets its expiry).
+    ///
+    /// # Errors
+    /// [`SessionError::Gone`] when the session no longer exists (it is not recreated),
+    /// [`SessionError::Encode`], [`SessionError::TooLarge`], or the store's error.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// let id = sessions.create(&1u8, None).await?;
+    /// let mut s = sessions.load::<u8>(&id).await?.unwrap();
+    /// s.data = 2;
+    /// sessions.save(&id, &s).await?;
+    /// assert_eq!(sessions.load::<u8>(&id).await?.unwrap().data, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn save<T: Serialize>(
+        &self,
+        id: &SessionId,
+        s: &Loaded<T>,
+    ) -> Result<(), SessionError> {
+        let now = now_ms();
+        let bytes = self.encode_record(&s.data, &s.extra, s.ttl, now)?;
+        self.save_raw(id, bytes, s.ttl, now).await
+    }
+
+    pub(crate) async fn save_raw(
+        &self,
+        id: &SessionId,
+        record: Vec<u8>,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<(), SessionError> {
+        if !self.inner.store.save(id, record, ttl).await? {
+            return Err(SessionError::Gone);
+        }
+        self.remember_touch(id, now);
+        Ok(())
+    }
+
+    /// Extends a session's expiry to `ttl` from now without rewriting it; returns whether
+    /// it exists.
+    ///
+    /// # Errors
+    /// The store's error.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, SessionId, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// assert!(!sessions.touch(&SessionId::generate(), std::time::Duration::from_secs(60)).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn touch(&self, id: &SessionId, ttl: Duration) -> Result<bool, SessionError> {
+        let found = self.inner.store.touch(id, ttl).await?;
+        if found {
+            self.remember_touch(id, now_ms());
+        }
+        Ok(found)
+    }
+
+    /// Deletes a session; returns whether it existed.
+    ///
+    /// # Errors
+    /// The store's error.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, SessionId, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// assert!(!sessions.destroy(&SessionId::generate()).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn destroy(&self, id: &SessionId) -> Result<bool, SessionError> {
+        if let Some(t) = &self.inner.touched {
+            t.invalidate(id);
+        }
+        self.inner.store.destroy(id).await
+    }
+
+    /// How many sessions the store holds (counted with `SCAN`).
+    ///
+    /// # Errors
+    /// The store's error.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// assert_eq!(sessions.count().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn count(&self) -> Result<u64, SessionError> {
+        self.inner.store.count().await
+    }
+
+    /// The stats endpoint's answer (see [`SessionStats`]).
+    ///
+    /// # Errors
+    /// The store's error.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// assert_eq!(sessions.stats().await?.store, "memory");
+    /// # Ok(()) }
+    /// ```
+    pub async fn stats(&self) -> Result<SessionStats, SessionError> {
+        let total_sessions = self.count().await?;
+        let status = self.inner.store.status();
+        Ok(SessionStats {
+            success: true,
+            store: if status.connected { "redis" } else { "memory" },
+            total_sessions,
+            redis_stats: status,
+        })
+    }
+
+    fn remember_touch(&self, id: &SessionId, at_ms: u64) {
+        if let Some(t) = &self.inner.touched {
+            t.insert(id.clone(), at_ms);
+        }
+    }
+
+    /// Whether a session read now should have its expiry extended: not when this process
+    /// refreshed it (save or touch) within the touch interval, nor when the record says it
+    /// was saved within it.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn needs_touch(&self, id: &SessionId, saved_at_ms: Option<u64>) -> bool {
+        let interval =
+            u64::try_from(self.inner.config.touch_interval.as_millis()).unwrap_or(u64::MAX);
+        if interval == 0 {
+            return true;
+        }
+        let now = now_ms();
+        let recent = |t: u64| now.saturating_sub(t) < interval;
+        if saved_at_ms.is_some_and(recent) {
+            return false;
+        }
+        !self
+            .inner
+            .touched
+            .as_ref()
+            .and_then(|t| t.get(id))
+            .is_some_and(recent)
+    }
+}

@@ -1,0 +1,76 @@
+//! Typed web sessions on the two-tier cache: signed cookies, records under `sess:{id}` in
+//! Redis (or the in-memory fallback while Redis is away), rolling expiry, id regeneration,
+//! stats, and wire compatibility with express-session + connect-redis.
+//!
+//! # Pieces
+//!
+//! | piece | what it does |
+//! |---|---|
+//! | [`SessionConfig`] | cookie name and attributes, lifetime, touch interval, format, secrets; from env |
+//! | [`SessionStore`] / [`CacheSessionStore`] | where records live (contract, and the cache-backed store) |
+//! | [`Sessions`] | typed load/create/save/touch/destroy/count/stats, cookie signing |
+//! | [`SessionLayer`] (feature `axum`) | tower middleware: lazy load, save when changed, cookies |
+//! | [`Session<T>`] (feature `axum`) | the axum extractor handlers use |
+//! | [`SessionFormat`] | native JSON envelope, or express-session's record |
+//!
+//! # Quick start
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use cache_sdk::session::{CacheSessionStore, Session, SessionConfig, SessionLayer, Sessions};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
+//! struct Prefs { theme: String }
+//!
+//! async fn theme(session: Session<Prefs>) -> String {
+//!     session.read(|p| p.theme.clone())
+//! }
+//!
+//! let cache = cache_sdk::Cache::builder().build().await?;   // `.from_env()?` in an app
+//! let config = SessionConfig::development();                 // `SessionConfig::from_env()?`
+//! let sessions = Sessions::new(CacheSessionStore::new(cache), config)?;
+//! let app: Router = Router::new()
+//!     .route("/theme", get(theme))
+//!     .layer(SessionLayer::new(sessions));
+//! # let _ = app;
+//! # Ok(()) }
+//! ```
+//!
+//! # Cookies
+//!
+//! `Path=/; HttpOnly; SameSite=Lax`, plus `Secure` outside development. The value is
+//! `s:{id}.{HMAC-SHA256(id)}` (express-session's), signed with the first secret and
+//! verified with any (constant-time comparison). A tampered, malformed, unknown, expired
+//! or oversized (over 4096 bytes) cookie gives a fresh anonymous session, never an error.
+//! Session ids are 192 random bits from the operating system's CSPRNG.
+
+mod config;
+pub mod cookie;
+mod date;
+mod error;
+mod express;
+mod format;
+mod id;
+mod manager;
+mod store;
+
+#[cfg(feature = "axum")]
+mod extract;
+#[cfg(feature = "axum")]
+mod layer;
+
+pub use config::{
+    Environment, SessionConfig, DEFAULT_MAX_RECORD_BYTES, DEFAULT_TOUCH_INTERVAL, DEFAULT_TTL,
+};
+pub use cookie::{SameSite, SessionSecrets, Verified};
+pub use error::SessionError;
+pub use format::SessionFormat;
+pub use id::SessionId;
+pub use manager::{Loaded, SessionStats, Sessions};
+pub use store::{CacheSessionStore, SessionStore, StoreStatus, MAX_ID_ATTEMPTS};
+
+#[cfg(feature = "axum")]
+pub use extract::{Session, SessionData, SessionRejection};
+#[cfg(feature = "axum")]
+pub use layer::{SessionLayer, SessionSaveFailed, SessionService};

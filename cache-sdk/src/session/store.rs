@@ -1,0 +1,214 @@
+//! Where session records live: the [`SessionStore`] contract, and [`CacheSessionStore`],
+//! which keeps them in a [`Cache`] (Redis, or its in-memory fallback) under `sess:{id}`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::error::SessionError;
+use super::id::SessionId;
+use crate::cache::Cache;
+use crate::ttl::Ttl;
+
+/// How many fresh ids [`SessionStore::create`] tries before giving up. With 192-bit ids a
+/// second attempt is already astronomically unlikely; the bound only guards against a
+/// broken random source.
+pub const MAX_ID_ATTEMPTS: u32 = 4;
+
+/// The seed's `redisStats` object: `{"connected":b,"usingFallback":b,"inMemoryKeys":n}`.
+///
+/// ```
+/// let s = cache_sdk::session::StoreStatus { connected: true, using_fallback: false, in_memory_keys: 0 };
+/// assert_eq!(
+///     serde_json::to_string(&s).unwrap(),
+///     r#"{"connected":true,"usingFallback":false,"inMemoryKeys":0}"#
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStatus {
+    /// Records go to Redis now.
+    pub connected: bool,
+    /// Records go to the in-memory fallback now.
+    pub using_fallback: bool,
+    /// Keys held in memory by the fallback.
+    pub in_memory_keys: u64,
+}
+
+/// Storage for session records (opaque bytes, written by the chosen
+/// [`SessionFormat`](crate::session::SessionFormat)).
+///
+/// # Contract
+///
+/// Every implementation must guarantee:
+///
+/// - **Expiry**: a record is never returned by [`load`](Self::load) after its TTL has run
+///   out, and [`count`](Self::count) does not count it.
+/// - **No id reuse**: [`create`](Self::create) never overwrites an existing record; it
+///   generates a fresh id (at least 128 bits from a CSPRNG) and retries on a collision.
+/// - **No revival**: [`save`](Self::save) replaces an existing record only; a record
+///   destroyed or expired meanwhile stays gone (so a slow request cannot bring a logged-out
+///   session back).
+/// - **Touch does not rewrite**: [`touch`](Self::touch) only moves the expiry.
+/// - Ids are credentials: implementations never log them.
+///
+/// Errors are for what the backing store refuses; a store that can fall back (as
+/// [`CacheSessionStore`] does when Redis is down) should do so instead of failing.
+///
+/// ```
+/// use cache_sdk::session::{CacheSessionStore, SessionStore};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_sdk::session::SessionError> {
+/// let store = CacheSessionStore::new(cache_sdk::Cache::in_memory());
+/// let ttl = std::time::Duration::from_secs(60);
+/// let id = store.create(b"{}".to_vec(), ttl).await?;
+/// assert_eq!(store.load(&id).await?.as_deref(), Some(&b"{}"[..]));
+/// assert!(store.save(&id, b"{\"a\":1}".to_vec(), ttl).await?);
+/// assert!(store.touch(&id, ttl).await?);
+/// assert_eq!(store.count().await?, 1);
+/// assert!(store.destroy(&id).await?);
+/// assert!(!store.save(&id, b"{}".to_vec(), ttl).await?);
+/// # Ok(()) }
+/// ```
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The record under `id`; `None` when there is none (never created, expired,
+    /// destroyed).
+    ///
+    /// # Errors
+    /// When the backing store answers an error.
+    async fn load(&self, id: &SessionId) -> Result<Option<Vec<u8>>, SessionError>;
+
+    /// Stores a record under a fresh id and returns the id. Never overwrites.
+    ///
+    /// # Errors
+    /// When the backing store refuses, or no free id was found in [`MAX_ID_ATTEMPTS`].
+    async fn create(&self, record: Vec<u8>, ttl: Duration) -> Result<SessionId, SessionError>;
+
+    /// Replaces the record under `id` and sets its TTL, only if it still exists; returns
+    /// whether it did.
+    ///
+    /// # Errors
+    /// When the backing store refuses.
+    async fn save(
+        &self,
+        id: &SessionId,
+        record: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, SessionError>;
+
+    /// Sets the TTL of an existing record without rewriting it; returns whether it exists.
+    ///
+    /// # Errors
+    /// When the backing store refuses.
+    async fn touch(&self, id: &SessionId, ttl: Duration) -> Result<bool, SessionError>;
+
+    /// Deletes a record; returns whether it existed.
+    ///
+    /// # Errors
+    /// When the backing store refuses.
+    async fn destroy(&self, id: &SessionId) -> Result<bool, SessionError>;
+
+    /// How many live records there are (by iteration such as `SCAN`, never `KEYS`).
+    ///
+    /// # Errors
+    /// When the backing store refuses.
+    async fn count(&self) -> Result<u64, SessionError>;
+
+    /// Where records go now.
+    fn status(&self) -> StoreStatus;
+}
+
+/// A [`SessionStore`] over a [`Cache`]'s raw operations: records under `sess:{id}` in Redis
+/// (`GET`, `SET NX`/`SET XX` with `PX`, `PEXPIRE`, `DEL`, `SCAN MATCH sess:*`), or in the
+/// cache's in-memory fallback while Redis is unreachable (records written meanwhile are
+/// replayed to Redis when it returns). Records bypass the cache's L1, so every instance
+/// reads the latest record.
+///
+/// ```
+/// let store = cache_sdk::session::CacheSessionStore::new(cache_sdk::Cache::in_memory());
+/// # let _ = store;
+/// ```
+#[derive(Debug, Clone)]
+pub struct CacheSessionStore {
+    cache: Cache,
+}
+
+impl CacheSessionStore {
+    /// A store on this cache (clones share everything).
+    #[must_use]
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+
+    /// The cache underneath.
+    ///
+    /// ```
+    /// let store = cache_sdk::session::CacheSessionStore::new(cache_sdk::Cache::in_memory());
+    /// assert!(store.cache().is_ready());
+    /// ```
+    #[must_use]
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+fn ttl(d: Duration) -> Ttl {
+    // Sub-second TTLs are raised to the one-second minimum the cache accepts.
+    Ttl::Custom(d.max(Duration::from_secs(1)))
+}
+
+#[async_trait::async_trait]
+impl SessionStore for CacheSessionStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Vec<u8>>, SessionError> {
+        Ok(self.cache.get_raw(&id.key()).await?)
+    }
+
+    async fn create(&self, record: Vec<u8>, ttl_: Duration) -> Result<SessionId, SessionError> {
+        for _ in 0..MAX_ID_ATTEMPTS {
+            let id = SessionId::generate();
+            if self
+                .cache
+                .set_raw_nx(&id.key(), record.clone(), ttl(ttl_))
+                .await?
+            {
+                return Ok(id);
+            }
+            tracing::warn!("session id collision; drawing another id");
+        }
+        Err(SessionError::NoFreeId(MAX_ID_ATTEMPTS))
+    }
+
+    async fn save(
+        &self,
+        id: &SessionId,
+        record: Vec<u8>,
+        ttl_: Duration,
+    ) -> Result<bool, SessionError> {
+        Ok(self.cache.set_raw_xx(&id.key(), record, ttl(ttl_)).await?)
+    }
+
+    async fn touch(&self, id: &SessionId, ttl_: Duration) -> Result<bool, SessionError> {
+        Ok(self.cache.expire(&id.key(), ttl(ttl_)).await?)
+    }
+
+    async fn destroy(&self, id: &SessionId) -> Result<bool, SessionError> {
+        Ok(self.cache.delete(&id.key()).await?)
+    }
+
+    async fn count(&self) -> Result<u64, SessionError> {
+        // SCAN may return a key twice while Redis rehashes: count distinct keys.
+        let keys: std::collections::HashSet<String> =
+            self.cache.scan("sess:*").await?.into_iter().collect();
+        Ok(keys.len() as u64)
+    }
+
+    fn status(&self) -> StoreStatus {
+        let s = self.cache.stats();
+        StoreStatus {
+            connected: s.connected,
+            using_fallback: s.using_fallback,
+            in_memory_keys: s.in_memory_keys,
+        }
+    }
+}
