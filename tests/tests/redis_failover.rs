@@ -159,6 +159,9 @@ async fn l1_is_cleared_after_an_outage() {
     server.kill();
     // L1 still serves during the outage.
     assert_eq!(cache.get::<u32>("cache:l1:1").await.unwrap(), Some(1));
+    // A write during the outage is what makes the cache notice it.
+    cache.set("cache:l1:2", &2u32, Ttl::Api).await.unwrap();
+    assert!(!cache.stats().connected);
     server.restart();
     back_on_redis(&cache).await;
     // Redis lost the key in the crash; L1 must not keep answering with it.
@@ -304,7 +307,7 @@ async fn killed_connections_are_replaced() {
     let cache = cache_on(&server).await;
     cache.set("cache:ck:1", &1u32, Ttl::Api).await.unwrap();
     server.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
-    for i in 0..20 {
+    for i in 0..20u32 {
         cache
             .set(&format!("cache:ck:{i}"), &i, Ttl::Api)
             .await

@@ -118,16 +118,6 @@ impl RedisLink {
             .await
     }
 
-    /// Runs a Lua script.
-    pub(crate) async fn script<T: FromRedisValue>(
-        &self,
-        inv: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, Failure> {
-        let mut conn = self.conn()?;
-        self.bounded(async move { inv.invoke_async::<T>(&mut conn).await })
-            .await
-    }
-
     /// Iterates `SCAN cursor MATCH pattern COUNT n` to the end. Each round trip has its
     /// own timeout.
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Failure> {

@@ -3,9 +3,12 @@
 //! States: `Disabled` (no Redis configured: memory only), `Up` (Redis), `Down` (the breaker
 //! is open: every call goes straight to memory, no timeout is paid, and a background task
 //! probes Redis with backoff), `Recovering` (Redis answers again; the writes made during the
-//! outage are being replayed, calls still go to memory). Once the replay log is empty the
-//! state turns `Up` under the log's lock, so no write can slip between the two stores; the
-//! fallback is then cleared and listeners (L1) are told to drop what they hold.
+//! outage are being replayed in pipelines, calls still go to memory), `Draining` (the last
+//! replay passes: writes wait, at most the command timeout, for the switch instead of
+//! adding to the log, so the replay cannot be outrun by a busy application). Once the
+//! replay log is empty the state turns `Up` under the log's lock, so no write can slip
+//! between the two stores; the fallback is then cleared and listeners (L1) are told to drop
+//! what they hold.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -26,6 +29,12 @@ const DISABLED: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
 const RECOVERING: u8 = 3;
+const DRAINING: u8 = 4;
+
+/// Writes replayed per pipeline.
+const REPLAY_BATCH: usize = 256;
+/// Replay passes made while writers still add to the log, before they are held back.
+const CATCH_UP_ROUNDS: u32 = 8;
 
 /// What listeners are told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +63,13 @@ struct Inner {
     log: Mutex<ReplayLog>,
     namespace: Option<String>,
     wake: Arc<Notify>,
+    /// Woken when a `Draining` state ends.
+    drained: Notify,
+    /// How long a write waits for a drain to end before it goes to the fallback.
+    drain_wait: Duration,
     listeners: Mutex<Vec<Listener>>,
     counters: Counters,
     probe_interval: Duration,
-    set_script: redis::Script,
-    del_script: redis::Script,
 }
 
 impl Drop for Inner {
@@ -123,11 +134,11 @@ impl Remote {
             log: Mutex::new(ReplayLog::new(cfg.replay_capacity)),
             namespace: cfg.namespace.clone(),
             wake: Arc::new(Notify::new()),
+            drained: Notify::new(),
+            drain_wait: cfg.timeout,
             listeners: Mutex::new(Vec::new()),
             counters: Counters::default(),
             probe_interval: cfg.probe_interval,
-            set_script: redis::Script::new(SET_SCRIPT),
-            del_script: redis::Script::new(DEL_SCRIPT),
         });
         Remote { inner }
     }
@@ -232,6 +243,16 @@ impl Remote {
         Error::Backend(why)
     }
 
+    /// Waits (at most `drain_wait`) for the end of the replay's last pass.
+    async fn wait_for_drain(&self) {
+        let drained = self.inner.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if self.state() == DRAINING {
+            let _ = tokio::time::timeout(self.inner.drain_wait, drained).await;
+        }
+    }
+
     /// A read: Redis when up, else the fallback.
     async fn read<'s, R, Fut>(
         &'s self,
@@ -248,6 +269,9 @@ impl Remote {
                 Err(Failure::Rejected(why)) => return Err(self.rejected(why)),
             }
         }
+        // The fallback answers without waiting on anything: spend the task's cooperative
+        // budget so that a loop of fallback calls still lets other tasks and timers run.
+        tokio::task::consume_budget().await;
         self.inner
             .counters
             .fallback_ops
@@ -266,8 +290,13 @@ impl Remote {
         Fut: Future<Output = Result<R, Failure>>,
     {
         let mut attempts = 0;
+        let mut waited = false;
         loop {
             attempts += 1;
+            if !waited && self.state() == DRAINING {
+                waited = true;
+                self.wait_for_drain().await;
+            }
             if let Some(link) = self.up_link() {
                 match on_redis(link).await {
                     Ok(v) => return Ok(v),
@@ -275,6 +304,7 @@ impl Remote {
                     Err(Failure::Rejected(why)) => return Err(self.rejected(why)),
                 }
             }
+            tokio::task::consume_budget().await;
             self.inner
                 .counters
                 .fallback_ops
@@ -578,6 +608,11 @@ impl Inner {
     }
 
     /// Reconnects and replays the outage writes. Returns `true` once back `Up`.
+    ///
+    /// Writers keep writing to the fallback (and the log) while the replay runs, so the
+    /// replay could chase them for ever under load. After [`CATCH_UP_ROUNDS`] passes the
+    /// state turns `Draining`: new writes then wait (at most the command timeout) for the
+    /// switch instead of growing the log, and the replay finishes what is left.
     async fn recover(&self) -> bool {
         let Some(link) = &self.link else { return true };
         if let Err(Failure::Unavailable(why) | Failure::Rejected(why)) = link.connect().await {
@@ -587,8 +622,9 @@ impl Inner {
         self.state.store(RECOVERING, Ordering::Release);
         let started = Instant::now();
         let mut replayed = 0u64;
+        let mut rounds = 0u32;
         loop {
-            let batch = lock(&self.log).take(256);
+            let batch = lock(&self.log).take(REPLAY_BATCH);
             if batch.is_empty() {
                 let log = lock(&self.log);
                 if !log.is_empty() {
@@ -597,6 +633,7 @@ impl Inner {
                 self.state.store(UP, Ordering::Release);
                 self.memory.clear();
                 drop(log);
+                self.drained.notify_waiters();
                 self.counters
                     .replayed
                     .fetch_add(replayed, Ordering::Relaxed);
@@ -610,67 +647,106 @@ impl Inner {
                 self.notify(StoreEvent::Recovered);
                 return true;
             }
-            let mut rest = batch.into_iter();
-            while let Some((key, op)) = rest.next() {
-                match self.replay_one(link, &key, &op).await {
-                    Ok(true) => replayed += 1,
-                    Ok(false) => {
-                        self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
+            rounds += 1;
+            if rounds == CATCH_UP_ROUNDS {
+                self.state.store(DRAINING, Ordering::Release);
+            }
+            match self.replay_batch(link, &batch).await {
+                Ok(n) => replayed += n,
+                Err(why) => {
+                    let mut log = lock(&self.log);
+                    for (k, o) in batch {
+                        log.restore(k, o);
                     }
-                    Err(Failure::Rejected(why)) => {
-                        self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(key = %key, error = %why, "redis refused a replayed write; it stays only in memory");
-                    }
-                    Err(Failure::Unavailable(why)) => {
-                        let mut log = lock(&self.log);
-                        log.restore(key, op);
-                        for (k, o) in rest {
-                            log.restore(k, o);
-                        }
-                        self.state.store(DOWN, Ordering::Release);
-                        self.counters
-                            .replayed
-                            .fetch_add(replayed, Ordering::Relaxed);
-                        tracing::warn!(error = %why, "redis failed again during replay");
-                        return false;
-                    }
+                    self.state.store(DOWN, Ordering::Release);
+                    drop(log);
+                    self.drained.notify_waiters();
+                    self.counters
+                        .replayed
+                        .fetch_add(replayed, Ordering::Relaxed);
+                    tracing::warn!(error = %why, "redis failed again during replay");
+                    return false;
                 }
             }
         }
     }
 
-    /// Replays one write; `Ok(false)` when it was skipped (expired, or Redis holds a newer
-    /// value).
-    async fn replay_one(&self, link: &RedisLink, key: &str, op: &Pending) -> Result<bool, Failure> {
-        let rkey = self.rkey(key);
-        match op {
-            Pending::Set {
-                bytes,
-                expires_at,
-                written_at_ms,
-            } => {
-                let px = match expires_at {
-                    None => 0,
-                    Some(t) => match t.checked_duration_since(Instant::now()) {
-                        Some(d) if !d.is_zero() => millis(d),
-                        _ => return Ok(false),
-                    },
-                };
-                let mut inv = self.set_script.key(&rkey);
-                inv.arg(&bytes[..]).arg(*written_at_ms).arg(px);
-                Ok(link.script::<i64>(&inv).await? == 1)
-            }
-            Pending::Delete { at_ms } => {
-                let mut inv = self.del_script.key(&rkey);
-                inv.arg(*at_ms);
-                link.script::<i64>(&inv).await.map(|_| true)
-            }
-            Pending::Incr { delta } => {
-                let mut cmd = redis::cmd("INCRBY");
-                cmd.arg(&rkey).arg(*delta);
-                link.query::<i64>(&cmd).await.map(|_| true)
+    /// Replays a batch in one pipeline. Returns how many writes were applied; skipped ones
+    /// (expired, or Redis holds a newer value) and refused ones are counted. An error means
+    /// Redis is unavailable again and nothing of the batch is known to be applied.
+    async fn replay_batch(
+        &self,
+        link: &RedisLink,
+        batch: &[(String, Pending)],
+    ) -> Result<u64, String> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        // Per command sent: whether an answer of 0 means "skipped" (the conditional SET).
+        let mut conditional = Vec::with_capacity(batch.len());
+        let now = Instant::now();
+        for (key, op) in batch {
+            let rkey = self.rkey(key);
+            match op {
+                Pending::Set {
+                    bytes,
+                    expires_at,
+                    written_at_ms,
+                } => {
+                    let px = match expires_at {
+                        None => 0,
+                        Some(t) => match t.checked_duration_since(now) {
+                            Some(d) if !d.is_zero() => millis(d),
+                            _ => {
+                                self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        },
+                    };
+                    pipe.cmd("EVAL")
+                        .arg(SET_SCRIPT)
+                        .arg(1)
+                        .arg(&rkey)
+                        .arg(&bytes[..])
+                        .arg(*written_at_ms)
+                        .arg(px);
+                    conditional.push(true);
+                }
+                Pending::Delete { at_ms } => {
+                    pipe.cmd("EVAL")
+                        .arg(DEL_SCRIPT)
+                        .arg(1)
+                        .arg(&rkey)
+                        .arg(*at_ms);
+                    conditional.push(false);
+                }
+                Pending::Incr { delta } => {
+                    pipe.cmd("INCRBY").arg(&rkey).arg(*delta);
+                    conditional.push(false);
+                }
             }
         }
+        if conditional.is_empty() {
+            return Ok(0);
+        }
+        let results: Vec<redis::RedisResult<i64>> = match link.pipe(&pipe).await {
+            Ok(r) => r,
+            Err(Failure::Unavailable(why) | Failure::Rejected(why)) => return Err(why),
+        };
+        let mut applied = 0;
+        for (r, conditional) in results.into_iter().zip(conditional) {
+            match r {
+                // The conditional SET answers 0 when Redis holds a newer value.
+                Ok(0) if conditional => {
+                    self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => applied += 1,
+                Err(e) => {
+                    self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "redis refused a replayed write; it stays only in memory");
+                }
+            }
+        }
+        Ok(applied)
     }
 }
 
