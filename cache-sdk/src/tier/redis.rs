@@ -1,11 +1,12 @@
-//! The link to Redis: a reconnecting multiplexed connection, every call bounded by a
-//! timeout, and errors sorted into "Redis is unavailable" (fall back) and "Redis said no"
+//! The link to Redis: a multiplexed connection, every call bounded by a timeout, and errors
+//! sorted into "Redis is unavailable" (fall back) and "Redis said no"
 //! (report to the caller).
 
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
 use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
 
 use crate::config::RedisConfig;
@@ -22,7 +23,9 @@ pub(crate) enum Failure {
 
 pub(crate) struct RedisLink {
     client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// The current connection. It is not reconnected in place: a failed call opens the
+    /// breaker, and the probe in `remote.rs` opens a fresh connection.
+    conn: ArcSwapOption<MultiplexedConnection>,
     timeout: Duration,
     connect_timeout: Duration,
     pub(crate) address: String,
@@ -73,13 +76,14 @@ impl RedisLink {
     /// Opens a fresh connection and checks it with `PING`; on success it replaces the
     /// current one.
     pub(crate) async fn connect(&self) -> Result<(), Failure> {
-        let config = ConnectionManagerConfig::new()
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
+            .set_response_timeout(Some(self.timeout));
         let attempt = async {
-            let mut conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok::<_, RedisError>(conn)
         };
@@ -93,7 +97,7 @@ impl RedisLink {
         }
     }
 
-    fn conn(&self) -> Result<ConnectionManager, Failure> {
+    fn conn(&self) -> Result<MultiplexedConnection, Failure> {
         self.conn
             .load()
             .as_deref()
@@ -139,18 +143,13 @@ impl RedisLink {
         }
     }
 
+    /// Maps the outcome of a call. The connection's response timeout bounds every call
+    /// (redis-rs answers a timeout error when it runs out), so no second timer is needed.
     async fn bounded<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Failure> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(Failure::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        fut.await.map_err(|e| classify(&e))
     }
 }
 
