@@ -382,6 +382,7 @@ async fn paused_server_counts_as_down_not_as_a_wait() {
             .unwrap();
     }
     let next_hundred = started.elapsed();
+    eprintln!("SIGSTOP: first call {first:?}, next 100 calls {next_hundred:?}");
     assert!(
         first < HANG && next_hundred < HANG,
         "{first:?} {next_hundred:?}"
@@ -396,7 +397,7 @@ async fn paused_server_counts_as_down_not_as_a_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_server_counts_as_down() {
     cache_sdk_tests::init_tracing();
-    let server = RedisServer::start();
+    let server = RedisServer::start_with(&["--enable-debug-command", "local"]);
     let cache = cache_on(&server).await;
     let blocker = tokio::task::spawn_blocking({
         let port = server.port();
@@ -406,11 +407,27 @@ async fn slow_server_counts_as_down() {
                 .output()
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the server is inside DEBUG SLEEP: a PING from another client goes
+    // unanswered.
+    let port = server.port();
+    let asleep = wait_until(Duration::from_secs(5), move || {
+        std::process::Command::new("timeout")
+            .args(["0.2", "redis-cli", "-p", &port.to_string(), "PING"])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(asleep.is_some(), "the server never went to sleep");
     let started = Instant::now();
     cache.set("cache:slow:1", &1u32, Ttl::Api).await.unwrap();
-    assert!(started.elapsed() < HANG);
-    blocker.await.unwrap().unwrap();
+    let took = started.elapsed();
+    eprintln!("DEBUG SLEEP 1: the call took {took:?}");
+    assert!(took < HANG);
+    // The slow answer counted as a failure: the write went to the fallback.
+    assert!(cache.stats().outages >= 1);
+    let output = blocker.await.unwrap().unwrap();
+    assert!(output.status.success(), "{output:?}");
     back_on_redis(&cache).await;
     assert!(server.get_raw("cache:slow:1").await.is_some());
 }
@@ -497,4 +514,71 @@ async fn redis_db_is_honoured() {
     cache.set("cache:db:1", &1u32, Ttl::Api).await.unwrap();
     assert_eq!(server.cli(&["-n", "5", "EXISTS", "cache:db:1"]), "1");
     assert_eq!(server.cli(&["-n", "0", "EXISTS", "cache:db:1"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_type_in_redis_is_a_typed_error_not_a_fallback() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start();
+    let cache = cache_on(&server).await;
+    server.cli(&["RPUSH", "cache:wt:list", "a"]);
+    server.cli(&["SET", "cache:wt:text", "not a number"]);
+    let err = cache.get::<u32>("cache:wt:list").await.unwrap_err();
+    assert!(
+        matches!(err, cache_sdk::Error::Backend(ref m) if m.contains("WRONGTYPE")),
+        "{err}"
+    );
+    let err = cache.incr("cache:wt:text").await.unwrap_err();
+    assert!(matches!(err, cache_sdk::Error::Backend(_)), "{err}");
+    // A plain string that is not an envelope is a miss.
+    assert_eq!(cache.get::<u32>("cache:wt:text").await.unwrap(), None);
+    // Redis stays the store: these are answers about the data, not an outage.
+    assert!(cache.stats().connected);
+    assert!(cache.stats().backend_errors >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_password_falls_back_with_a_clear_error() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start_with(&["--requirepass", "right-password"]);
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let started = Instant::now();
+    let cache = Cache::builder().redis_url(&url).build().await.unwrap();
+    assert!(started.elapsed() < HANG);
+    assert!(!cache.stats().connected);
+    cache.set("cache:noauth:1", &1u32, Ttl::Api).await.unwrap();
+    assert_eq!(cache.get::<u32>("cache:noauth:1").await.unwrap(), Some(1));
+    let err = Cache::builder()
+        .redis_url(&url)
+        .require_redis(true)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("NOAUTH") || err.to_lowercase().contains("auth"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_out_of_range_falls_back_with_a_clear_error() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start_with(&["--databases", "2"]);
+    let url = format!("redis://127.0.0.1:{}/9", server.port());
+    let cache = Cache::builder().redis_url(&url).build().await.unwrap();
+    assert!(!cache.stats().connected);
+    cache.set("cache:db:1", &1u32, Ttl::Api).await.unwrap();
+    assert_eq!(cache.get::<u32>("cache:db:1").await.unwrap(), Some(1));
+    let err = Cache::builder()
+        .redis_url(&url)
+        .require_redis(true)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("DB index") || err.contains("out of range"),
+        "{err}"
+    );
 }
