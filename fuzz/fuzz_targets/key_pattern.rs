@@ -28,5 +28,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = glob_match(a, b);
     // An escaped literal matches exactly itself.
     let escaped = escape_glob(text);
-    assert!(glob_match(&escaped, text), "{escaped:?} does not match {text:?}");
+    assert!(
+        glob_match(&escaped, text),
+        "{escaped:?} does not match {text:?}"
+    );
 });

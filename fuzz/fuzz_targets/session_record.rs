@@ -53,8 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let w = world();
     w.rt.block_on(async {
         let id = SessionId::generate();
-        if w
-            .cache
+        if w.cache
             .set_raw(&id.key(), data.to_vec(), Ttl::secs(60))
             .await
             .is_err()
