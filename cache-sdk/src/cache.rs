@@ -13,7 +13,7 @@ use crate::error::{BuildError, ConfigError, Error, Result};
 use crate::flight::Flights;
 use crate::key;
 use crate::stats::{bump, read, CacheCounters, Stats};
-use crate::tier::coherence::{Backed, CoherenceLink};
+use crate::tier::coherence::{Backed, Coherence, CoherenceLink};
 use crate::tier::local::{AnyValue, Local, Ticket};
 use crate::tier::memory::parse_int;
 use crate::tier::remote::{Remote, StoreEvent};
@@ -376,9 +376,10 @@ impl Cache {
     pub async fn expire(&self, key: &str, ttl: impl Into<Ttl>) -> Result<bool> {
         key::validate(key)?;
         let ttl = self.resolve(&ttl.into())?;
-        // The L1 copy carries the old deadline; the next read refreshes it from L2.
-        self.inner.local.invalidate(key);
         let found = self.inner.remote.expire(key, ttl).await;
+        // The L1 copy carries the old deadline; the next read refreshes it from L2. (Not
+        // dropped before the write: if Redis is lost meanwhile, a session record held in L1
+        // is handed to the fallback, which then applies the new TTL to it.)
         self.inner.local.invalidate(key);
         if matches!(found, Ok(true)) {
             self.written([key]).await;
@@ -862,7 +863,7 @@ impl Cache {
     /// ```
     pub async fn set_raw_xx(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<bool> {
         let ttl = self.check_raw(key, &bytes, &ttl.into())?;
-        self.inner.local.invalidate(key);
+        // L1 is dropped after the write only, as in `expire`.
         let result = self.inner.remote.set_xx(key, bytes, Some(ttl)).await;
         self.raw_written(key, matches!(result, Ok(true))).await;
         result
@@ -1085,6 +1086,17 @@ impl CacheBuilder {
         if let Err(e) = self.cfg.ttl.set_jitter(fraction) {
             self.error.get_or_insert(e);
         }
+        self
+    }
+
+    /// How L1 is kept in step with other instances (default [`Coherence::Auto`]).
+    ///
+    /// ```
+    /// let b = cache_sdk::Cache::builder().coherence(cache_sdk::Coherence::PubSub);
+    /// # let _ = b;
+    /// ```
+    pub fn coherence(mut self, coherence: Coherence) -> Self {
+        self.cfg.coherence = coherence;
         self
     }
 

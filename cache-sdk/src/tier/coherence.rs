@@ -490,7 +490,7 @@ impl Shared {
             .get_multiplexed_async_connection_with_config(&config);
         let mut conn = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(classify(&e)),
+            Ok(Err(e)) => return Err(connect_failure(&e)),
             Err(_) => return Err(Failure::Unavailable("connecting timed out".into())),
         };
         let mut name = redis::cmd("CLIENT");
@@ -582,6 +582,18 @@ impl Shared {
                 .publish(&self.channel, payload.as_bytes())
                 .await;
         }
+    }
+}
+
+/// Sorts a failure to open the link: only a server without RESP3 refuses it for good;
+/// anything else (refused connection, too many clients, loading) is retried.
+fn connect_failure(e: &redis::RedisError) -> Failure {
+    let text = e.to_string();
+    let no_resp3 = e.code() == Some("NOPROTO")
+        || (text.contains("HELLO") && text.to_ascii_lowercase().contains("unknown"));
+    match classify(e) {
+        Failure::Rejected(why) if no_resp3 => Failure::Rejected(why),
+        Failure::Rejected(why) | Failure::Unavailable(why) => Failure::Unavailable(why),
     }
 }
 
