@@ -191,6 +191,17 @@ impl Cache {
     async fn l2_get<T: CacheValue>(&self, key: &str) -> Result<Option<Arc<T>>> {
         let ticket = self.inner.local.ticket(key);
         let bytes = self.inner.remote.get(key).await?;
+        if bytes.is_none() {
+            // Redis may have been lost during this very read: L1's reserve then serves.
+            if let Some(v) = self
+                .inner
+                .local
+                .reserve(key)
+                .and_then(|v| v.downcast::<T>().ok())
+            {
+                return Ok(Some(v));
+            }
+        }
         Ok(self.accept::<T>(key, bytes, ticket))
     }
 
@@ -1107,7 +1118,9 @@ impl CacheBuilder {
     }
 
     /// Builds the cache: checks the configuration, makes one attempt to reach Redis
-    /// (bounded by the connect timeout), and starts the task that watches Redis.
+    /// (bounded by the connect timeout), starts the task that watches Redis, and, when
+    /// Redis answered, waits (bounded by the connect timeout as well) for the invalidation
+    /// link that keeps L1 coherent.
     /// Must run inside a Tokio runtime.
     ///
     /// # Errors
@@ -1136,6 +1149,13 @@ impl CacheBuilder {
         }
         let remote = Remote::new(&cfg)?;
         remote.start(&cfg).await?;
-        Ok(Cache::assemble(&cfg, remote))
+        let up = remote.is_up();
+        let cache = Cache::assemble(&cfg, remote);
+        if let (true, Some(link)) = (up, &cache.inner.coherence) {
+            // Redis answered: give the invalidation link as long to come up, so that L1
+            // serves from the first call.
+            link.settle(cfg.connect_timeout).await;
+        }
+        Ok(cache)
     }
 }

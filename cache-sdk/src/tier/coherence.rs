@@ -112,8 +112,12 @@ struct Signals {
     resets: AtomicU64,
     /// Wakes the task: a flush is due on the channel.
     kick: Notify,
+    /// Woken when the link comes up (or coherence turns off).
+    settled: Notify,
     flush_due: AtomicBool,
     lost_at: Mutex<Option<Instant>>,
+    /// The data tier has lost Redis (the fallback serves).
+    data_down: AtomicBool,
 }
 
 impl Signals {
@@ -192,6 +196,9 @@ impl Signals {
     fn suspend(&self, why: &str) {
         self.state.store(DOWN, Ordering::SeqCst);
         if self.local.suspend() {
+            if self.data_down.load(Ordering::SeqCst) {
+                self.local.serve_reserve(true);
+            }
             self.resets.fetch_add(1, Ordering::Relaxed);
             *lock(&self.lost_at) = Some(Instant::now());
             tracing::warn!(
@@ -315,8 +322,10 @@ impl CoherenceLink {
             invalidations: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             kick: Notify::new(),
+            settled: Notify::new(),
             flush_due: AtomicBool::new(false),
             lost_at: Mutex::new(Some(Instant::now())),
+            data_down: AtomicBool::new(!remote.is_up()),
         });
         let shared = Arc::new(Shared {
             signals,
@@ -333,6 +342,23 @@ impl CoherenceLink {
         });
         tokio::spawn(run(Arc::downgrade(&shared)));
         Some(Self { shared })
+    }
+
+    /// Waits, at most `within`, for the link to come up the first time, so that a cache
+    /// that has just been built serves L1 at once.
+    pub(crate) async fn settle(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let settled = self.shared.signals.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.shared.signals.state.load(Ordering::SeqCst) != DOWN {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// `"tracking"`, `"pubsub"`, `"down"` (L1 suspended) or `"off"`.
@@ -381,9 +407,16 @@ impl CoherenceLink {
     pub(crate) fn data_events(&self, memory: MemoryStore) -> impl Fn(bool) + Send + Sync {
         let signals = self.shared.signals.clone();
         move |lost: bool| {
+            signals.data_down.store(lost, Ordering::SeqCst);
             if lost {
+                // Redis is gone: what L1 held when the link went down is as fresh as
+                // anything this instance can know.
+                if signals.local.is_suspended() {
+                    signals.local.serve_reserve(true);
+                }
                 seed_fallback(&signals.local, &memory);
             } else {
+                signals.local.serve_reserve(false);
                 // Writes replayed after an outage were not published: in pub/sub mode the
                 // other instances are told to start afresh (tracking tells them itself).
                 signals.flush_due.store(true, Ordering::SeqCst);
@@ -522,6 +555,7 @@ impl Shared {
             },
             Ordering::SeqCst,
         );
+        self.signals.settled.notify_waiters();
         let down_ms = lock(&self.signals.lost_at)
             .take()
             .map(|t| t.elapsed().as_millis() as u64);
@@ -549,6 +583,7 @@ impl Shared {
             self.publishing.store(false, Ordering::SeqCst);
             self.signals.state.store(OFF, Ordering::SeqCst);
             self.signals.local.resume();
+            self.signals.settled.notify_waiters();
             tracing::warn!(error = why, "cache coherence: Redis refused the invalidation link; coherence is off, L1 entries live at most the L1 TTL");
             return Refused::GiveUp;
         }
@@ -664,8 +699,10 @@ mod tests {
             invalidations: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             kick: Notify::new(),
+            settled: Notify::new(),
             flush_due: AtomicBool::new(false),
             lost_at: Mutex::new(None),
+            data_down: AtomicBool::new(false),
         }
     }
 

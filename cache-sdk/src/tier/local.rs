@@ -16,7 +16,7 @@
 
 use std::any::Any;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,9 @@ impl HasDeadline for L1Entry {
 struct Guard {
     epoch: AtomicU64,
     slots: Box<[AtomicU64]>,
+    /// While suspended: whether the entries of the last active epoch may be served (Redis
+    /// itself is lost, so nothing newer can be known).
+    reserve: AtomicBool,
 }
 
 /// Taken before reading L2; lets the value read be put into L1 only if nothing
@@ -93,6 +96,7 @@ impl Local {
         let guard = Arc::new(Guard {
             epoch: AtomicU64::new(0),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            reserve: AtomicBool::new(false),
         });
         Self {
             map,
@@ -109,10 +113,23 @@ impl Local {
     #[inline]
     pub(crate) fn get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Arc<T>> {
         let e = self.map.as_ref()?.get(key)?;
-        if e.epoch != self.guard.epoch.load(Ordering::Acquire) {
+        let current = self.guard.epoch.load(Ordering::Acquire);
+        if e.epoch != current && !self.in_reserve(e.epoch, current) {
             return None;
         }
         e.value.downcast::<T>().ok()
+    }
+
+    /// Whether an entry of `epoch` is in a reserve that may be served now.
+    #[cold]
+    fn in_reserve(&self, epoch: u64, current: u64) -> bool {
+        current & 1 == 1 && epoch == current - 1 && self.guard.reserve.load(Ordering::Acquire)
+    }
+
+    /// Lets a suspended L1 serve (not fill) what it held when it was last active: for
+    /// when Redis itself is lost. Off again when L1 resumes or is cleared.
+    pub(crate) fn serve_reserve(&self, on: bool) {
+        self.guard.reserve.store(on, Ordering::SeqCst);
     }
 
     /// The ticket for a read of `key` from L2 that may fill L1 afterwards.
@@ -209,6 +226,7 @@ impl Local {
     /// Drops everything, including what reads in flight are about to insert.
     pub(crate) fn clear(&self) {
         if let Some(map) = &self.map {
+            self.guard.reserve.store(false, Ordering::SeqCst);
             self.guard.epoch.fetch_add(2, Ordering::SeqCst);
             map.invalidate_all();
         }
@@ -227,6 +245,7 @@ impl Local {
 
     /// Serves L1 again, starting empty. Returns whether it was suspended.
     pub(crate) fn resume(&self) -> bool {
+        self.guard.reserve.store(false, Ordering::SeqCst);
         let resumed = self
             .guard
             .epoch
@@ -245,15 +264,12 @@ impl Local {
         self.guard.epoch.load(Ordering::Acquire) & 1 == 1
     }
 
-    /// While suspended: the entry stored under `key` while L1 was last active, whether or
-    /// not it still is. For callers that know the entry is safe to use (Redis is gone too).
+    /// While suspended and [serving the reserve](Self::serve_reserve): the entry stored
+    /// under `key` while L1 was last active.
     pub(crate) fn reserve(&self, key: &str) -> Option<AnyValue> {
         let current = self.guard.epoch.load(Ordering::Acquire);
-        if current & 1 == 0 {
-            return None;
-        }
         let e = self.map.as_ref()?.get(key)?;
-        (e.epoch == current - 1).then_some(e.value)
+        self.in_reserve(e.epoch, current).then_some(e.value)
     }
 
     /// Every reserve entry whose key starts with `prefix` (see [`Local::reserve`]).
@@ -320,6 +336,9 @@ mod tests {
         assert!(l1.suspend());
         assert!(!l1.suspend());
         assert!(l1.get::<u32>("sess:a").is_none());
+        assert!(l1.reserve("sess:a").is_none());
+        l1.serve_reserve(true);
+        assert_eq!(l1.get::<u32>("sess:a").as_deref(), Some(&1));
         assert!(l1.reserve("sess:a").is_some());
         assert_eq!(l1.reserve_with_prefix("sess:").len(), 1);
         // Reads that started before the suspension, or during it, do not fill L1.
