@@ -457,7 +457,9 @@ impl Cache {
             .collect();
         let values = self.inner.remote.mget(&miss_keys).await?;
         for ((&i, bytes), ticket) in missing.iter().zip(values).zip(tickets) {
-            out[i] = self.accept::<T>(keys[i], bytes, ticket).map(|v| (*v).clone());
+            out[i] = self
+                .accept::<T>(keys[i], bytes, ticket)
+                .map(|v| (*v).clone());
         }
         Ok(out)
     }

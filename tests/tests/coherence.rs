@@ -328,7 +328,9 @@ async fn pubsub_mode_evicts_on_sdk_writes_and_survives_a_killed_subscriber() {
         .expect("set_many");
     sees(&b, "cache:order:2", Some(2)).await;
     assert_eq!(hold(&b, "cache:order:2").await, Some(2));
-    a.expire("cache:order:2", Ttl::secs(5)).await.expect("expire");
+    a.expire("cache:order:2", Ttl::secs(5))
+        .await
+        .expect("expire");
     // The entry is dropped (its deadline changed) and read again.
     let (_, reads) = sees_counting(&b, "cache:order:2", Some(2)).await;
     assert_eq!(reads, 1);
@@ -452,7 +454,10 @@ async fn a_logout_on_one_app_server_is_a_401_on_the_other() {
     let first = send(&b, "GET", "/profile", Some(&cookie)).await.status;
     let mut status = first;
     while status != StatusCode::UNAUTHORIZED {
-        assert!(start.elapsed() < BOUND, "B still accepts a logged-out session");
+        assert!(
+            start.elapsed() < BOUND,
+            "B still accepts a logged-out session"
+        );
         status = send(&b, "GET", "/profile", Some(&cookie)).await.status;
     }
     println!(

@@ -337,16 +337,14 @@ impl Sessions {
         };
         let key = id.key();
         if let Some(b) = cache.backed_get(&key) {
-            return Ok(self.from_backed(&b));
+            return Ok(self.record_of(&b));
         }
         let ticket = cache.backed_ticket(&key);
         let raw: Arc<[u8]> = match self.inner.store.load(id).await? {
             Some(bytes) => bytes.into(),
             None => {
                 // Redis is lost: a session this instance held keeps working.
-                return Ok(cache
-                    .backed_reserve(&key)
-                    .and_then(|b| self.from_backed(&b)));
+                return Ok(cache.backed_reserve(&key).and_then(|b| self.record_of(&b)));
             }
         };
         let Some(record) = self.decode_shared::<T>(raw) else {
@@ -363,7 +361,7 @@ impl Sessions {
         Ok(Some(record))
     }
 
-    fn from_backed<T>(&self, b: &Backed) -> Option<SharedRecord<T>>
+    fn record_of<T>(&self, b: &Backed) -> Option<SharedRecord<T>>
     where
         T: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
     {

@@ -36,7 +36,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
 use tokio::sync::Notify;
 
 use super::local::{AnyValue, Local};
@@ -129,11 +131,9 @@ impl Signals {
                     self.on_message(payload);
                 }
             }
-            PushKind::Disconnection => {
-                if self.live.load(Ordering::SeqCst) == generation {
-                    self.suspend("the invalidation connection closed");
-                    closed.notify_one();
-                }
+            PushKind::Disconnection if self.live.load(Ordering::SeqCst) == generation => {
+                self.suspend("the invalidation connection closed");
+                closed.notify_one();
             }
             _ => {}
         }
@@ -560,7 +560,11 @@ impl Shared {
             .take()
             .map(|t| t.elapsed().as_millis() as u64);
         tracing::info!(
-            coherence = if mode == Mode::Tracking { "tracking" } else { "pubsub" },
+            coherence = if mode == Mode::Tracking {
+                "tracking"
+            } else {
+                "pubsub"
+            },
             resumed = was_down,
             down_ms,
             "cache coherence: invalidation link up, L1 serving"
@@ -613,9 +617,7 @@ impl Shared {
             && self.publishing.load(Ordering::Relaxed)
         {
             let payload = self.signals.instance.clone();
-            self.remote
-                .publish(&self.channel, payload.as_bytes())
-                .await;
+            self.remote.publish(&self.channel, payload.as_bytes()).await;
         }
     }
 }
@@ -759,15 +761,23 @@ mod tests {
     fn only_the_live_connection_suspends() {
         let s = signals();
         let closed = Notify::new();
-        s.on_push(7, &closed, PushInfo {
-            kind: PushKind::Disconnection,
-            data: vec![],
-        });
+        s.on_push(
+            7,
+            &closed,
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+        );
         assert!(!s.local.is_suspended());
-        s.on_push(1, &closed, PushInfo {
-            kind: PushKind::Disconnection,
-            data: vec![],
-        });
+        s.on_push(
+            1,
+            &closed,
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+        );
         assert!(s.local.is_suspended());
         assert_eq!(s.state.load(Ordering::SeqCst), DOWN);
         assert_eq!(s.resets.load(Ordering::Relaxed), 1);
