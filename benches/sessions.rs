@@ -304,7 +304,8 @@ async fn count(server: &RedisServer, c: &Contender, cookies: &Arc<Vec<String>>) 
         })
         .collect();
     per_command.sort_by(|a, b| a.0.cmp(&b.0));
-    let total: f64 = per_command.iter().map(|(_, n)| n).sum();
+    // `+ 0.0`: an empty sum is -0.0.
+    let total: f64 = per_command.iter().map(|(_, n)| n).sum::<f64>() + 0.0;
     let l1 = if c.caches.is_empty() {
         String::new()
     } else {

@@ -191,9 +191,10 @@ pub struct CacheConfig {
     pub redis: Option<RedisConfig>,
     /// L1 capacity in entries; 0 disables L1.
     pub l1_capacity: u64,
-    /// The longest an entry stays in L1. Without cross-instance invalidation, another app
-    /// instance's write is seen here at most this late: keep it short when several
-    /// instances write the same keys.
+    /// The longest an entry stays in L1. With [`coherence`](Self::coherence) in force,
+    /// other instances' writes evict entries at once and this only bounds memory and the
+    /// cases coherence does not cover; without it, another instance's write is seen here at
+    /// most this late: keep it short then when several instances write the same keys.
     pub l1_ttl: Duration,
     /// Bound on every Redis call; past it the call counts as a failure and runs on the
     /// fallback.
