@@ -13,7 +13,8 @@ use crate::error::{BuildError, ConfigError, Error, Result};
 use crate::flight::Flights;
 use crate::key;
 use crate::stats::{bump, read, CacheCounters, Stats};
-use crate::tier::local::{AnyValue, Local};
+use crate::tier::coherence::{Backed, Coherence, CoherenceLink};
+use crate::tier::local::{AnyValue, Local, Ticket};
 use crate::tier::memory::parse_int;
 use crate::tier::remote::{Remote, StoreEvent};
 use crate::ttl::{Ttl, TtlPresets};
@@ -54,6 +55,7 @@ struct Inner {
     presets: TtlPresets,
     codec: Codec,
     max_value_size: usize,
+    coherence: Option<CoherenceLink>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for Cache {
             .field("l1", &self.inner.local)
             .field("l2", &self.inner.remote)
             .field("codec", &self.inner.codec)
+            .field("coherence", &self.inner.coherence)
             .finish_non_exhaustive()
     }
 }
@@ -104,11 +107,18 @@ impl Cache {
 
     fn assemble(cfg: &CacheConfig, remote: Remote) -> Self {
         let local = Local::new(cfg.l1_capacity, cfg.l1_ttl);
+        let coherence = CoherenceLink::start(cfg, &local, &remote);
         let l1 = local.clone();
+        let on_data = coherence
+            .as_ref()
+            .map(|c| c.data_events(remote.fallback_store()));
         remote.on_event(move |event| {
             if event == StoreEvent::Recovered {
                 // Other instances may have changed anything while we were cut off.
                 l1.clear();
+            }
+            if let Some(f) = &on_data {
+                f(event == StoreEvent::Lost);
             }
         });
         Cache {
@@ -120,6 +130,7 @@ impl Cache {
                 presets: cfg.ttl.clone(),
                 codec: cfg.codec,
                 max_value_size: cfg.max_value_size,
+                coherence,
             }),
         }
     }
@@ -178,12 +189,30 @@ impl Cache {
     }
 
     async fn l2_get<T: CacheValue>(&self, key: &str) -> Result<Option<Arc<T>>> {
+        let ticket = self.inner.local.ticket(key);
         let bytes = self.inner.remote.get(key).await?;
-        Ok(self.accept::<T>(key, bytes))
+        if bytes.is_none() {
+            // Redis may have been lost during this very read: L1's reserve then serves.
+            if let Some(v) = self
+                .inner
+                .local
+                .reserve(key)
+                .and_then(|v| v.downcast::<T>().ok())
+            {
+                return Ok(Some(v));
+            }
+        }
+        Ok(self.accept::<T>(key, bytes, ticket))
     }
 
-    /// Decodes bytes read from L2 and puts the value into L1.
-    fn accept<T: CacheValue>(&self, key: &str, bytes: Option<Vec<u8>>) -> Option<Arc<T>> {
+    /// Decodes bytes read from L2 and puts the value into L1 (unless `key` was invalidated
+    /// since `ticket` was taken, before the read).
+    fn accept<T: CacheValue>(
+        &self,
+        key: &str,
+        bytes: Option<Vec<u8>>,
+        ticket: Ticket,
+    ) -> Option<Arc<T>> {
         let c = &self.inner.counters;
         let Some(bytes) = bytes else {
             bump(&c.l2_misses);
@@ -196,7 +225,7 @@ impl Cache {
                 let remaining = Header::parse(&bytes).ok().and_then(|h| h.remaining());
                 self.inner
                     .local
-                    .insert(key, value.clone() as AnyValue, remaining);
+                    .insert(key, value.clone() as AnyValue, remaining, ticket);
                 Some(value)
             }
             Err(e) => {
@@ -277,12 +306,25 @@ impl Cache {
         key::validate(key)?;
         let ttl = self.resolve(&ttl.into())?;
         let bytes = self.encode(key, &*value, ttl)?;
+        let ticket = self.inner.local.ticket(key);
         let result = self.inner.remote.set(key, bytes, Some(ttl)).await;
         match result {
-            Ok(()) => self.inner.local.insert(key, value as AnyValue, Some(ttl)),
+            Ok(()) => {
+                self.inner
+                    .local
+                    .insert_own(key, value as AnyValue, Some(ttl), ticket);
+                self.written([key]).await;
+            }
             Err(_) => self.inner.local.invalidate(key),
         }
         result
+    }
+
+    /// Tells the other instances about a write, when coherence works by pub/sub.
+    async fn written<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        if let Some(c) = &self.inner.coherence {
+            c.written(keys).await;
+        }
     }
 
     /// Removes a key from both tiers; returns whether it existed in L2.
@@ -305,6 +347,9 @@ impl Cache {
         let existed = self.inner.remote.delete(key).await;
         // A concurrent read may have refilled L1 from the old value meanwhile.
         self.inner.local.invalidate(key);
+        if matches!(existed, Ok(true)) {
+            self.written([key]).await;
+        }
         existed
     }
 
@@ -342,9 +387,15 @@ impl Cache {
     pub async fn expire(&self, key: &str, ttl: impl Into<Ttl>) -> Result<bool> {
         key::validate(key)?;
         let ttl = self.resolve(&ttl.into())?;
-        // The L1 copy carries the old deadline; the next read refreshes it from L2.
+        let found = self.inner.remote.expire(key, ttl).await;
+        // The L1 copy carries the old deadline; the next read refreshes it from L2. (Not
+        // dropped before the write: if Redis is lost meanwhile, a session record held in L1
+        // is handed to the fallback, which then applies the new TTL to it.)
         self.inner.local.invalidate(key);
-        self.inner.remote.expire(key, ttl).await
+        if matches!(found, Ok(true)) {
+            self.written([key]).await;
+        }
+        found
     }
 
     /// The remaining TTL of a key; `None` when the key does not exist or never expires.
@@ -400,9 +451,15 @@ impl Cache {
             return Ok(out);
         }
         let miss_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let tickets: Vec<Ticket> = miss_keys
+            .iter()
+            .map(|k| self.inner.local.ticket(k))
+            .collect();
         let values = self.inner.remote.mget(&miss_keys).await?;
-        for (&i, bytes) in missing.iter().zip(values) {
-            out[i] = self.accept::<T>(keys[i], bytes).map(|v| (*v).clone());
+        for ((&i, bytes), ticket) in missing.iter().zip(values).zip(tickets) {
+            out[i] = self
+                .accept::<T>(keys[i], bytes, ticket)
+                .map(|v| (*v).clone());
         }
         Ok(out)
     }
@@ -431,16 +488,24 @@ impl Cache {
             let k = key::validate(k.as_ref())?;
             encoded.push((k.to_owned(), self.encode(k, v, ttl)?));
         }
+        let tickets: Vec<Ticket> = items
+            .iter()
+            .map(|(k, _)| self.inner.local.ticket(k.as_ref()))
+            .collect();
         let result = self.inner.remote.mset(encoded, Some(ttl)).await;
-        for (k, v) in items {
+        for ((k, v), ticket) in items.iter().zip(tickets) {
             match &result {
-                Ok(()) => {
-                    self.inner
-                        .local
-                        .insert(k.as_ref(), Arc::new(v.clone()) as AnyValue, Some(ttl))
-                }
+                Ok(()) => self.inner.local.insert_own(
+                    k.as_ref(),
+                    Arc::new(v.clone()) as AnyValue,
+                    Some(ttl),
+                    ticket,
+                ),
                 Err(_) => self.inner.local.invalidate(k.as_ref()),
             }
+        }
+        if result.is_ok() {
+            self.written(items.iter().map(|(k, _)| k.as_ref())).await;
         }
         result
     }
@@ -480,7 +545,12 @@ impl Cache {
     pub async fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
         key::validate(key)?;
         self.inner.local.invalidate(key);
-        self.inner.remote.incr_by(key, delta).await
+        let n = self.inner.remote.incr_by(key, delta).await;
+        self.inner.local.invalidate(key);
+        if n.is_ok() {
+            self.written([key]).await;
+        }
+        n
     }
 
     /// Reads a counter written by [`Cache::incr_by`].
@@ -696,6 +766,21 @@ impl Cache {
             replay_skipped: read(&rc.replay_skipped),
             replay_pending: status.replay_pending as u64,
             replay_dropped: status.replay_dropped,
+            coherence: self
+                .inner
+                .coherence
+                .as_ref()
+                .map_or("off", CoherenceLink::state_name),
+            invalidations: self
+                .inner
+                .coherence
+                .as_ref()
+                .map_or(0, CoherenceLink::invalidations),
+            l1_resets: self
+                .inner
+                .coherence
+                .as_ref()
+                .map_or(0, CoherenceLink::resets),
         }
     }
 
@@ -747,7 +832,9 @@ impl Cache {
     pub async fn set_raw(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<()> {
         let ttl = self.check_raw(key, &bytes, &ttl.into())?;
         self.inner.local.invalidate(key);
-        self.inner.remote.set(key, bytes, Some(ttl)).await
+        let result = self.inner.remote.set(key, bytes, Some(ttl)).await;
+        self.raw_written(key, result.is_ok()).await;
+        result
     }
 
     /// Writes raw bytes only if the key does not exist (`SET NX`); returns whether it was
@@ -767,7 +854,9 @@ impl Cache {
     pub async fn set_raw_nx(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<bool> {
         let ttl = self.check_raw(key, &bytes, &ttl.into())?;
         self.inner.local.invalidate(key);
-        self.inner.remote.set_nx(key, bytes, Some(ttl)).await
+        let result = self.inner.remote.set_nx(key, bytes, Some(ttl)).await;
+        self.raw_written(key, matches!(result, Ok(true))).await;
+        result
     }
 
     /// Writes raw bytes only if the key exists (`SET XX`); returns whether it was written.
@@ -787,8 +876,66 @@ impl Cache {
     /// ```
     pub async fn set_raw_xx(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<bool> {
         let ttl = self.check_raw(key, &bytes, &ttl.into())?;
+        // L1 is dropped after the write only, as in `expire`.
+        let result = self.inner.remote.set_xx(key, bytes, Some(ttl)).await;
+        self.raw_written(key, matches!(result, Ok(true))).await;
+        result
+    }
+
+    /// After a raw write: drops what reads during the write put into L1, and tells the
+    /// other instances when it changed something.
+    async fn raw_written(&self, key: &str, changed: bool) {
         self.inner.local.invalidate(key);
-        self.inner.remote.set_xx(key, bytes, Some(ttl)).await
+        if changed {
+            self.written([key]).await;
+        }
+    }
+
+    /// The coherence link, when it is in use (not off).
+    fn coherent(&self) -> Option<&CoherenceLink> {
+        self.inner.coherence.as_ref().filter(|c| c.active())
+    }
+
+    /// A raw-backed record (a session) from L1. Only with coherence: without it, records
+    /// are read from L2 every time so that every instance sees the latest.
+    pub(crate) fn backed_get(&self, key: &str) -> Option<Arc<Backed>> {
+        self.coherent()?;
+        let c = &self.inner.counters;
+        match self.inner.local.get::<Backed>(key) {
+            Some(b) => {
+                bump(&c.l1_hits);
+                Some(b)
+            }
+            None => {
+                bump(&c.l1_misses);
+                None
+            }
+        }
+    }
+
+    /// A ticket for a raw read that may fill L1 with a [`Backed`] record; `None` without
+    /// coherence.
+    pub(crate) fn backed_ticket(&self, key: &str) -> Option<Ticket> {
+        self.coherent()?;
+        Some(self.inner.local.ticket(key))
+    }
+
+    /// Puts a raw-backed record into L1, for no longer than it surely lives in L2.
+    pub(crate) fn backed_insert(&self, key: &str, backed: Arc<Backed>, ticket: Ticket) {
+        let left = backed
+            .stored_until
+            .saturating_duration_since(std::time::Instant::now());
+        if !left.is_zero() {
+            self.inner
+                .local
+                .insert(key, backed as AnyValue, Some(left), ticket);
+        }
+    }
+
+    /// While Redis is lost: the raw-backed record L1 held under `key` before, now also in
+    /// the fallback (see `docs/coherence.md`).
+    pub(crate) fn backed_reserve(&self, key: &str) -> Option<Arc<Backed>> {
+        self.coherent()?.reserve(key)
     }
 
     fn check_raw(&self, key: &str, bytes: &[u8], ttl: &Ttl) -> Result<Duration> {
@@ -955,6 +1102,17 @@ impl CacheBuilder {
         self
     }
 
+    /// How L1 is kept in step with other instances (default [`Coherence::Auto`]).
+    ///
+    /// ```
+    /// let b = cache_sdk::Cache::builder().coherence(cache_sdk::Coherence::PubSub);
+    /// # let _ = b;
+    /// ```
+    pub fn coherence(mut self, coherence: Coherence) -> Self {
+        self.cfg.coherence = coherence;
+        self
+    }
+
     /// Fail `build()` when Redis is configured but unreachable, instead of falling back.
     pub fn require_redis(mut self, required: bool) -> Self {
         self.cfg.require_redis = required;
@@ -962,7 +1120,9 @@ impl CacheBuilder {
     }
 
     /// Builds the cache: checks the configuration, makes one attempt to reach Redis
-    /// (bounded by the connect timeout), and starts the task that watches Redis.
+    /// (bounded by the connect timeout), starts the task that watches Redis, and, when
+    /// Redis answered, waits (bounded by the connect timeout as well) for the invalidation
+    /// link that keeps L1 coherent.
     /// Must run inside a Tokio runtime.
     ///
     /// # Errors
@@ -991,6 +1151,13 @@ impl CacheBuilder {
         }
         let remote = Remote::new(&cfg)?;
         remote.start(&cfg).await?;
-        Ok(Cache::assemble(&cfg, remote))
+        let up = remote.is_up();
+        let cache = Cache::assemble(&cfg, remote);
+        if let (true, Some(link)) = (up, &cache.inner.coherence) {
+            // Redis answered: give the invalidation link as long to come up, so that L1
+            // serves from the first call.
+            link.settle(cfg.connect_timeout).await;
+        }
+        Ok(cache)
     }
 }

@@ -30,6 +30,8 @@
 //! | `CACHE_FALLBACK_MAX_BYTES` | memory the in-memory fallback may use | `67108864` |
 //! | `CACHE_TTL_<NAME>` | seconds for a TTL preset (`API`, `SESSION`, …) | see [`Ttl`](crate::Ttl) |
 //! | `CACHE_TTL_JITTER` | ± fraction applied to TTLs | `0` |
+//! | `CACHE_COHERENCE` | `auto`, `tracking`, `pubsub` or `off` (see [`Coherence`]) | `auto` |
+//! | `CACHE_COHERENCE_PREFIXES` | key prefixes tracked when there is no namespace, comma-separated | `cache:,sess:,user:` |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,6 +39,7 @@ use std::time::Duration;
 
 use crate::codec::Codec;
 use crate::error::ConfigError;
+use crate::tier::coherence::Coherence;
 use crate::ttl::TtlPresets;
 
 /// Where and how to reach Redis.
@@ -188,9 +191,10 @@ pub struct CacheConfig {
     pub redis: Option<RedisConfig>,
     /// L1 capacity in entries; 0 disables L1.
     pub l1_capacity: u64,
-    /// The longest an entry stays in L1. Without cross-instance invalidation, another app
-    /// instance's write is seen here at most this late: keep it short when several
-    /// instances write the same keys.
+    /// The longest an entry stays in L1. With [`coherence`](Self::coherence) in force,
+    /// other instances' writes evict entries at once and this only bounds memory and the
+    /// cases coherence does not cover; without it, another instance's write is seen here at
+    /// most this late: keep it short then when several instances write the same keys.
     pub l1_ttl: Duration,
     /// Bound on every Redis call; past it the call counts as a failure and runs on the
     /// fallback.
@@ -213,6 +217,13 @@ pub struct CacheConfig {
     pub ttl: TtlPresets,
     /// Fail `build()` when Redis is configured but cannot be reached.
     pub require_redis: bool,
+    /// How L1 is kept in step across app instances when Redis is configured (see
+    /// [`Coherence`]; `docs/coherence.md` has the design and the staleness bound).
+    pub coherence: Coherence,
+    /// The key prefixes whose changes evict L1 under [`Coherence::Tracking`] when there is
+    /// no [`namespace`](Self::namespace) (with one, the whole namespace is tracked). Keys
+    /// outside them stay in L1 for up to [`l1_ttl`](Self::l1_ttl) after a change elsewhere.
+    pub coherence_prefixes: Vec<String>,
 }
 
 impl Default for CacheConfig {
@@ -231,6 +242,8 @@ impl Default for CacheConfig {
             replay_capacity: 100_000,
             ttl: TtlPresets::default(),
             require_redis: false,
+            coherence: Coherence::Auto,
+            coherence_prefixes: vec!["cache:".into(), "sess:".into(), "user:".into()],
         }
     }
 }
@@ -377,6 +390,27 @@ impl CacheConfig {
                 "not a size in bytes (>= 1024)",
             )?;
         }
+        if let Some(v) = get("CACHE_COHERENCE") {
+            cfg.coherence = v
+                .parse()
+                .map_err(|e: String| invalid("CACHE_COHERENCE", v, &e))?;
+        }
+        if let Some(v) = get("CACHE_COHERENCE_PREFIXES") {
+            let prefixes: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if prefixes.is_empty() || prefixes.iter().any(|p| p.chars().any(char::is_control)) {
+                return Err(invalid(
+                    "CACHE_COHERENCE_PREFIXES",
+                    v,
+                    "expected comma-separated key prefixes such as `cache:,sess:`",
+                ));
+            }
+            cfg.coherence_prefixes = prefixes;
+        }
         cfg.ttl.apply_env(
             vars.iter()
                 .filter(|(k, _)| k.starts_with("CACHE_TTL_"))
@@ -499,6 +533,8 @@ mod tests {
             ("REDIS_CLUSTER_NODES", "a:1,b"),
             ("REDIS_TIMEOUT_MS", "0"),
             ("CACHE_CODEC", "xml"),
+            ("CACHE_COHERENCE", "sometimes"),
+            ("CACHE_COHERENCE_PREFIXES", " , "),
         ] {
             let err = CacheConfig::from_vars([("REDIS_HOST", "h"), (k, v)]).unwrap_err();
             assert!(err.to_string().contains(k), "{err}");

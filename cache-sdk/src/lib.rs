@@ -23,6 +23,13 @@
 //! that calls go straight to memory, and a background task probes Redis (backoff up to
 //! 100 ms). When Redis answers, writes made during the outage are replayed, L1 is cleared
 //! (other instances may have written meanwhile), and operations return to Redis.
+//!
+//! # Several instances
+//!
+//! With Redis, a write or delete on one instance (or by any Redis client) evicts the key
+//! from every instance's L1 within one push from Redis ([`Coherence`]; `CLIENT TRACKING`,
+//! or a pub/sub channel where tracking is refused). While that link is down, L1 is not
+//! used. [`Stats::coherence`] says which mechanism is in use.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -52,4 +59,5 @@ pub use global::{global, install};
 pub use key::Key;
 pub use macros::{cache_evict, cache_put, cached};
 pub use stats::Stats;
+pub use tier::coherence::Coherence;
 pub use ttl::{Ttl, TtlPresets, MAX_TTL};

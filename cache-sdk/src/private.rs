@@ -448,7 +448,9 @@ impl LocalTier {
     fn store(&self, key: &str, value: AnyValue, spec: TtlSpec, jitter: f64) {
         let presets = crate::global::presets();
         match presets.resolve(&spec.with_jitter(presets, jitter)) {
-            Ok(ttl) => self.values.insert(key, value, Some(ttl)),
+            Ok(ttl) => self
+                .values
+                .insert(key, value, Some(ttl), self.values.ticket(key)),
             Err(e) => {
                 tracing::error!(key = log_key(key), error = %e, "cannot cache this value");
             }

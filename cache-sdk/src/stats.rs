@@ -17,6 +17,7 @@ use serde::Serialize;
 /// assert_eq!(json["connected"], false);
 /// assert_eq!(json["usingFallback"], true);
 /// assert_eq!(json["store"], "memory");
+/// assert_eq!(json["coherence"], "off");
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,6 +64,16 @@ pub struct Stats {
     pub replay_pending: u64,
     /// Outage writes to new keys not kept for replay because the log was full.
     pub replay_dropped: u64,
+    /// How L1 is kept in step with other instances now: `"tracking"` (Redis
+    /// `CLIENT TRACKING`: writes by any client evict L1), `"pubsub"` (writes made through
+    /// the SDK are published), `"down"` (the invalidation link is being re-established: L1
+    /// is suspended and reads go to L2), or `"off"` (no Redis, no L1, or
+    /// [`Coherence::Off`](crate::Coherence::Off): L1 entries live at most the L1 TTL).
+    pub coherence: &'static str,
+    /// L1 entries evicted on word from Redis or another instance (a flush counts once).
+    pub invalidations: u64,
+    /// Times L1 was suspended because the invalidation link was lost.
+    pub l1_resets: u64,
 }
 
 #[derive(Debug, Default)]

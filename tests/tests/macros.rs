@@ -273,6 +273,15 @@ async fn functions_keep_working_when_redis_is_killed() {
     let mut server = RedisServer::start();
     let c = catalog(&server).await;
     let cached = c.product(1).await.unwrap();
+    // The cache hears of its own write through the invalidation link and drops it from L1;
+    // the next call reads it back from Redis into L1.
+    let cache = c.cache.clone();
+    cache_sdk_tests::wait_until(Duration::from_secs(2), move || {
+        cache.stats().invalidations > 0
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.product(1).await.unwrap(), cached);
     server.kill();
 
     assert_eq!(c.product(1).await.unwrap(), cached);

@@ -91,7 +91,8 @@ async fn anonymous_and_read_only_requests_cost_at_most_one_get() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(delta(&server, &before).get("get"), None);
 
-    // A read-only request: one GET, no write, no touch (saved moments ago).
+    // A read-only request: at most one GET (none once the record is in the coherent L1),
+    // no write, no touch (saved moments ago).
     let before = command_calls(&server);
     for _ in 0..5 {
         let r = send(&app, "GET", "/peek", Some(&cookie)).await;
@@ -99,7 +100,7 @@ async fn anonymous_and_read_only_requests_cost_at_most_one_get() {
         assert!(r.set_cookies.is_empty());
     }
     let d = delta(&server, &before);
-    assert_eq!(d.get("get"), Some(&5), "{d:?}");
+    assert!(d.get("get").is_some_and(|n| (1..=5).contains(n)), "{d:?}");
     assert_eq!(d.len(), 1, "read-only requests wrote: {d:?}");
 }
 

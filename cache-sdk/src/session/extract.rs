@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::error::SessionError;
 use super::id::SessionId;
-use super::layer::{lock, Cell, RequestSession, SessionHandle};
+use super::layer::{Cell, RequestSession, SessionHandle};
 
 /// What a session type must be: serde both ways, a default for new sessions, and
 /// shareable across threads. Implemented for every such type.
@@ -135,7 +135,7 @@ impl<T: SessionData> Session<T> {
     /// }
     /// ```
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&lock(&self.cell.data))
+        self.cell.read(f)
     }
 
     /// A copy of the data.
@@ -150,7 +150,7 @@ impl<T: SessionData> Session<T> {
     where
         T: Clone,
     {
-        lock(&self.cell.data).clone()
+        self.cell.read(T::clone)
     }
 
     /// Changes the data through a closure; the session will be saved.
@@ -162,7 +162,7 @@ impl<T: SessionData> Session<T> {
     /// }
     /// ```
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let r = f(&mut lock(&self.cell.data));
+        let r = self.cell.write(f);
         self.request.with_state(|s| s.changed());
         r
     }

@@ -5,12 +5,14 @@
 //! - The layer verifies the cookie's signature (no store access) and puts a lazy handle
 //!   into the request's extensions.
 //! - The store is read only when a handler extracts [`Session<T>`](super::Session): at most
-//!   one `GET` per request.
+//!   one `GET` per request, and none when the record is held in L1 (with a coherent cache,
+//!   see [`CacheSessionStore`](super::CacheSessionStore)): a read-only request for a hot
+//!   session then costs no Redis command.
 //! - After the handler, the session is written only when it changed (`SET … XX PX`, or
 //!   `SET … NX PX` under a fresh id for a new session). A session that was only read has
 //!   its expiry extended (`PEXPIRE`, the record is not rewritten) at most once per
 //!   [touch interval](super::SessionConfig::touch_interval) per process, with a refreshed
-//!   cookie; otherwise a read-only request costs that one `GET` and nothing else.
+//!   cookie; otherwise a read-only request costs that one `GET` (or nothing) and no write.
 //! - A new session nobody wrote to is not stored and gets no cookie.
 //!
 //! # Concurrent requests of one session
@@ -49,6 +51,7 @@ use serde_json::{Map, Value};
 
 use super::cookie::Verified;
 use super::error::SessionError;
+use super::format::SessionFormat;
 use super::id::SessionId;
 use super::manager::{Loaded, Sessions};
 use crate::codec::now_ms;
@@ -200,7 +203,56 @@ pub(crate) struct SessionHandle(pub(crate) Arc<RequestSession>);
 
 /// The typed data of a loaded session, shared by the handles extracted in one request.
 pub(crate) struct Cell<T> {
-    pub(crate) data: Mutex<T>,
+    data: Mutex<Data<T>>,
+    format: SessionFormat,
+}
+
+/// A session's data: shared with L1 until the request changes it.
+pub(crate) enum Data<T> {
+    Owned(T),
+    Shared { value: Arc<T>, raw: Arc<[u8]> },
+}
+
+impl<T> Cell<T> {
+    fn new(data: Data<T>, format: SessionFormat) -> Self {
+        Self {
+            data: Mutex::new(data),
+            format,
+        }
+    }
+
+    /// Reads the data.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        match &*lock(&self.data) {
+            Data::Owned(t) => f(t),
+            Data::Shared { value, .. } => f(value),
+        }
+    }
+
+    /// Changes the data, first taking a copy of its own when it is shared with L1 (decoded
+    /// again from the record: session types need not be `Clone`).
+    pub(crate) fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let mut data = lock(&self.data);
+        let mut owned = match std::mem::replace(&mut *data, Data::Owned(T::default())) {
+            Data::Owned(t) => t,
+            Data::Shared { value, raw } => Arc::try_unwrap(value).unwrap_or_else(|_| {
+                match self.format.decode::<T>(&raw) {
+                    Ok(d) => d.data,
+                    Err(e) => {
+                        // It decoded as `T` when it was read: this does not happen.
+                        tracing::error!(error = %e.0, "session record no longer decodes; starting from empty data");
+                        T::default()
+                    }
+                }
+            }),
+        };
+        let r = f(&mut owned);
+        *data = Data::Owned(owned);
+        r
+    }
 }
 
 /// What the layer needs from a [`Cell`] without knowing its type.
@@ -214,15 +266,14 @@ trait Erased: Send + Sync {
     ) -> Result<Vec<u8>, SessionError>;
 }
 
-impl<T: Serialize + Send + 'static> Erased for Cell<T> {
+impl<T: Serialize + Send + Sync + 'static> Erased for Cell<T> {
     fn encode(
         &self,
         sessions: &Sessions,
         snapshot: &Snapshot,
         now_ms: u64,
     ) -> Result<Vec<u8>, SessionError> {
-        let data = lock(&self.data);
-        sessions.encode_record(&*data, &snapshot.extra, snapshot.ttl, now_ms)
+        self.read(|data| sessions.encode_record(data, &snapshot.extra, snapshot.ttl, now_ms))
     }
 }
 
@@ -307,7 +358,7 @@ impl RequestSession {
         }
         let found = match &self.cookie {
             None => None,
-            Some(v) => match self.sessions.load::<T>(&v.id).await {
+            Some(v) => match self.sessions.load_shared::<T>(&v.id).await {
                 Ok(found) => found.map(|l| (v.id.clone(), l)),
                 Err(e) => {
                     tracing::error!(error = %e, "session could not be read; starting a fresh session");
@@ -315,21 +366,30 @@ impl RequestSession {
                 }
             },
         };
+        let format = self.sessions.config().format;
         let mut st = lock(&self.state);
-        let (id, loaded) = match found {
-            Some((id, l)) => (Some(id), l),
-            None => (
-                None,
-                Loaded::fresh(T::default(), self.sessions.config().ttl),
-            ),
+        let cell = match found {
+            Some((id, r)) => {
+                st.id = Some(id);
+                st.ttl = r.ttl;
+                st.saved_at_ms = r.saved_at_ms;
+                st.extra = r.extra;
+                let data = match Arc::try_unwrap(r.data) {
+                    Ok(owned) => Data::Owned(owned),
+                    Err(value) => Data::Shared { value, raw: r.raw },
+                };
+                Cell::new(data, format)
+            }
+            None => {
+                let fresh = Loaded::fresh(T::default(), self.sessions.config().ttl);
+                st.id = None;
+                st.ttl = fresh.ttl;
+                st.saved_at_ms = None;
+                st.extra = fresh.extra;
+                Cell::new(Data::Owned(fresh.data), format)
+            }
         };
-        st.id = id;
-        st.ttl = loaded.ttl;
-        st.saved_at_ms = loaded.saved_at_ms;
-        st.extra = loaded.extra;
-        let cell = Arc::new(Cell {
-            data: Mutex::new(loaded.data),
-        });
+        let cell = Arc::new(cell);
         st.loaded = Some(Typed {
             any: cell.clone(),
             erased: cell.clone(),

@@ -13,12 +13,39 @@ use super::config::SessionConfig;
 use super::cookie::{find_cookie, Verified};
 use super::error::SessionError;
 use super::id::SessionId;
-use super::store::{SessionStore, StoreStatus};
+use super::store::{CacheSessionStore, SessionStore, StoreStatus};
+use crate::cache::Cache;
 use crate::codec::now_ms;
 use crate::error::ConfigError;
+use crate::tier::coherence::Backed;
 
 /// Most sessions whose last touch this process remembers (for throttling).
 const TOUCH_MEMORY: u64 = 200_000;
+
+/// Subtracted from a record's expiry when deciding how long L1 may keep it.
+const STORE_MARGIN_MS: u64 = 1_000;
+
+/// A decoded record whose data may be shared with L1 (no copy on a hit).
+pub(crate) struct SharedRecord<T> {
+    pub(crate) data: Arc<T>,
+    /// The record as stored.
+    pub(crate) raw: Arc<[u8]>,
+    pub(crate) ttl: Duration,
+    pub(crate) saved_at_ms: Option<u64>,
+    pub(crate) extra: Map<String, Value>,
+}
+
+impl<T> Clone for SharedRecord<T> {
+    fn clone(&self) -> Self {
+        Self {
+            data: self.data.clone(),
+            raw: self.raw.clone(),
+            ttl: self.ttl,
+            saved_at_ms: self.saved_at_ms,
+            extra: self.extra.clone(),
+        }
+    }
+}
 
 /// A session read from the store.
 ///
@@ -81,6 +108,9 @@ pub struct Sessions {
 
 struct Inner {
     store: Arc<dyn SessionStore>,
+    /// The cache under a [`CacheSessionStore`]: with coherence, decoded records are kept
+    /// in its L1.
+    cache: Option<Cache>,
     config: SessionConfig,
     /// Session id → when this process last refreshed its expiry (Unix ms).
     touched: Option<moka::sync::Cache<SessionId, u64>>,
@@ -150,9 +180,13 @@ impl Sessions {
             ttl_secs = config.ttl.as_secs(),
             "sessions ready"
         );
+        let cache = (&store as &dyn std::any::Any)
+            .downcast_ref::<CacheSessionStore>()
+            .map(|s| s.cache().clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 store: Arc::new(store),
+                cache,
                 config,
                 touched,
             }),
@@ -250,6 +284,11 @@ impl Sessions {
     /// Reads a session. A record that does not decode as `T` in the configured format, or
     /// is over the size limit, is `None` (logged as a warning), like a missing one.
     ///
+    /// With a [`CacheSessionStore`] whose cache keeps L1 coherent (see
+    /// [`Stats::coherence`](crate::Stats::coherence)), a record read once is kept decoded in
+    /// L1, so reading it again costs no Redis command; a change or deletion by any instance
+    /// evicts it everywhere.
+    ///
     /// # Errors
     /// [`SessionError::Store`] when the store answers an error.
     ///
@@ -263,27 +302,113 @@ impl Sessions {
     /// ```
     pub async fn load<T>(&self, id: &SessionId) -> Result<Option<Loaded<T>>, SessionError>
     where
-        T: Serialize + DeserializeOwned + Default,
+        T: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
     {
-        let Some(bytes) = self.inner.store.load(id).await? else {
+        let Some(s) = self.load_shared::<T>(id).await? else {
             return Ok(None);
         };
+        let data = match Arc::try_unwrap(s.data) {
+            Ok(data) => data,
+            // Shared with L1: decode our own copy.
+            Err(_) => match self.decode_shared::<T>(s.raw.clone()) {
+                Some(d) => Arc::try_unwrap(d.data).unwrap_or_default(),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(Loaded {
+            data,
+            ttl: s.ttl,
+            saved_at_ms: s.saved_at_ms,
+            extra: s.extra,
+        }))
+    }
+
+    /// Reads a session, sharing the decoded data with L1 when it is kept there.
+    pub(crate) async fn load_shared<T>(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<SharedRecord<T>>, SessionError>
+    where
+        T: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+    {
+        let Some(cache) = &self.inner.cache else {
+            let found = self.inner.store.load(id).await?;
+            return Ok(found.and_then(|bytes| self.decode_shared(bytes.into())));
+        };
+        let key = id.key();
+        if let Some(b) = cache.backed_get(&key) {
+            return Ok(self.record_of(&b));
+        }
+        let ticket = cache.backed_ticket(&key);
+        let raw: Arc<[u8]> = match self.inner.store.load(id).await? {
+            Some(bytes) => bytes.into(),
+            None => {
+                // Redis is lost: a session this instance held keeps working.
+                return Ok(cache.backed_reserve(&key).and_then(|b| self.record_of(&b)));
+            }
+        };
+        let Some(record) = self.decode_shared::<T>(raw) else {
+            return Ok(None);
+        };
+        if let Some(ticket) = ticket {
+            let backed = Backed {
+                raw: record.raw.clone(),
+                stored_until: self.stored_until(id, &record),
+                value: Arc::new(record.clone()),
+            };
+            cache.backed_insert(&key, Arc::new(backed), ticket);
+        }
+        Ok(Some(record))
+    }
+
+    fn record_of<T>(&self, b: &Backed) -> Option<SharedRecord<T>>
+    where
+        T: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+    {
+        match b.value.clone().downcast::<SharedRecord<T>>() {
+            Ok(r) => Some((*r).clone()),
+            // Kept as another type (another handler's): decode this one from the record.
+            Err(_) => self.decode_shared(b.raw.clone()),
+        }
+    }
+
+    /// A lower bound of when the record expires in the store: its last save or this
+    /// process's last touch, plus its TTL, less a margin for the write's round trip.
+    fn stored_until<T>(&self, id: &SessionId, r: &SharedRecord<T>) -> std::time::Instant {
+        let touched = self
+            .inner
+            .touched
+            .as_ref()
+            .and_then(|t| t.get(id))
+            .unwrap_or(0);
+        let base = r.saved_at_ms.unwrap_or(0).max(touched);
+        let ttl = u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX);
+        let until = base.saturating_add(ttl).saturating_sub(STORE_MARGIN_MS);
+        let left = until.saturating_sub(now_ms());
+        std::time::Instant::now() + std::time::Duration::from_millis(left)
+    }
+
+    fn decode_shared<T>(&self, raw: Arc<[u8]>) -> Option<SharedRecord<T>>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
         let cfg = &self.inner.config;
-        if bytes.len() > cfg.max_record_bytes {
+        if raw.len() > cfg.max_record_bytes {
             tracing::warn!(
-                size = bytes.len(),
+                size = raw.len(),
                 limit = cfg.max_record_bytes,
                 "session record over the size limit; starting a fresh session"
             );
-            return Ok(None);
+            return None;
         }
-        match cfg.format.decode::<T>(&bytes) {
-            Ok(d) => Ok(Some(Loaded {
-                data: d.data,
+        match cfg.format.decode::<T>(&raw) {
+            Ok(d) => Some(SharedRecord {
+                data: Arc::new(d.data),
+                raw,
                 ttl: d.ttl.unwrap_or(cfg.ttl),
                 saved_at_ms: d.saved_at_ms,
                 extra: d.extra,
-            })),
+            }),
             Err(e) => {
                 tracing::warn!(
                     format = ?cfg.format,
@@ -291,7 +416,7 @@ impl Sessions {
                     error = %e.0,
                     "session record does not decode; starting a fresh session"
                 );
-                Ok(None)
+                None
             }
         }
     }

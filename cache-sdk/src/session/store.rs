@@ -122,8 +122,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 /// A [`SessionStore`] over a [`Cache`]'s raw operations: records under `sess:{id}` in Redis
 /// (`GET`, `SET NX`/`SET XX` with `PX`, `PEXPIRE`, `DEL`, `SCAN MATCH sess:*`), or in the
 /// cache's in-memory fallback while Redis is unreachable (records written meanwhile are
-/// replayed to Redis when it returns). Records bypass the cache's L1, so every instance
-/// reads the latest record.
+/// replayed to Redis when it returns).
+///
+/// Records are read from Redis on every load, unless the cache keeps its L1 coherent across
+/// instances ([`Stats::coherence`](crate::Stats::coherence) is `"tracking"` or `"pubsub"`):
+/// then [`Sessions`](crate::session::Sessions) keeps each record it read decoded in L1, a
+/// change or deletion by any instance evicts it everywhere, and while Redis is lost the
+/// records held there keep working from the fallback.
 ///
 /// ```
 /// let store = cache_sdk::session::CacheSessionStore::new(cache_sdk::Cache::in_memory());

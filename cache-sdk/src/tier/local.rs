@@ -1,7 +1,22 @@
-//! L1: typed values in the process. A hit is a hash lookup and an `Arc` clone: nothing is
-//! decoded.
+//! L1: typed values in the process. A hit is a hash lookup, one atomic load and an `Arc`
+//! clone: nothing is decoded.
+//!
+//! # Staying coherent
+//!
+//! Every entry carries the *epoch* it was read under. A hit counts only when the entry's
+//! epoch is the current one, so bumping the epoch makes the whole of L1 invisible at once
+//! (a flush, or losing the invalidation link). An odd epoch means "suspended": nothing is
+//! served and nothing is inserted until the link is back.
+//!
+//! Per-key invalidations race with reads that are filling L1 (read from L2, then insert).
+//! A reader takes a [`Ticket`] before reading L2: the epoch and the generation of the key's
+//! slot. Invalidating a key bumps its slot, then removes it. The insert is skipped when the
+//! slot moved meanwhile, and undone when the slot moved during the insert, so a value read
+//! before an invalidation never outlives it.
 
 use std::any::Any;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +26,14 @@ use super::{DeadlineExpiry, HasDeadline};
 
 pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
+/// Slots of per-key invalidation generations (a power of two).
+const SLOTS: usize = 1024;
+
 #[derive(Clone)]
 pub(crate) struct L1Entry {
     value: AnyValue,
     expires_at: Instant,
+    epoch: u64,
 }
 
 impl HasDeadline for L1Entry {
@@ -23,11 +42,30 @@ impl HasDeadline for L1Entry {
     }
 }
 
+/// Epoch and per-key generations, shared by L1 and whatever invalidates it.
+struct Guard {
+    epoch: AtomicU64,
+    slots: Box<[AtomicU64]>,
+    /// While suspended: whether the entries of the last active epoch may be served (Redis
+    /// itself is lost, so nothing newer can be known).
+    reserve: AtomicBool,
+}
+
+/// Taken before reading L2; lets the value read be put into L1 only if nothing
+/// invalidated it meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    epoch: u64,
+    slot: usize,
+    generation: u64,
+}
+
 /// The typed in-process tier.
 #[derive(Clone)]
 pub(crate) struct Local {
     map: Option<MokaCache<String, L1Entry>>,
     max_ttl: Duration,
+    guard: Arc<Guard>,
 }
 
 impl std::fmt::Debug for Local {
@@ -35,8 +73,15 @@ impl std::fmt::Debug for Local {
         f.debug_struct("Local")
             .field("enabled", &self.map.is_some())
             .field("max_ttl", &self.max_ttl)
+            .field("epoch", &self.guard.epoch.load(Ordering::Relaxed))
             .finish()
     }
+}
+
+fn slot_of(key: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) & (SLOTS - 1)
 }
 
 impl Local {
@@ -48,17 +93,68 @@ impl Local {
                 .expire_after(DeadlineExpiry)
                 .build()
         });
-        Self { map, max_ttl }
+        let guard = Arc::new(Guard {
+            epoch: AtomicU64::new(0),
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            reserve: AtomicBool::new(false),
+        });
+        Self {
+            map,
+            max_ttl,
+            guard,
+        }
+    }
+
+    /// Whether L1 holds anything at all (capacity and TTL above zero).
+    pub(crate) fn enabled(&self) -> bool {
+        self.map.is_some()
     }
 
     #[inline]
     pub(crate) fn get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Arc<T>> {
-        self.map.as_ref()?.get(key)?.value.downcast::<T>().ok()
+        let e = self.map.as_ref()?.get(key)?;
+        let current = self.guard.epoch.load(Ordering::Acquire);
+        if e.epoch != current && !self.in_reserve(e.epoch, current) {
+            return None;
+        }
+        e.value.downcast::<T>().ok()
     }
 
-    /// Stores `value` for at most `ttl` (capped by the L1 maximum).
-    pub(crate) fn insert(&self, key: &str, value: AnyValue, ttl: Option<Duration>) {
+    /// Whether an entry of `epoch` is in a reserve that may be served now.
+    #[cold]
+    fn in_reserve(&self, epoch: u64, current: u64) -> bool {
+        current & 1 == 1 && epoch == current - 1 && self.guard.reserve.load(Ordering::Acquire)
+    }
+
+    /// Lets a suspended L1 serve (not fill) what it held when it was last active: for
+    /// when Redis itself is lost. Off again when L1 resumes or is cleared.
+    pub(crate) fn serve_reserve(&self, on: bool) {
+        self.guard.reserve.store(on, Ordering::SeqCst);
+    }
+
+    /// The ticket for a read of `key` from L2 that may fill L1 afterwards.
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        let slot = slot_of(key);
+        // The epoch first: a suspension after this load makes the entry invisible anyway.
+        let epoch = self.guard.epoch.load(Ordering::SeqCst);
+        Ticket {
+            epoch,
+            slot,
+            generation: self.guard.slots[slot].load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stores `value` for at most `ttl` (capped by the L1 maximum), unless `key` was
+    /// invalidated since `ticket` was taken, or L1 is suspended.
+    pub(crate) fn insert(&self, key: &str, value: AnyValue, ttl: Option<Duration>, ticket: Ticket) {
         let Some(map) = &self.map else { return };
+        if ticket.epoch & 1 == 1 {
+            return;
+        }
+        let slot = &self.guard.slots[ticket.slot];
+        if slot.load(Ordering::SeqCst) != ticket.generation {
+            return;
+        }
         let ttl = ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl));
         if ttl.is_zero() {
             map.invalidate(key);
@@ -69,20 +165,138 @@ impl Local {
             L1Entry {
                 value,
                 expires_at: Instant::now() + ttl,
+                epoch: ticket.epoch,
             },
         );
-    }
-
-    pub(crate) fn invalidate(&self, key: &str) {
-        if let Some(map) = &self.map {
+        if slot.load(Ordering::SeqCst) != ticket.generation {
+            // Invalidated while we were inserting: the invalidation may have run before the
+            // entry was in the map.
             map.invalidate(key);
         }
     }
 
+    /// Stores a value this instance has just written; `ticket` was taken before the write.
+    /// Reads that started before the write cannot put what they read over it afterwards,
+    /// and when two writes of this instance overlap, L1 ends up empty rather than holding
+    /// the one Redis did not keep.
+    pub(crate) fn insert_own(
+        &self,
+        key: &str,
+        value: AnyValue,
+        ttl: Option<Duration>,
+        ticket: Ticket,
+    ) {
+        let Some(map) = &self.map else { return };
+        let slot = &self.guard.slots[ticket.slot];
+        let next = ticket.generation.wrapping_add(1);
+        if ticket.epoch & 1 == 1
+            || slot
+                .compare_exchange(ticket.generation, next, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            self.invalidate(key);
+            return;
+        }
+        let ttl = ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl));
+        if ttl.is_zero() {
+            map.invalidate(key);
+            return;
+        }
+        map.insert(
+            key.to_owned(),
+            L1Entry {
+                value,
+                expires_at: Instant::now() + ttl,
+                epoch: ticket.epoch,
+            },
+        );
+        if slot.load(Ordering::SeqCst) != next {
+            map.invalidate(key);
+        }
+    }
+
+    /// Drops `key`, and makes reads of it that are in flight not fill L1 with what they read.
+    pub(crate) fn invalidate(&self, key: &str) {
+        if let Some(map) = &self.map {
+            self.guard.slots[slot_of(key)].fetch_add(1, Ordering::SeqCst);
+            map.invalidate(key);
+        }
+    }
+
+    /// Drops everything, including what reads in flight are about to insert.
     pub(crate) fn clear(&self) {
+        if let Some(map) = &self.map {
+            self.guard.reserve.store(false, Ordering::SeqCst);
+            self.guard.epoch.fetch_add(2, Ordering::SeqCst);
+            map.invalidate_all();
+        }
+    }
+
+    /// Stops serving and filling L1 (the invalidation link is down). Entries stay, invisible,
+    /// as the [`reserve`](Self::reserve). Returns whether L1 was active before.
+    pub(crate) fn suspend(&self) -> bool {
+        self.guard
+            .epoch
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |e| {
+                (e & 1 == 0).then_some(e + 1)
+            })
+            .is_ok()
+    }
+
+    /// Serves L1 again, starting empty. Returns whether it was suspended.
+    pub(crate) fn resume(&self) -> bool {
+        self.guard.reserve.store(false, Ordering::SeqCst);
+        let resumed = self
+            .guard
+            .epoch
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |e| {
+                (e & 1 == 1).then_some(e + 1)
+            })
+            .is_ok();
         if let Some(map) = &self.map {
             map.invalidate_all();
         }
+        resumed
+    }
+
+    /// Whether L1 is suspended.
+    pub(crate) fn is_suspended(&self) -> bool {
+        self.guard.epoch.load(Ordering::Acquire) & 1 == 1
+    }
+
+    /// While suspended and [serving the reserve](Self::serve_reserve): the entry stored
+    /// under `key` while L1 was last active.
+    pub(crate) fn reserve(&self, key: &str) -> Option<AnyValue> {
+        let current = self.guard.epoch.load(Ordering::Acquire);
+        let e = self.map.as_ref()?.get(key)?;
+        self.in_reserve(e.epoch, current).then_some(e.value)
+    }
+
+    /// Every reserve entry whose key starts with `prefix` (see [`Local::reserve`]).
+    pub(crate) fn reserve_with_prefix(&self, prefix: &str) -> Vec<(Arc<String>, AnyValue)> {
+        let current = self.guard.epoch.load(Ordering::Acquire);
+        let Some(map) = &self.map else {
+            return Vec::new();
+        };
+        if current & 1 == 0 {
+            return Vec::new();
+        }
+        map.iter()
+            .filter(|(k, e)| e.epoch == current - 1 && k.starts_with(prefix))
+            .map(|(k, e)| (k, e.value))
+            .collect()
+    }
+
+    /// Every entry L1 serves now whose key starts with `prefix`.
+    pub(crate) fn live_with_prefix(&self, prefix: &str) -> Vec<(Arc<String>, AnyValue)> {
+        let current = self.guard.epoch.load(Ordering::Acquire);
+        let Some(map) = &self.map else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(k, e)| e.epoch == current && k.starts_with(prefix))
+            .map(|(k, e)| (k, e.value))
+            .collect()
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -90,5 +304,74 @@ impl Local {
             m.run_pending_tasks();
             m.entry_count()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(n: u32) -> AnyValue {
+        Arc::new(n)
+    }
+
+    #[test]
+    fn an_invalidation_during_a_read_keeps_the_read_out_of_l1() {
+        let l1 = Local::new(100, Duration::from_secs(60));
+        let t = l1.ticket("k");
+        l1.invalidate("k");
+        l1.insert("k", v(1), None, t);
+        assert!(l1.get::<u32>("k").is_none());
+        let t = l1.ticket("k");
+        l1.insert("k", v(2), None, t);
+        assert_eq!(l1.get::<u32>("k").as_deref(), Some(&2));
+    }
+
+    #[test]
+    fn suspended_l1_serves_nothing_and_keeps_a_reserve() {
+        let l1 = Local::new(100, Duration::from_secs(60));
+        let t = l1.ticket("sess:a");
+        l1.insert("sess:a", v(1), None, t);
+        let before = l1.ticket("k");
+        assert!(l1.suspend());
+        assert!(!l1.suspend());
+        assert!(l1.get::<u32>("sess:a").is_none());
+        assert!(l1.reserve("sess:a").is_none());
+        l1.serve_reserve(true);
+        assert_eq!(l1.get::<u32>("sess:a").as_deref(), Some(&1));
+        assert!(l1.reserve("sess:a").is_some());
+        assert_eq!(l1.reserve_with_prefix("sess:").len(), 1);
+        // Reads that started before the suspension, or during it, do not fill L1.
+        l1.insert("k", v(3), None, before);
+        let during = l1.ticket("k");
+        l1.insert("k", v(3), None, during);
+        assert!(l1.resume());
+        assert!(l1.get::<u32>("k").is_none());
+        assert!(l1.get::<u32>("sess:a").is_none(), "resume starts empty");
+        assert!(l1.reserve("sess:a").is_none());
+    }
+
+    #[test]
+    fn a_write_keeps_older_reads_out_and_overlapping_writes_leave_l1_empty() {
+        let l1 = Local::new(100, Duration::from_secs(60));
+        let read = l1.ticket("k");
+        let write = l1.ticket("k");
+        l1.insert_own("k", v(2), None, write);
+        l1.insert("k", v(1), None, read);
+        assert_eq!(l1.get::<u32>("k").as_deref(), Some(&2));
+        let w1 = l1.ticket("k");
+        let w2 = l1.ticket("k");
+        l1.insert_own("k", v(3), None, w2);
+        l1.insert_own("k", v(4), None, w1);
+        assert!(l1.get::<u32>("k").is_none());
+    }
+
+    #[test]
+    fn clear_hides_what_reads_in_flight_insert() {
+        let l1 = Local::new(100, Duration::from_secs(60));
+        let t = l1.ticket("k");
+        l1.clear();
+        l1.insert("k", v(1), None, t);
+        assert!(l1.get::<u32>("k").is_none());
     }
 }

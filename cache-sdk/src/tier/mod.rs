@@ -1,9 +1,10 @@
 //! The tiers below [`Cache`](crate::Cache): the typed in-process L1 ([`local`]), and the
 //! remote L2 ([`remote`]) that talks to Redis or, when Redis is absent, to the in-memory
-//! fallback store ([`memory`]).
+//! fallback store ([`memory`]); [`coherence`] keeps the L1 of several instances in step.
 
 use std::time::{Duration, Instant};
 
+pub(crate) mod coherence;
 pub(crate) mod local;
 pub(crate) mod memory;
 pub(crate) mod redis;

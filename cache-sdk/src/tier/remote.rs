@@ -196,6 +196,29 @@ impl Remote {
         }
     }
 
+    /// Whether operations go to Redis now.
+    pub(crate) fn is_up(&self) -> bool {
+        self.state() == UP
+    }
+
+    /// A handle on the in-memory fallback store.
+    pub(crate) fn fallback_store(&self) -> MemoryStore {
+        self.inner.memory.clone()
+    }
+
+    /// `PUBLISH` through the data connection when Redis is up; a failure is only logged
+    /// (the message is a hint to other instances, not data).
+    pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) {
+        let Some(link) = self.up_link() else { return };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        if let Err(Failure::Unavailable(why) | Failure::Rejected(why)) =
+            link.query::<i64>(&cmd).await
+        {
+            tracing::debug!(error = %why, "invalidation message not published");
+        }
+    }
+
     pub(crate) fn counters(&self) -> &Counters {
         &self.inner.counters
     }

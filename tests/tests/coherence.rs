@@ -1,0 +1,590 @@
+//! L1 coherence across instances, against real redis-servers: two caches (and two session
+//! apps) on one Redis; writes by the SDK and by other clients evict L1 everywhere; a lost
+//! invalidation link suspends L1 until it is back; sessions stay in L1 and survive an
+//! outage.
+//!
+//! Latencies are printed (run with `--nocapture` to see them) and asserted only against
+//! generous bounds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use cache_sdk::{Cache, Coherence, Ttl};
+use cache_sdk_tests::{wait_until, RedisServer};
+use common::*;
+
+/// Generous bound: catches a missing invalidation, not a slow one.
+const BOUND: Duration = Duration::from_secs(1);
+
+async fn cache_with(server: &RedisServer, coherence: Coherence) -> Cache {
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .require_redis(true)
+        .coherence(coherence)
+        .build()
+        .await
+        .expect("cache");
+    let want = match coherence {
+        Coherence::PubSub => "pubsub",
+        Coherence::Off => "off",
+        _ => "tracking",
+    };
+    linked(&cache, want).await;
+    cache
+}
+
+async fn linked(cache: &Cache, want: &str) {
+    let c = cache.clone();
+    let want = want.to_owned();
+    assert!(
+        wait_until(Duration::from_secs(5), move || c.stats().coherence == want)
+            .await
+            .is_some(),
+        "coherence is {}",
+        cache.stats().coherence
+    );
+}
+
+/// Reads `key` until the value comes from L1 (a read that fills L1 may be skipped when an
+/// invalidation overlaps it).
+async fn hold(cache: &Cache, key: &str) -> Option<u64> {
+    for _ in 0..50 {
+        let v = cache.get::<u64>(key).await.expect("get");
+        let hits = cache.stats().l1_hits;
+        let again = cache.get::<u64>(key).await.expect("get");
+        if cache.stats().l1_hits > hits && again == v {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{key} never stayed in L1");
+}
+
+/// Reads until `key` holds `want`, for at most `BOUND`; returns how long that took.
+async fn sees(cache: &Cache, key: &str, want: Option<u64>) -> Duration {
+    sees_counting(cache, key, want).await.0
+}
+
+/// As [`sees`], also returning how many reads it took.
+async fn sees_counting(cache: &Cache, key: &str, want: Option<u64>) -> (Duration, u32) {
+    let start = Instant::now();
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        if cache.get::<u64>(key).await.expect("get") == want {
+            return (start.elapsed(), reads);
+        }
+        assert!(
+            start.elapsed() < BOUND,
+            "{key} still not {want:?} after {BOUND:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_evicts_the_others_l1() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start();
+    let a = cache_with(&server, Coherence::Auto).await;
+    let b = cache_with(&server, Coherence::Auto).await;
+    let key = "cache:product:1";
+
+    let mut after_write = Vec::new();
+    let mut at_once = 0;
+    for i in 0..500u64 {
+        a.set(key, &i, Ttl::Api).await.expect("set");
+        sees(&b, key, Some(i)).await;
+        assert_eq!(hold(&b, key).await, Some(i));
+        let start = Instant::now();
+        a.set(key, &(i + 1000), Ttl::Api).await.expect("set");
+        // From the start of A's write until B stops answering the old value.
+        let (_, reads) = sees_counting(&b, key, Some(i + 1000)).await;
+        after_write.push(start.elapsed());
+        if reads == 1 {
+            at_once += 1;
+        }
+    }
+    after_write.sort();
+    println!(
+        "propagation from the start of A's write until B answers the new value (tracking, 500 writes): \
+         p50 {:?}, p99 {:?}, max {:?}; B's first read after the write returned already new in {at_once}/500",
+        percentile(&after_write, 0.5),
+        percentile(&after_write, 0.99),
+        after_write[after_write.len() - 1]
+    );
+
+    // Delete on A: B answers None.
+    a.set(key, &7u64, Ttl::Api).await.expect("set");
+    sees(&b, key, Some(7)).await;
+    assert_eq!(hold(&b, key).await, Some(7));
+    a.delete(key).await.expect("delete");
+    sees(&b, key, None).await;
+
+    let s = b.stats();
+    assert_eq!(s.coherence, "tracking");
+    assert!(s.invalidations >= 200, "{s:?}");
+    assert!(s.connected && !s.using_fallback);
+    let json = serde_json::to_value(&s).expect("json");
+    assert_eq!(json["coherence"], "tracking");
+    assert!(json["invalidations"].as_u64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_by_other_clients_and_flushes_evict_every_l1() {
+    let server = RedisServer::start();
+    let a = cache_with(&server, Coherence::Auto).await;
+    let b = cache_with(&server, Coherence::Tracking).await;
+    let key = "cache:price:9";
+
+    // redis-cli DEL.
+    a.set(key, &1u64, Ttl::Api).await.expect("set");
+    sees(&b, key, Some(1)).await;
+    assert_eq!(hold(&a, key).await, Some(1));
+    assert_eq!(hold(&b, key).await, Some(1));
+    let t = Instant::now();
+    assert_eq!(server.cli(&["DEL", key]), "1");
+    let (da, db) = (sees(&a, key, None).await, sees(&b, key, None).await);
+    println!(
+        "redis-cli DEL seen by both within {:?} of redis-cli starting ({da:?} / {db:?} after it exited)",
+        t.elapsed()
+    );
+
+    // Another client writes a new value (an envelope written by a plain Redis connection).
+    a.set("cache:price:template", &2u64, Ttl::Api)
+        .await
+        .expect("set");
+    let envelope = server
+        .get_raw("cache:price:template")
+        .await
+        .expect("stored");
+    a.set(key, &1u64, Ttl::Api).await.expect("set");
+    sees(&b, key, Some(1)).await;
+    assert_eq!(hold(&a, key).await, Some(1));
+    assert_eq!(hold(&b, key).await, Some(1));
+    server.set_raw(key, &envelope).await;
+    sees(&a, key, Some(2)).await;
+    sees(&b, key, Some(2)).await;
+
+    // redis-cli SET of something that is not a cached value: a miss, never the old value.
+    assert_eq!(hold(&b, key).await, Some(2));
+    assert_eq!(hold(&a, key).await, Some(2));
+    assert_eq!(server.cli(&["SET", key, "not-an-envelope"]), "OK");
+    sees(&a, key, None).await;
+    sees(&b, key, None).await;
+
+    // FLUSHALL clears everything.
+    a.set(key, &3u64, Ttl::Api).await.expect("set");
+    a.set("user:4:theme", &4u64, Ttl::Api).await.expect("set");
+    sees(&b, key, Some(3)).await;
+    sees(&b, "user:4:theme", Some(4)).await;
+    for c in [&a, &b] {
+        assert_eq!(hold(c, key).await, Some(3));
+        assert_eq!(hold(c, "user:4:theme").await, Some(4));
+    }
+    assert_eq!(server.cli(&["FLUSHALL"]), "OK");
+    for c in [&a, &b] {
+        sees(c, key, None).await;
+        sees(c, "user:4:theme", None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_tracked_as_a_whole_and_stripped() {
+    let server = RedisServer::start();
+    let build = || async {
+        let c = Cache::builder()
+            .redis_url(server.url())
+            .namespace("shop")
+            .require_redis(true)
+            .build()
+            .await
+            .expect("cache");
+        linked(&c, "tracking").await;
+        c
+    };
+    let (a, b) = (build().await, build().await);
+    // A key outside the standard prefixes: covered by the namespace prefix.
+    a.set("inventory:5", &5u64, Ttl::Api).await.expect("set");
+    sees(&b, "inventory:5", Some(5)).await;
+    assert_eq!(hold(&b, "inventory:5").await, Some(5));
+    assert_eq!(server.cli(&["DEL", "shop:inventory:5"]), "1");
+    sees(&b, "inventory:5", None).await;
+    assert_eq!(a.get::<u64>("inventory:5").await.expect("get"), None);
+}
+
+/// The ids of the invalidation links connected to `server`.
+async fn link_ids(ctl: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(ctl)
+        .await
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter(|l| l.contains("name=cache-sdk-coherence "))
+        .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn ctl_cmd(ctl: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(ctl).await.expect("command")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_invalidation_link_suspends_l1_until_it_is_back() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start();
+    // The writer has no link of its own: its writes reach B only through B's link.
+    let writer = cache_with(&server, Coherence::Off).await;
+    let b = cache_with(&server, Coherence::Auto).await;
+    let mut ctl = server.conn().await;
+    let key = "cache:stock:3";
+
+    // 1. Killed, and reconnecting at once: B never answers the old value.
+    writer.set(key, &1u64, Ttl::Api).await.expect("set");
+    sees(&b, key, Some(1)).await;
+    assert_eq!(hold(&b, key).await, Some(1));
+    let ids = link_ids(&mut ctl).await;
+    assert_eq!(ids.len(), 1, "one link: {ids:?}");
+    ctl_cmd(&mut ctl, &["CLIENT", "KILL", "ID", &ids[0]]).await;
+    writer.set(key, &2u64, Ttl::Api).await.expect("set");
+    assert_eq!(b.get::<u64>(key).await.expect("get"), Some(2));
+    linked(&b, "tracking").await;
+    assert!(b.stats().l1_resets >= 1);
+    assert_eq!(hold(&b, key).await, Some(2));
+    writer.set(key, &3u64, Ttl::Api).await.expect("set");
+    sees(&b, key, Some(3)).await;
+
+    // 2. Killed, and kept from coming back (no new connections accepted): L1 is not used
+    //    at all meanwhile, so every read is fresh; when the link returns, L1 serves again.
+    assert_eq!(hold(&b, key).await, Some(3));
+    ctl_cmd(&mut ctl, &["CONFIG", "SET", "maxclients", "1"]).await;
+    let ids = link_ids(&mut ctl).await;
+    ctl_cmd(&mut ctl, &["CLIENT", "KILL", "ID", &ids[0]]).await;
+    linked(&b, "down").await;
+    for i in 10..20u64 {
+        writer.set(key, &i, Ttl::Api).await.expect("set");
+        assert_eq!(b.get::<u64>(key).await.expect("get"), Some(i));
+        let hits = b.stats().l1_hits;
+        assert_eq!(b.get::<u64>(key).await.expect("get"), Some(i));
+        assert_eq!(b.stats().l1_hits, hits, "L1 served while suspended");
+    }
+    ctl_cmd(&mut ctl, &["CONFIG", "SET", "maxclients", "10000"]).await;
+    let back = {
+        let b = b.clone();
+        wait_until(Duration::from_secs(5), move || {
+            b.stats().coherence == "tracking"
+        })
+        .await
+        .expect("link back")
+    };
+    println!("link back {back:?} after new connections were accepted again");
+    assert_eq!(hold(&b, key).await, Some(19));
+    writer.delete(key).await.expect("delete");
+    sees(&b, key, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_mode_evicts_on_sdk_writes_and_survives_a_killed_subscriber() {
+    let server = RedisServer::start();
+    let a = cache_with(&server, Coherence::PubSub).await;
+    let b = cache_with(&server, Coherence::PubSub).await;
+    let key = "cache:order:8";
+
+    let mut lat = Vec::new();
+    for i in 0..100u64 {
+        a.set(key, &i, Ttl::Api).await.expect("set");
+        sees(&b, key, Some(i)).await;
+        assert_eq!(hold(&b, key).await, Some(i));
+        let start = Instant::now();
+        a.set(key, &(i + 100), Ttl::Api).await.expect("set");
+        sees(&b, key, Some(i + 100)).await;
+        lat.push(start.elapsed());
+    }
+    lat.sort();
+    println!(
+        "propagation from the start of A's write until B answers the new value (pubsub, 100 writes): \
+         p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
+    assert_eq!(hold(&b, key).await, Some(199));
+    a.delete(key).await.expect("delete");
+    sees(&b, key, None).await;
+    a.set_many(&[("cache:order:1", 1u64), ("cache:order:2", 2)], Ttl::Api)
+        .await
+        .expect("set_many");
+    sees(&b, "cache:order:2", Some(2)).await;
+    assert_eq!(hold(&b, "cache:order:2").await, Some(2));
+    a.expire("cache:order:2", Ttl::secs(5))
+        .await
+        .expect("expire");
+    // The entry is dropped (its deadline changed) and read again.
+    let (_, reads) = sees_counting(&b, "cache:order:2", Some(2)).await;
+    assert_eq!(reads, 1);
+
+    // The subscribers are killed: both suspend, resubscribe, and work again.
+    assert_eq!(hold(&b, "cache:order:1").await, Some(1));
+    let killed = server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, "2", "two subscribers");
+    a.set("cache:order:1", &11u64, Ttl::Api).await.expect("set");
+    sees(&b, "cache:order:1", Some(11)).await;
+    linked(&b, "pubsub").await;
+    linked(&a, "pubsub").await;
+    assert_eq!(hold(&b, "cache:order:1").await, Some(11));
+    a.set("cache:order:1", &12u64, Ttl::Api).await.expect("set");
+    sees(&b, "cache:order:1", Some(12)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_uses_pubsub_where_tracking_is_refused() {
+    let server = RedisServer::start_with(&[
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-client|tracking",
+    ]);
+    let a = cache_with(&server, Coherence::Off).await;
+    let b = Cache::builder()
+        .redis_url(server.url())
+        .require_redis(true)
+        .build()
+        .await
+        .expect("cache");
+    linked(&b, "pubsub").await;
+    let c = Cache::builder()
+        .redis_url(server.url())
+        .require_redis(true)
+        .build()
+        .await
+        .expect("cache");
+    linked(&c, "pubsub").await;
+    c.set("cache:x:1", &1u64, Ttl::Api).await.expect("set");
+    sees(&b, "cache:x:1", Some(1)).await;
+    assert_eq!(hold(&b, "cache:x:1").await, Some(1));
+    c.set("cache:x:1", &2u64, Ttl::Api).await.expect("set");
+    sees(&b, "cache:x:1", Some(2)).await;
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_keeps_the_l1_ttl_bound_and_reports_off() {
+    let server = RedisServer::start();
+    let a = cache_with(&server, Coherence::Off).await;
+    assert_eq!(a.stats().coherence, "off");
+    assert_eq!(Cache::in_memory().stats().coherence, "off");
+    let mut ctl = server.conn().await;
+    assert!(link_ids(&mut ctl).await.is_empty());
+}
+
+// ---- sessions: two app servers on one Redis ----
+
+async fn session_app(server: &RedisServer) -> (Cache, axum::Router) {
+    let cache = cache_on(Some(server)).await;
+    linked(&cache, "tracking").await;
+    let app = app(sessions(&cache, config(&["coh-secret"])));
+    (cache, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_app_server_is_a_401_on_the_other() {
+    let server = RedisServer::start();
+    let (_ca, a) = session_app(&server).await;
+    let (cb, b) = session_app(&server).await;
+
+    let cookie = send(&a, "POST", "/login?user=3&name=carol", None)
+        .await
+        .cookie();
+    // Read on B until it comes from L1, then read-only requests cost no Redis command.
+    for _ in 0..5 {
+        assert_eq!(
+            send(&b, "GET", "/profile", Some(&cookie)).await.status,
+            StatusCode::OK
+        );
+    }
+    let before = command_calls(&server);
+    let hits = cb.stats().l1_hits;
+    for _ in 0..100 {
+        let r = send(&b, "GET", "/profile", Some(&cookie)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.set_cookies.is_empty());
+    }
+    let d = delta(&server, &before);
+    assert!(d.is_empty(), "read-only requests sent {d:?}");
+    assert!(cb.stats().l1_hits >= hits + 100);
+
+    // A change on A is seen by B.
+    assert_eq!(send(&a, "POST", "/visit", Some(&cookie)).await.body, "1");
+    let b2 = b.clone();
+    let c2 = cookie.clone();
+    let start = Instant::now();
+    loop {
+        if send(&b2, "GET", "/peek", Some(&c2)).await.body == "1" {
+            break;
+        }
+        assert!(start.elapsed() < BOUND, "B still shows the old visits");
+    }
+
+    // Logout on A: B answers 401.
+    assert_eq!(
+        send(&b, "GET", "/profile", Some(&cookie)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&a, "POST", "/logout", Some(&cookie)).await.status,
+        StatusCode::OK
+    );
+    let start = Instant::now();
+    let first = send(&b, "GET", "/profile", Some(&cookie)).await.status;
+    let mut status = first;
+    while status != StatusCode::UNAUTHORIZED {
+        assert!(
+            start.elapsed() < BOUND,
+            "B still accepts a logged-out session"
+        );
+        status = send(&b, "GET", "/profile", Some(&cookie)).await.status;
+    }
+    println!(
+        "logout on A: B's first request answered {first}, 401 after {:?}",
+        start.elapsed()
+    );
+
+    // A session changed by another client (redis-cli) is evicted too.
+    let cookie = send(&a, "POST", "/login?user=4&name=dave", None)
+        .await
+        .cookie();
+    for _ in 0..3 {
+        send(&b, "GET", "/profile", Some(&cookie)).await;
+    }
+    let key = format!("sess:{}", id_of(&cookie));
+    assert_eq!(server.cli(&["DEL", &key]), "1");
+    let start = Instant::now();
+    while send(&b, "GET", "/profile", Some(&cookie)).await.status != StatusCode::UNAUTHORIZED {
+        assert!(start.elapsed() < BOUND);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_sessions_are_cached_and_evicted_too() {
+    let server = RedisServer::start();
+    let mk = |cache: &Cache| {
+        app(sessions(
+            cache,
+            config(&["coh-secret"]).format(cache_sdk::session::SessionFormat::Express),
+        ))
+    };
+    let ca = cache_on(Some(&server)).await;
+    let cb = cache_on(Some(&server)).await;
+    linked(&ca, "tracking").await;
+    linked(&cb, "tracking").await;
+    let (a, b) = (mk(&ca), mk(&cb));
+    let login = send(&a, "POST", "/login?user=9&name=erin", None).await;
+    let cookie = login.cookie();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&b, "GET", "/profile", Some(&cookie)).await.status,
+            StatusCode::OK
+        );
+    }
+    let before = command_calls(&server);
+    for _ in 0..20 {
+        send(&b, "GET", "/peek", Some(&cookie)).await;
+    }
+    assert!(delta(&server, &before).is_empty());
+    send(&a, "POST", "/visit", Some(&cookie)).await;
+    let start = Instant::now();
+    while send(&b, "GET", "/peek", Some(&cookie)).await.body != "1" {
+        assert!(start.elapsed() < BOUND);
+    }
+    // The record in Redis is still express-session's.
+    let raw = server
+        .get_raw(&format!("sess:{}", id_of(&cookie)))
+        .await
+        .expect("stored");
+    assert!(raw.starts_with(b"{\"cookie\":{"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_held_in_l1_survives_an_outage_and_its_changes_are_replayed() {
+    cache_sdk_tests::init_tracing();
+    let mut server = RedisServer::start();
+    let (cache, app) = session_app(&server).await;
+    let cookie = send(&app, "POST", "/login?user=5&name=bob", None)
+        .await
+        .cookie();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app, "GET", "/profile", Some(&cookie)).await.status,
+            StatusCode::OK
+        );
+    }
+    // A session never read on this instance is not in L1.
+    let other = {
+        let (_c2, app2) = session_app(&server).await;
+        send(&app2, "POST", "/login?user=6&name=zed", None)
+            .await
+            .cookie()
+    };
+
+    server.kill();
+    let r = send(&app, "GET", "/profile", Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::OK, "logged out by the outage");
+    let user: UserSession = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(user.username, "bob");
+    // Changes during the outage work.
+    assert_eq!(send(&app, "POST", "/visit", Some(&cookie)).await.body, "1");
+    assert!(cache.stats().using_fallback);
+    assert_eq!(send(&app, "POST", "/visit", Some(&cookie)).await.body, "2");
+    assert_eq!(send(&app, "GET", "/peek", Some(&cookie)).await.body, "2");
+    assert_eq!(
+        send(&app, "GET", "/profile", Some(&other)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Redis returns empty: the changed session is replayed to it.
+    server.restart();
+    let c = cache.clone();
+    wait_until(Duration::from_secs(10), move || c.stats().connected)
+        .await
+        .expect("back on redis");
+    let key = format!("sess:{}", id_of(&cookie));
+    let raw = String::from_utf8(server.get_raw(&key).await.expect("replayed")).expect("utf8");
+    assert!(raw.contains("\"visits\":2"), "{raw}");
+    linked(&cache, "tracking").await;
+    assert_eq!(send(&app, "GET", "/peek", Some(&cookie)).await.body, "2");
+    // And it is coherent again: a logout by another client is seen.
+    assert_eq!(server.cli(&["DEL", &key]), "1");
+    let start = Instant::now();
+    while send(&app, "GET", "/profile", Some(&cookie)).await.status != StatusCode::UNAUTHORIZED {
+        assert!(start.elapsed() < BOUND);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_coherence_sessions_are_read_from_redis_every_time() {
+    let server = RedisServer::start();
+    let cache = cache_with(&server, Coherence::Off).await;
+    let app = app(sessions(&cache, config(&["s"])));
+    let cookie = send(&app, "POST", "/visit", None).await.cookie();
+    let before = command_calls(&server);
+    for _ in 0..5 {
+        send(&app, "GET", "/peek", Some(&cookie)).await;
+    }
+    assert_eq!(delta(&server, &before).get("get"), Some(&5));
+}
