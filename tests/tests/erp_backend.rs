@@ -667,7 +667,11 @@ async fn products_are_read_through_written_and_evicted() {
         (stats["loads"].clone(), stats["dbQueries"].clone()),
         (json!(1), json!(1))
     );
-    assert!(stats["l1Hits"].as_u64().unwrap() >= 3, "{stats}");
+    // With L1 coherence on, the instance's own write also evicts its L1 entry, so the
+    // first of these reads may be an L2 hit; every read is served by a cache tier.
+    let hits = stats["l1Hits"].as_u64().unwrap() + stats["l2Hits"].as_u64().unwrap();
+    assert!(hits >= 3, "{stats}");
+    assert!(stats["l1Hits"].as_u64().unwrap() >= 2, "{stats}");
     assert_eq!(stats["connected"], true);
 
     // Unknown ids are 404 and never cached; ids that are not numbers are 400.
