@@ -38,6 +38,7 @@ mod macros;
 pub mod session;
 mod stats;
 mod tier;
+mod tls;
 mod ttl;
 
 #[doc(hidden)]

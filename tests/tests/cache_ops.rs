@@ -1,5 +1,5 @@
-//! Every cache operation, run twice: against a real redis-server and against the in-memory
-//! store, so both promise the same behaviour.
+//! Every cache operation, run three times: against a real redis-server, a real three-master
+//! Redis Cluster, and the in-memory store, so all promise the same behaviour.
 #![allow(clippy::unwrap_used)] // test helpers called by the suite macro, not #[test] fns
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_sdk::{Cache, Codec, Key, Ttl};
-use cache_sdk_tests::RedisServer;
+use cache_sdk_tests::{RedisServer, RedisTarget};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,9 +25,9 @@ fn product(id: u64) -> Product {
     }
 }
 
-/// A backend for one test: a fresh redis-server, or none.
+/// A backend for one test: a fresh redis-server, a fresh cluster, or none.
 struct Env {
-    server: Option<RedisServer>,
+    server: Option<RedisTarget>,
 }
 
 impl Env {
@@ -40,8 +40,10 @@ impl Env {
         f: impl FnOnce(cache_sdk::CacheBuilder) -> cache_sdk::CacheBuilder,
     ) -> Cache {
         let mut b = Cache::builder();
-        if let Some(s) = &self.server {
-            b = b.redis_url(s.url()).require_redis(true);
+        match &self.server {
+            Some(RedisTarget::Server(s)) => b = b.redis_url(s.url()).require_redis(true),
+            Some(RedisTarget::Cluster(c)) => b = b.redis_cluster(c.seeds()).require_redis(true),
+            None => {}
         }
         f(b).build().await.expect("build")
     }
@@ -54,7 +56,18 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     cache_sdk_tests::init_tracing();
-                    super::$name(super::Env { server: Some(cache_sdk_tests::RedisServer::start()) }).await;
+                    let server = cache_sdk_tests::RedisServer::start();
+                    super::$name(super::Env { server: Some(super::RedisTarget::Server(server)) }).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    cache_sdk_tests::init_tracing();
+                    let cluster = cache_sdk_tests::RedisCluster::start(3, 0);
+                    super::$name(super::Env { server: Some(super::RedisTarget::Cluster(cluster)) }).await;
                 }
             )*
         }

@@ -1,12 +1,26 @@
-//! The link to Redis: a reconnecting multiplexed connection, every call bounded by a
-//! timeout, and errors sorted into "Redis is unavailable" (fall back) and "Redis said no"
-//! (report to the caller).
+//! The link to Redis: a reconnecting multiplexed connection to one server, or a Redis
+//! Cluster client; every call bounded by a timeout, and errors sorted into "Redis is
+//! unavailable" (fall back) and "Redis said no" (report to the caller).
+//!
+//! On a cluster, single-key commands are routed by redis-rs to the master of the key's slot,
+//! and `MGET` is split by slot by redis-rs itself. Batches of independent commands
+//! ([`RedisLink::batch`]) are grouped by hash slot, one pipeline per slot, sent concurrently.
+//! `SCAN` runs on every master ([`RedisLink::scan`]).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
+use futures::future::{join_all, try_join_all, BoxFuture, FutureExt};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult,
+    ServerErrorKind, Value,
+};
 
 use crate::config::RedisConfig;
 use crate::error::ConfigError;
@@ -20,9 +34,52 @@ pub(crate) enum Failure {
     Rejected(String),
 }
 
+/// How to reach Redis: one server, or a cluster.
+#[derive(Clone)]
+pub(crate) enum LinkClient {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A live connection; both kinds speak [`ConnectionLike`], so commands and pipelines run on
+/// either. Cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub(crate) struct RedisLink {
-    client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
+    client: LinkClient,
+    conn: ArcSwapOption<Conn>,
     timeout: Duration,
     connect_timeout: Duration,
     pub(crate) address: String,
@@ -43,24 +100,47 @@ impl RedisLink {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        if !cfg.cluster_nodes.is_empty() {
-            return Err(ConfigError::Unsupported {
-                name: "REDIS_CLUSTER_NODES",
-                reason: "Redis Cluster is not supported by this version yet; \
-                         point REDIS_URL or REDIS_HOST at a single server"
-                    .into(),
-            });
+        cfg.check()?;
+        let certs = crate::tls::certificates(cfg)?;
+        if cfg.uses_tls() {
+            crate::tls::install_crypto_provider();
         }
-        let client =
-            redis::Client::open(cfg.connection_url()).map_err(|e| ConfigError::Invalid {
-                name: if cfg.url.is_some() {
-                    "REDIS_URL"
-                } else {
-                    "REDIS_HOST"
-                },
-                value: cfg.display_address(),
-                reason: format!("not a usable Redis address ({})", e.category()),
-            })?;
+        let address_error = |name: &'static str, e: RedisError| ConfigError::Invalid {
+            name,
+            value: cfg.display_address(),
+            reason: format!("not a usable Redis address ({})", e.category()),
+        };
+        let client = if cfg.is_cluster() {
+            let nodes: Vec<String> = cfg.cluster_nodes.iter().map(|n| cfg.node_url(n)).collect();
+            let mut builder = ClusterClientBuilder::new(nodes)
+                .connection_timeout(connect_timeout)
+                .response_timeout(timeout)
+                // Redirections (MOVED/ASK) and reconnections are retried quickly; the call as
+                // a whole is bounded by `timeout` here, after which the fallback serves.
+                .retries(3)
+                .min_retry_wait(5)
+                .max_retry_wait(50);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            LinkClient::Cluster(
+                builder
+                    .build()
+                    .map_err(|e| address_error("REDIS_CLUSTER_NODES", e))?,
+            )
+        } else {
+            let name = if cfg.url.is_some() {
+                "REDIS_URL"
+            } else {
+                "REDIS_HOST"
+            };
+            let url = cfg.connection_url();
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
+                None => redis::Client::open(url),
+            };
+            LinkClient::Single(client.map_err(|e| address_error(name, e))?)
+        };
         Ok(Self {
             client,
             conn: ArcSwapOption::empty(),
@@ -70,16 +150,26 @@ impl RedisLink {
         })
     }
 
-    /// Opens a fresh connection and checks it with `PING`; on success it replaces the
-    /// current one.
+    /// Whether this link talks to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.client, LinkClient::Cluster(_))
+    }
+
+    /// Opens a fresh connection and checks it with `PING` (on a cluster, every master must
+    /// answer); on success it replaces the current one.
     pub(crate) async fn connect(&self) -> Result<(), Failure> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100));
         let attempt = async {
-            let mut conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+            let mut conn = match &self.client {
+                LinkClient::Single(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.connect_timeout))
+                        .set_number_of_retries(2)
+                        .set_min_delay(Duration::from_millis(10))
+                        .set_max_delay(Duration::from_millis(100));
+                    Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?)
+                }
+                LinkClient::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+            };
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok::<_, RedisError>(conn)
         };
@@ -93,7 +183,7 @@ impl RedisLink {
         }
     }
 
-    fn conn(&self) -> Result<ConnectionManager, Failure> {
+    fn conn(&self) -> Result<Conn, Failure> {
         self.conn
             .load()
             .as_deref()
@@ -108,29 +198,141 @@ impl RedisLink {
             .await
     }
 
-    /// Runs a pipeline (one round trip).
-    pub(crate) async fn pipe<T: FromRedisValue>(
+    /// Runs independent commands, each on the key given beside it, and returns each one's
+    /// answer (a server error for one command does not fail the others).
+    ///
+    /// One pipeline on a single server. On a cluster, one pipeline per hash slot, all sent
+    /// at once (so keys sharing a hash tag travel together); the whole batch is bounded by
+    /// one timeout. `Err` means Redis was unavailable: some commands may have been applied.
+    pub(crate) async fn batch<T: FromRedisValue>(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, Failure> {
-        let mut conn = self.conn()?;
-        self.bounded(async move { pipe.query_async::<T>(&mut conn).await })
-            .await
+        cmds: Vec<(String, Cmd)>,
+    ) -> Result<Vec<RedisResult<T>>, Failure> {
+        let conn = self.conn()?;
+        let single = |cmds: Vec<Cmd>| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            pipe
+        };
+        match conn {
+            Conn::Single(_) => {
+                let pipe = single(cmds.into_iter().map(|(_, c)| c).collect());
+                let mut conn = conn;
+                self.bounded(async move { pipe.query_async(&mut conn).await })
+                    .await
+            }
+            Conn::Cluster(cluster) => {
+                let total = cmds.len();
+                let mut by_slot: HashMap<Slot, (Vec<usize>, Vec<Cmd>)> = HashMap::new();
+                for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+                    let group = by_slot.entry(Slot::for_key(key.as_bytes())).or_default();
+                    group.0.push(i);
+                    group.1.push(cmd);
+                }
+                let sends = by_slot.into_values().map(|(indices, cmds)| {
+                    let pipe = single(cmds);
+                    let mut conn = cluster.clone();
+                    async move {
+                        let answers: Vec<RedisResult<T>> = pipe.query_async(&mut conn).await?;
+                        Ok::<_, RedisError>(indices.into_iter().zip(answers))
+                    }
+                });
+                let groups = self.bounded(try_join_all(sends)).await?;
+                let mut out: Vec<Option<RedisResult<T>>> = (0..total).map(|_| None).collect();
+                for (i, answer) in groups.into_iter().flatten() {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(answer);
+                    }
+                }
+                Ok(out
+                    .into_iter()
+                    .map(|a| {
+                        a.unwrap_or_else(|| {
+                            Err(RedisError::from((
+                                ErrorKind::Client,
+                                "no answer for a command of the batch",
+                            )))
+                        })
+                    })
+                    .collect())
+            }
+        }
     }
 
-    /// Iterates `SCAN cursor MATCH pattern COUNT n` to the end. Each round trip has its
-    /// own timeout.
+    /// Iterates `SCAN cursor MATCH pattern COUNT n` to the end; on a cluster, on every master
+    /// at once. Each round trip has its own timeout. Keys may repeat (as with `SCAN` itself).
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Failure> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
+        match self.conn()? {
+            Conn::Single(_) => self.scan_from(pattern, None, 0, Vec::new()).await,
+            Conn::Cluster(mut conn) => {
+                let cmd = scan_cmd(0, pattern);
+                let all_masters =
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let answer = self
+                    .bounded(async move { conn.route_command(cmd, all_masters).await })
+                    .await?;
+                // One answer per master, keyed by its address.
+                let Value::Map(per_node) = answer else {
+                    return Err(Failure::Unavailable(
+                        "unexpected answer to SCAN on the cluster's masters".into(),
+                    ));
+                };
+                let mut walks: Vec<BoxFuture<'_, Result<Vec<String>, Failure>>> = Vec::new();
+                for (addr, value) in per_node {
+                    let addr: String = redis::from_redis_value(addr)
+                        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+                    let (cursor, keys) = scan_page(value).map_err(|e| classify(&e))?;
+                    let node = addr
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                        .ok_or_else(|| {
+                            Failure::Unavailable(format!("unreadable cluster node address {addr}"))
+                        })?;
+                    if cursor == 0 {
+                        walks.push(futures::future::ready(Ok(keys)).boxed());
+                    } else {
+                        walks.push(self.scan_from(pattern, Some(node), cursor, keys).boxed());
+                    }
+                }
+                let mut keys = Vec::new();
+                for walk in join_all(walks).await {
+                    keys.extend(walk?);
+                }
+                Ok(keys)
+            }
+        }
+    }
+
+    /// Continues a `SCAN` from `cursor` (0: from the start) on the server, or on the
+    /// cluster node `node`, adding to `keys`.
+    async fn scan_from(
+        &self,
+        pattern: &str,
+        node: Option<(String, u16)>,
+        mut cursor: u64,
+        mut keys: Vec<String>,
+    ) -> Result<Vec<String>, Failure> {
         loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, batch): (u64, Vec<String>) = self.query(&cmd).await?;
+            let cmd = scan_cmd(cursor, pattern);
+            let (next, batch) = match &node {
+                None => self.query::<(u64, Vec<String>)>(&cmd).await?,
+                Some((host, port)) => {
+                    let Conn::Cluster(mut conn) = self.conn()? else {
+                        return Err(Failure::Unavailable("not connected to the cluster".into()));
+                    };
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let value = self
+                        .bounded(async move { conn.route_command(cmd, route).await })
+                        .await?;
+                    scan_page(value).map_err(|e| classify(&e))?
+                }
+            };
             keys.extend(batch);
             if next == 0 {
                 return Ok(keys);
@@ -141,7 +343,7 @@ impl RedisLink {
 
     async fn bounded<T>(
         &self,
-        fut: impl std::future::Future<Output = Result<T, RedisError>>,
+        fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Failure> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
@@ -152,6 +354,24 @@ impl RedisLink {
             ))),
         }
     }
+}
+
+fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000);
+    cmd
+}
+
+/// One `SCAN` answer: the next cursor and the keys.
+fn scan_page(value: Value) -> RedisResult<(u64, Vec<String>)> {
+    if let Value::ServerError(e) = value {
+        return Err(e.into());
+    }
+    Ok(redis::from_redis_value(value)?)
 }
 
 fn describe(e: &RedisError) -> String {
@@ -177,11 +397,23 @@ pub(crate) fn classify(e: &RedisError) -> Failure {
                         | ServerErrorKind::ReadOnly
                         | ServerErrorKind::TryAgain
                         | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
                 )
         )
         || matches!(
             e.code(),
-            Some("NOAUTH" | "WRONGPASS" | "LOADING" | "MASTERDOWN" | "READONLY")
+            Some(
+                "NOAUTH"
+                    | "WRONGPASS"
+                    | "LOADING"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "CLUSTERDOWN"
+                    | "TRYAGAIN"
+                    | "MOVED"
+                    | "ASK"
+            )
         );
     if unavailable {
         Failure::Unavailable(describe(e))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::memory::{MemEntry, MemoryStore};
-use super::redis::{Failure, RedisLink};
+use super::redis::{classify, Failure, RedisLink};
 use super::replay::{Pending, ReplayLog, DEL_SCRIPT, SET_SCRIPT};
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
@@ -156,7 +156,12 @@ impl Remote {
         match link.connect().await {
             Ok(()) => {
                 self.inner.state.store(UP, Ordering::Release);
-                tracing::info!(store = "redis", address = %link.address, "cache store: redis");
+                tracing::info!(
+                    store = "redis",
+                    address = %link.address,
+                    cluster = link.is_cluster(),
+                    "cache store: redis"
+                );
             }
             Err(Failure::Unavailable(why) | Failure::Rejected(why)) => {
                 if cfg.require_redis {
@@ -436,13 +441,26 @@ impl Remote {
         items: Vec<(String, Vec<u8>)>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
-        for (k, v) in &items {
-            pipe.add_command(set_cmd(&self.rkey(k), v, ttl, false))
-                .ignore();
-        }
+        let cmds: Vec<(String, redis::Cmd)> = items
+            .iter()
+            .map(|(k, v)| {
+                let rkey = self.rkey(k).into_owned();
+                let cmd = set_cmd(&rkey, v, ttl, false);
+                (rkey, cmd)
+            })
+            .collect();
         self.write(
-            |l| l.pipe::<()>(&pipe),
+            |l| {
+                let cmds = cmds.clone();
+                async move {
+                    // Each SET answers on its own; the first error decides, as one failed
+                    // command of a pipeline would.
+                    match l.batch::<()>(cmds).await?.into_iter().find_map(Result::err) {
+                        Some(e) => Err(classify(&e)),
+                        None => Ok(()),
+                    }
+                }
+            },
             |m, mut log| {
                 for (k, v) in items {
                     let bytes: Arc<[u8]> = v.into();
@@ -671,21 +689,24 @@ impl Inner {
         }
     }
 
-    /// Replays a batch in one pipeline. Returns how many writes were applied; skipped ones
-    /// (expired, or Redis holds a newer value) and refused ones are counted. An error means
-    /// Redis is unavailable again and nothing of the batch is known to be applied.
+    /// Replays a batch in one pipeline (on a cluster, one per hash slot, sent at once).
+    /// Returns how many writes were applied; skipped ones (expired, or Redis holds a newer
+    /// value) and refused ones are counted. An error means Redis is unavailable again; the
+    /// batch goes back to the log (part of it may have been applied: replaying a `SET` or
+    /// `DEL` twice is harmless, an increment may count twice).
     async fn replay_batch(
         &self,
         link: &RedisLink,
         batch: &[(String, Pending)],
     ) -> Result<u64, String> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        // One EVAL or INCRBY per key: slot-safe on a cluster, where the batch is split by slot.
+        let mut cmds: Vec<(String, redis::Cmd)> = Vec::with_capacity(batch.len());
         // Per command sent: whether an answer of 0 means "skipped" (the conditional SET).
         let mut conditional = Vec::with_capacity(batch.len());
         let now = Instant::now();
         for (key, op) in batch {
             let rkey = self.rkey(key);
+            let mut cmd = redis::Cmd::new();
             match op {
                 Pending::Set {
                     bytes,
@@ -702,7 +723,7 @@ impl Inner {
                             }
                         },
                     };
-                    pipe.cmd("EVAL")
+                    cmd.arg("EVAL")
                         .arg(SET_SCRIPT)
                         .arg(1)
                         .arg(&rkey)
@@ -712,7 +733,7 @@ impl Inner {
                     conditional.push(true);
                 }
                 Pending::Delete { at_ms } => {
-                    pipe.cmd("EVAL")
+                    cmd.arg("EVAL")
                         .arg(DEL_SCRIPT)
                         .arg(1)
                         .arg(&rkey)
@@ -720,15 +741,16 @@ impl Inner {
                     conditional.push(false);
                 }
                 Pending::Incr { delta } => {
-                    pipe.cmd("INCRBY").arg(&rkey).arg(*delta);
+                    cmd.arg("INCRBY").arg(&rkey).arg(*delta);
                     conditional.push(false);
                 }
             }
+            cmds.push((rkey, cmd));
         }
         if conditional.is_empty() {
             return Ok(0);
         }
-        let results: Vec<redis::RedisResult<i64>> = match link.pipe(&pipe).await {
+        let results: Vec<redis::RedisResult<i64>> = match link.batch(cmds).await {
             Ok(r) => r,
             Err(Failure::Unavailable(why) | Failure::Rejected(why)) => return Err(why),
         };
