@@ -168,9 +168,28 @@ impl RedisLink {
                         .set_max_delay(Duration::from_millis(100));
                     Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?)
                 }
-                LinkClient::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+                LinkClient::Cluster(client) => {
+                    let mut conn = client.get_async_connection().await?;
+                    // redis-rs skips the masters it holds no connection to when it sends to
+                    // all of them: count the answers.
+                    let ping = redis::cmd("PING");
+                    let answers = on_all_masters(&mut conn, ping).await?;
+                    for (addr, answer) in answers {
+                        if let Value::ServerError(e) = answer {
+                            let e = RedisError::from(e);
+                            return Err(RedisError::from((
+                                e.kind(),
+                                "a cluster master refused PING",
+                                format!("{addr}: {e}"),
+                            )));
+                        }
+                    }
+                    Conn::Cluster(conn)
+                }
             };
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            if let Conn::Single(_) = conn {
+                redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            }
             Ok::<_, RedisError>(conn)
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
@@ -269,22 +288,12 @@ impl RedisLink {
             Conn::Single(_) => self.scan_from(pattern, None, 0, Vec::new()).await,
             Conn::Cluster(mut conn) => {
                 let cmd = scan_cmd(0, pattern);
-                let all_masters =
-                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                let answer = self
-                    .bounded(async move { conn.route_command(cmd, all_masters).await })
+                let per_node = self
+                    .bounded(async move { on_all_masters(&mut conn, cmd).await })
                     .await?;
-                // One answer per master, keyed by its address.
-                let Value::Map(per_node) = answer else {
-                    return Err(Failure::Unavailable(
-                        "unexpected answer to SCAN on the cluster's masters".into(),
-                    ));
-                };
                 let mut walks: Vec<BoxFuture<'_, Result<Vec<String>, Failure>>> = Vec::new();
                 for (addr, value) in per_node {
-                    let addr: String = redis::from_redis_value(addr)
-                        .map_err(|e| Failure::Unavailable(e.to_string()))?;
-                    let (cursor, keys) = scan_page(value).map_err(|e| classify(&e))?;
+                                let (cursor, keys) = scan_page(value).map_err(|e| classify(&e))?;
                     let node = addr
                         .rsplit_once(':')
                         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
@@ -354,6 +363,72 @@ impl RedisLink {
             ))),
         }
     }
+}
+
+/// Sends `cmd` to every master of the cluster and returns each one's answer by address.
+/// Fails when a master holding slots has no connection (redis-rs would leave it out
+/// silently), so that a partial answer is never taken for the whole.
+async fn on_all_masters(
+    conn: &mut ClusterConnection,
+    cmd: Cmd,
+) -> RedisResult<Vec<(String, Value)>> {
+    let mut slots_cmd = redis::cmd("CLUSTER");
+    slots_cmd.arg("SLOTS");
+    let slots = conn
+        .route_command(
+            slots_cmd,
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let masters = count_masters(slots).ok_or_else(|| {
+        RedisError::from((ErrorKind::Parse, "unexpected answer to CLUSTER SLOTS"))
+    })?;
+    let all_masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let Value::Map(answers) = conn.route_command(cmd, all_masters).await? else {
+        return Err(RedisError::from((
+            ErrorKind::Parse,
+            "unexpected answer from the cluster's masters",
+        )));
+    };
+    if answers.len() < masters {
+        return Err(RedisError::from((
+            ErrorKind::ClusterConnectionNotFound,
+            "a cluster master is unreachable",
+            format!("{} of {masters} masters answered", answers.len()),
+        )));
+    }
+    answers
+        .into_iter()
+        .map(|(addr, answer)| Ok((redis::from_redis_value::<String>(addr)?, answer)))
+        .collect()
+}
+
+/// The number of distinct masters that hold slots, from a `CLUSTER SLOTS` answer
+/// (`[[start, end, [host, port, id, …], replicas…], …]`).
+fn count_masters(slots: Value) -> Option<usize> {
+    let Value::Array(ranges) = slots else {
+        return None;
+    };
+    let mut masters = std::collections::HashSet::new();
+    for range in ranges {
+        let Value::Array(mut parts) = range else {
+            return None;
+        };
+        if parts.len() < 3 {
+            return None;
+        }
+        let Value::Array(master) = parts.swap_remove(2) else {
+            return None;
+        };
+        // Host, port and (Redis 4+) node id.
+        let id: Vec<String> = master
+            .into_iter()
+            .take(3)
+            .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+            .collect();
+        masters.insert(id.join(":"));
+    }
+    Some(masters.len())
 }
 
 fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
