@@ -32,7 +32,7 @@
 //! |---|---|---|
 //! | `REDIS_URL` | `redis://[user:pass@]host:port/db` or `rediss://…` (TLS); wins over the parts below | — |
 //! | `REDIS_HOST` / `REDIS_PORT` | server address | `localhost` / `6379` |
-//! | `REDIS_USERNAME` / `REDIS_PASSWORD` | ACL user and password (empty = none) | none |
+//! | `REDIS_USERNAME` / `REDIS_PASSWORD` | ACL user and password (empty = none); also used with a `REDIS_URL` that has no credentials | none |
 //! | `REDIS_DB` | database number, 0–15 (a cluster has only 0: any other is an error) | `0` |
 //! | `REDIS_TLS` | `true` to use TLS (rustls, the system's root certificates) | `false` |
 //! | `REDIS_TLS_CA_FILE` | PEM file of the CA(s) to trust instead of the system's roots | — |
@@ -74,7 +74,8 @@ use crate::ttl::TtlPresets;
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// A full URL; when set, the fields below except `cluster_nodes` are ignored.
+    /// A full URL; when set, `host`, `port`, `db` and `tls` are ignored (the URL says them),
+    /// and `username`/`password` are used only when the URL has no credentials.
     pub url: Option<String>,
     /// Host name or address.
     pub host: String,
@@ -167,7 +168,7 @@ impl RedisConfig {
         }
     }
 
-    /// Turns TLS on or off (ignored when a URL is set: its scheme decides).
+    /// Turns TLS on or off (ignored when a URL is set: its scheme, `rediss://`, decides).
     ///
     /// ```
     /// let r = cache_sdk::RedisConfig::host("cache.internal", 6380).with_tls(true);
@@ -223,7 +224,8 @@ impl RedisConfig {
         self
     }
 
-    /// Selects a database (0–15) on a single server; a cluster has only database 0.
+    /// Selects a database (0–15) on a single server; a cluster has only database 0. Ignored
+    /// when a URL is set (its path, `/db`, decides).
     ///
     /// ```
     /// let r = cache_sdk::RedisConfig::host("cache.internal", 6379).with_db(4);
@@ -250,18 +252,32 @@ impl RedisConfig {
     }
 
     /// The URL the client connects to. It holds the password: do not log it.
+    ///
+    /// A URL without credentials takes `username` and `password`:
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::url("rediss://cache.internal:6380/0")
+    ///     .with_auth(Some("app"), "s3cret");
+    /// assert_eq!(r.connection_url(), "rediss://app:s3cret@cache.internal:6380/0");
+    /// ```
     #[must_use]
     pub fn connection_url(&self) -> String {
-        if let Some(url) = &self.url {
-            return url.clone();
-        }
-        let scheme = if self.tls { "rediss" } else { "redis" };
         let auth = match (&self.username, &self.password) {
             (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
             (Some(u), None) => format!("{}@", encode(u)),
             (None, Some(p)) => format!(":{}@", encode(p)),
             (None, None) => String::new(),
         };
+        if let Some(url) = &self.url {
+            if let Some((scheme, rest)) = url.split_once("://") {
+                let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+                if !auth.is_empty() && !authority.contains('@') {
+                    return format!("{scheme}://{auth}{rest}");
+                }
+            }
+            return url.clone();
+        }
+        let scheme = if self.tls { "rediss" } else { "redis" };
         let host = if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]", self.host)
         } else {
@@ -320,7 +336,7 @@ impl RedisConfig {
         if !self.uses_tls() {
             if let Some((name, Some(path))) = files.iter().find(|(_, p)| p.is_some()) {
                 return Err(ConfigError::Invalid {
-                    name: *name,
+                    name,
                     value: path.display().to_string(),
                     reason: "TLS is off: set REDIS_TLS=true or use a rediss:// URL".into(),
                 });
@@ -763,5 +779,88 @@ mod tests {
         );
         assert_eq!(r.display_address(), "rediss://REDACTED@[::1]:6379/0");
         assert!(!format!("{r:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn tls_files_need_tls_and_each_other_and_must_be_readable() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut vars = vec![("REDIS_HOST", "h")];
+            vars.extend_from_slice(extra);
+            CacheConfig::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        };
+        let err = with(&[("REDIS_TLS_CA_FILE", "/x/ca.pem")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("REDIS_TLS_CA_FILE=")
+                && err.to_string().contains("TLS is off"),
+            "{err}"
+        );
+        let err = with(&[
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("REDIS_TLS_CA_FILE=")
+                && err.to_string().contains("cannot be read"),
+            "{err}"
+        );
+        let err = with(&[("REDIS_TLS", "true"), ("REDIS_TLS_CERT_FILE", "/x/c.pem")]).unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_TLS_KEY_FILE="), "{err}");
+        let err = with(&[("REDIS_TLS", "true"), ("REDIS_TLS_KEY_FILE", "/x/c.key")]).unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_TLS_CERT_FILE="), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_has_only_database_0() {
+        let err = CacheConfig::from_vars([("REDIS_CLUSTER_NODES", "a:1,b:2"), ("REDIS_DB", "1")])
+            .unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_DB=\"1\""), "{err}");
+        let err = CacheConfig::from_vars([
+            ("REDIS_CLUSTER_NODES", "a:1"),
+            ("REDIS_URL", "redis://a:1/2"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("REDIS_DB"), "{err}");
+        let cfg = CacheConfig::from_vars([("REDIS_CLUSTER_NODES", "a:1, b:2")]).unwrap();
+        let r = cfg.redis.unwrap();
+        assert!(r.is_cluster());
+        assert_eq!(r.cluster_nodes, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn cluster_nodes_take_the_scheme_and_credentials() {
+        let r = RedisConfig::cluster(["10.0.0.1:7000"]).with_auth(Some("app"), "p@ss");
+        assert_eq!(
+            r.node_url("10.0.0.2:7001"),
+            "redis://app:p%40ss@10.0.0.2:7001"
+        );
+        let mut r = RedisConfig::cluster(["10.0.0.1:7000"]);
+        r.url = Some("rediss://:pw@ignored:1".into());
+        assert_eq!(r.node_url("10.0.0.2:7001"), "rediss://:pw@10.0.0.2:7001");
+        assert_eq!(r.display_address(), "rediss cluster 10.0.0.1:7000");
+        assert!(!format!("{r:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn a_url_without_credentials_takes_the_separate_ones() {
+        let cfg = CacheConfig::from_vars([
+            ("REDIS_URL", "redis://cache:6379/1"),
+            ("REDIS_USERNAME", "app"),
+            ("REDIS_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.redis.unwrap().connection_url(),
+            "redis://app:pw@cache:6379/1"
+        );
+        let cfg = CacheConfig::from_vars([
+            ("REDIS_URL", "redis://u:own@cache:6379"),
+            ("REDIS_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.redis.unwrap().connection_url(),
+            "redis://u:own@cache:6379"
+        );
     }
 }

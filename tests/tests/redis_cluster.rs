@@ -93,11 +93,9 @@ async fn sessions_are_counted_across_masters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_other_than_0_is_rejected_on_a_cluster() {
-    let err = CacheConfig::from_vars([
-        ("REDIS_CLUSTER_NODES", "127.0.0.1:7000"),
-        ("REDIS_DB", "3"),
-    ])
-    .expect_err("db 3 on a cluster");
+    let err =
+        CacheConfig::from_vars([("REDIS_CLUSTER_NODES", "127.0.0.1:7000"), ("REDIS_DB", "3")])
+            .expect_err("db 3 on a cluster");
     assert!(err.to_string().starts_with("REDIS_DB=\"3\""), "{err}");
     assert!(err.to_string().contains("only database 0"), "{err}");
 
@@ -107,7 +105,10 @@ async fn a_database_other_than_0_is_rejected_on_a_cluster() {
         .await
         .expect_err("db 2 on a cluster")
         .to_string();
-    assert!(err.contains("REDIS_DB") && err.contains("only database 0"), "{err}");
+    assert!(
+        err.contains("REDIS_DB") && err.contains("only database 0"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,8 @@ pub(crate) enum Failure {
 }
 
 /// How to reach Redis: one server, or a cluster.
+// One per cache, made once: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum LinkClient {
     Single(redis::Client),
@@ -293,7 +295,7 @@ impl RedisLink {
                     .await?;
                 let mut walks: Vec<BoxFuture<'_, Result<Vec<String>, Failure>>> = Vec::new();
                 for (addr, value) in per_node {
-                                let (cursor, keys) = scan_page(value).map_err(|e| classify(&e))?;
+                    let (cursor, keys) = scan_page(value).map_err(|e| classify(&e))?;
                     let node = addr
                         .rsplit_once(':')
                         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
