@@ -128,7 +128,15 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        panic!(
+            "redis-server on port {} did not start{}",
+            self.port,
+            if self.tls.is_some() {
+                " (TLS needs a redis-server built with TLS, as Debian's is)"
+            } else {
+                ""
+            }
+        );
     }
 
     /// The port.
@@ -278,13 +286,23 @@ impl RedisCluster {
     /// is formed (`cluster_state:ok` everywhere, replicas in sync). Failure detection is
     /// fast (`--cluster-node-timeout 1000`) so failover tests stay short.
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_inner(masters, replicas, None)
+    }
+
+    /// As [`RedisCluster::start`], with nodes that speak TLS only, to clients and to each
+    /// other (`--tls-cluster yes --tls-replication yes`), and require client certificates.
+    pub fn start_tls(certs: &TestCerts, masters: usize, replicas: usize) -> Self {
+        Self::start_inner(masters, replicas, Some(certs))
+    }
+
+    fn start_inner(masters: usize, replicas: usize, certs: Option<&TestCerts>) -> Self {
         let total = masters * (1 + replicas);
         let nodes: Vec<RedisServer> = (0..total)
             .map(|_| {
                 // The bus port is given explicitly: the default (port + 10000) may be taken,
                 // or above 65535.
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -295,24 +313,30 @@ impl RedisCluster {
                     "1000",
                     "--cluster-replica-validity-factor",
                     "0",
-                ])
+                ];
+                match certs {
+                    Some(certs) => {
+                        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                        RedisServer::start_tls(certs, true, &args)
+                    }
+                    None => RedisServer::start_with(&args),
+                }
             })
             .collect();
         let cluster = RedisCluster { nodes };
-        let addrs: Vec<String> = cluster.seeds();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(certs) = certs {
+            create
+                .args(["--tls", "--cacert", &certs.path("ca.pem")])
+                .args(["--cert", &certs.path("client.pem")])
+                .args(["--key", &certs.path("client.key")]);
+        }
+        create
             .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .args(cluster.seeds())
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        let (ok, output) = run_bounded(create, Duration::from_secs(30));
+        assert!(ok, "redis-cli --cluster create failed: {output}");
         cluster.wait_formed(total, Duration::from_secs(30));
         cluster
     }
@@ -396,12 +420,9 @@ impl RedisCluster {
     /// Runs `redis-cli -c` (following redirections) on a live node.
     pub fn cli(&self, args: &[&str]) -> String {
         let node = self.live().next().expect("a live node");
-        let out = Command::new("redis-cli")
-            .args(["-c", "-h", "127.0.0.1", "-p", &node.port().to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        node.cli(&all)
     }
 
     /// Keys held by each live master (`DBSIZE`), in no particular order.
@@ -455,6 +476,39 @@ impl RedisCluster {
             .await
             .expect("PTTL")
     }
+}
+
+/// Runs a command for at most `timeout` (then kills it); returns whether it succeeded, and
+/// what it printed.
+fn run_bounded(mut cmd: Command, timeout: Duration) -> (bool, String) {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let out = std::env::temp_dir().join(format!(
+        "cache-sdk-cmd-{}-{}.out",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let file = std::fs::File::create(&out).expect("output file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("output file"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    let ok = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (ok, text)
 }
 
 /// Whether the `myself` line of a `CLUSTER NODES` answer lists `slot`.
@@ -559,11 +613,15 @@ impl TestCerts {
             params
                 .distinguished_name
                 .push(DnType::CommonName, if server { "server" } else { "client" });
-            params.extended_key_usages = vec![if server {
-                ExtendedKeyUsagePurpose::ServerAuth
+            // A server certificate is also the client certificate of a node on the cluster bus.
+            params.extended_key_usages = if server {
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ]
             } else {
-                ExtendedKeyUsagePurpose::ClientAuth
-            }];
+                vec![ExtendedKeyUsagePurpose::ClientAuth]
+            };
             let cert = params.signed_by(&key, issuer).expect("leaf cert");
             (cert.pem(), key.serialize_pem())
         };

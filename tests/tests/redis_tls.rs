@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cache_sdk::session::{CacheSessionStore, SessionStore};
 use cache_sdk::{BuildError, Cache, CacheConfig, RedisConfig, Ttl};
-use cache_sdk_tests::{RedisServer, TestCerts};
+use cache_sdk_tests::{RedisCluster, RedisServer, TestCerts};
 
 /// Generous bound that only catches hangs (the connect timeout is 500 ms); not a
 /// performance claim.
@@ -298,4 +298,46 @@ async fn wrong_password_falls_back_with_a_clear_log_that_hides_it() {
     assert!(!logs.contains("not-the-app-pass"), "{logs}");
     assert!(!why.contains("not-the-app-pass"), "{why}");
     assert!(!format!("{cfg:?}").contains("not-the-app-pass"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls_with_client_certificates() {
+    cache_sdk_tests::init_tracing();
+    let certs = TestCerts::generate();
+    let cluster = RedisCluster::start_tls(&certs, 3, 0);
+    let cfg = CacheConfig::from_vars([
+        ("REDIS_CLUSTER_NODES", cluster.seeds().join(",")),
+        ("REDIS_TLS", "true".to_string()),
+        ("REDIS_TLS_CA_FILE", certs.path("ca.pem")),
+        ("REDIS_TLS_CERT_FILE", certs.path("client.pem")),
+        ("REDIS_TLS_KEY_FILE", certs.path("client.key")),
+    ])
+    .expect("config");
+    let cache = Cache::builder()
+        .config(cfg)
+        .require_redis(true)
+        .build()
+        .await
+        .expect("build");
+    let items: Vec<(String, u32)> = (0..60).map(|i| (format!("cache:tc:{i}"), i)).collect();
+    cache.set_many(&items, Ttl::Api).await.expect("set_many");
+    cache.clear_local();
+    let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+    let got = cache.get_many::<u32>(&keys).await.expect("get_many");
+    assert_eq!(got, (0..60).map(Some).collect::<Vec<_>>());
+    assert_eq!(cache.scan("cache:tc:*").await.expect("scan").len(), 60);
+    let per_master = cluster.keys_per_master();
+    assert!(
+        per_master.len() == 3 && per_master.iter().all(|&n| n > 0),
+        "{per_master:?}"
+    );
+
+    // Without the client certificate the nodes refuse the handshake: fallback.
+    let why = falls_back(
+        RedisConfig::cluster(cluster.seeds())
+            .with_tls(true)
+            .with_tls_ca_file(certs.path("ca.pem")),
+    )
+    .await;
+    assert!(!why.is_empty());
 }
