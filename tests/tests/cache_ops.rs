@@ -42,7 +42,13 @@ impl Env {
         let mut b = Cache::builder();
         match &self.server {
             Some(RedisTarget::Server(s)) => b = b.redis_url(s.url()).require_redis(true),
-            Some(RedisTarget::Cluster(c)) => b = b.redis_cluster(c.seeds()).require_redis(true),
+            Some(RedisTarget::Cluster(c)) => {
+                // Connecting to a cluster takes a few round trips: room for a busy machine.
+                b = b
+                    .redis_cluster(c.seeds())
+                    .connect_timeout(Duration::from_secs(2))
+                    .require_redis(true);
+            }
             None => {}
         }
         f(b).build().await.expect("build")

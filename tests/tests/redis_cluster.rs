@@ -16,6 +16,8 @@ const HANG: Duration = Duration::from_secs(2);
 async fn cache_on(cluster: &RedisCluster) -> Cache {
     Cache::builder()
         .redis_cluster(cluster.seeds())
+        // Connecting to a cluster takes a few round trips: room for a busy machine.
+        .connect_timeout(Duration::from_secs(2))
         .require_redis(true)
         .build()
         .await
@@ -32,6 +34,7 @@ async fn keys_spread_over_masters_and_multi_key_ops_span_slots() {
     assert!(cfg.redis.as_ref().is_some_and(RedisConfig::is_cluster));
     let cache = Cache::builder()
         .config(cfg)
+        .connect_timeout(Duration::from_secs(2))
         .require_redis(true)
         .build()
         .await

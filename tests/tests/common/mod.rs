@@ -43,6 +43,8 @@ pub async fn cache_on_target(target: Option<&RedisTarget>) -> Cache {
         Some(RedisTarget::Server(s)) => cache_on(Some(s)).await,
         Some(RedisTarget::Cluster(c)) => Cache::builder()
             .redis_cluster(c.seeds())
+            // Connecting to a cluster takes a few round trips: room for a busy machine.
+            .connect_timeout(std::time::Duration::from_secs(2))
             .require_redis(true)
             .build()
             .await
