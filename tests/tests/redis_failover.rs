@@ -1,10 +1,12 @@
 //! Redis lost and found again: killed, down at start, paused, slow, connections killed,
 //! out of memory, wrong password. Operations never fail or hang; outage writes reach Redis.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cache_sdk::session::{CacheSessionStore, SessionConfig, SessionId, Sessions};
 use cache_sdk::{Cache, Ttl};
 use cache_sdk_tests::{wait_until, RedisServer};
 
@@ -168,84 +170,197 @@ async fn l1_is_cleared_after_an_outage() {
     assert_eq!(cache.get::<u32>("cache:l1:1").await.unwrap(), None);
 }
 
-/// Runs `tasks` concurrent loops of mixed operations until `stop`, and returns
-/// (operations, errors, worst latency).
-async fn load(
-    cache: Cache,
-    tasks: usize,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> (u64, u64, Duration) {
-    let ops = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let worst = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let (cache, stop, ops, errors, worst) = (
-                cache.clone(),
-                stop.clone(),
-                ops.clone(),
-                errors.clone(),
-                worst.clone(),
-            );
-            tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let key = format!("cache:load:{t}:{}", i % 50);
-                    let started = Instant::now();
-                    let ok = match i % 4 {
-                        0 => cache.set(&key, &i, Ttl::Api).await.is_ok(),
-                        1 => cache.get::<u64>(&key).await.is_ok(),
-                        2 => cache
-                            .get_or_load(&key, Ttl::Api, || async { Ok::<_, ()>(i) })
-                            .await
-                            .is_ok(),
-                        _ => cache.incr(&format!("cache:load:count:{t}")).await.is_ok(),
-                    };
-                    let us = started.elapsed().as_micros() as u64;
-                    worst.fetch_max(us, Ordering::Relaxed);
-                    ops.fetch_add(1, Ordering::Relaxed);
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.unwrap();
-    }
-    (
-        ops.load(Ordering::Relaxed),
-        errors.load(Ordering::Relaxed),
-        Duration::from_micros(worst.load(Ordering::Relaxed)),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_under_load_gives_no_errors_and_no_hang() {
     cache_sdk_tests::init_tracing();
     let mut server = RedisServer::start();
     let cache = cache_on(&server).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let runner = tokio::spawn(load(cache.clone(), 64, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sessions = Sessions::new(
+        CacheSessionStore::new(cache.clone()),
+        SessionConfig::development(),
+    )
+    .unwrap();
+    let shared = Arc::new(LoadShared::default());
+    let runner = tokio::spawn(load(cache.clone(), sessions, 64, shared.clone()));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let kill_at = Instant::now();
+    *shared.kill_at.lock().unwrap() = Some(kill_at);
     server.kill();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(!cache.stats().connected);
     server.restart();
+    let answering_at = Instant::now();
     let recovery = back_on_redis(&cache).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ops, errors, worst) = runner.await.unwrap();
-    tracing::warn!(ops, errors, ?worst, ?recovery, "kill under load");
-    assert_eq!(errors, 0);
-    assert!(ops > 1000, "{ops}");
-    assert!(worst < HANG, "{worst:?}");
-    // Every counter written during the outage made it to Redis (no lost increments):
-    // each task's counter in Redis is at least what was counted through the outage.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    let report = runner.await.unwrap();
     let s = cache.stats();
+    tracing::warn!(
+        ops = report.ops,
+        errors = report.errors,
+        worst_ms = report.worst.as_secs_f64() * 1000.0,
+        back_on_redis_ms = recovery.as_secs_f64() * 1000.0,
+        outage_ms = answering_at.duration_since(kill_at).as_millis() as u64,
+        replayed = s.replayed,
+        replay_skipped = s.replay_skipped,
+        checked = report.last_writes.len(),
+        sessions = report.sessions.len(),
+        "kill under load"
+    );
+    assert_eq!(report.errors, 0);
+    assert!(report.ops > 1000, "{}", report.ops);
+    assert!(report.worst < HANG, "{:?}", report.worst);
     assert_eq!(s.replay_pending, 0, "{s:?}");
+    assert!(s.replayed > 0, "{s:?}");
+
+    // Nothing written after the kill was lost: read Redis through a fresh cache (no L1).
+    let fresh = Cache::builder()
+        .redis_url(server.url())
+        .l1_capacity(0)
+        .build()
+        .await
+        .unwrap();
+    assert!(fresh.stats().connected);
+    let mut checked = 0;
+    for ((key, value), at) in &report.last_writes {
+        if *at > kill_at {
+            assert_eq!(fresh.get::<u64>(key).await.unwrap(), Some(*value), "{key}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked}");
+    // Increments made after the kill all reached Redis (replayed as deltas).
+    for (key, (after_kill, total)) in &report.counters {
+        let in_redis = fresh.counter(key).await.unwrap().unwrap_or(0);
+        assert!(
+            in_redis >= *after_kill && in_redis <= *total,
+            "{key}: {in_redis} not in {after_kill}..={total}"
+        );
+    }
+    // Sessions created after the kill are valid through another instance.
+    let other = Sessions::new(
+        CacheSessionStore::new(fresh.clone()),
+        SessionConfig::development(),
+    )
+    .unwrap();
+    let mut sessions_checked = 0;
+    for (id, value, at) in &report.sessions {
+        if *at > kill_at {
+            let loaded = other.load::<u64>(id).await.unwrap();
+            assert_eq!(loaded.map(|l| l.data), Some(*value));
+            sessions_checked += 1;
+        }
+    }
+    assert!(sessions_checked > 10, "{sessions_checked}");
+}
+
+#[derive(Default)]
+struct LoadShared {
+    stop: std::sync::atomic::AtomicBool,
+    kill_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl LoadShared {
+    fn after_kill(&self, at: Instant) -> bool {
+        self.kill_at.lock().unwrap().is_some_and(|k| at > k)
+    }
+}
+
+#[derive(Default)]
+struct LoadReport {
+    ops: u64,
+    errors: u64,
+    worst: Duration,
+    /// The last value each key was given, and when that write started.
+    last_writes: HashMap<(String, u64), Instant>,
+    /// Per counter key: increments started after the kill, and all increments.
+    counters: HashMap<String, (i64, i64)>,
+    /// Sessions created: id, data, when.
+    sessions: Vec<(SessionId, u64, Instant)>,
+}
+
+/// Runs `tasks` concurrent loops of mixed cache and session operations until `stop`.
+async fn load(
+    cache: Cache,
+    sessions: Sessions,
+    tasks: usize,
+    shared: Arc<LoadShared>,
+) -> LoadReport {
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (cache, sessions, shared) = (cache.clone(), sessions.clone(), shared.clone());
+            tokio::spawn(async move {
+                let mut r = LoadReport::default();
+                let mut last: HashMap<String, (u64, Instant)> = HashMap::new();
+                let counter = format!("cache:load:count:{t}");
+                let mut i = 0u64;
+                while !shared.stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("cache:load:{t}:{}", i % 50);
+                    let started = Instant::now();
+                    let ok = match i % 5 {
+                        0 => {
+                            let ok = cache.set(&key, &i, Ttl::Api).await.is_ok();
+                            last.insert(key, (i, started));
+                            ok
+                        }
+                        1 => cache.get::<u64>(&key).await.is_ok(),
+                        2 => {
+                            let ran = AtomicBool::new(false);
+                            let got = cache
+                                .get_or_load(&key, Ttl::Api, || async {
+                                    ran.store(true, Ordering::Relaxed);
+                                    Ok::<_, ()>(i)
+                                })
+                                .await;
+                            if ran.load(Ordering::Relaxed) {
+                                last.insert(key, (i, started));
+                            }
+                            got.is_ok()
+                        }
+                        3 => {
+                            let ok = cache.incr(&counter).await.is_ok();
+                            let e = r.counters.entry(counter.clone()).or_default();
+                            e.1 += 1;
+                            if shared.after_kill(started) {
+                                e.0 += 1;
+                            }
+                            ok
+                        }
+                        _ => match sessions.create(&i, None).await {
+                            Ok(id) => {
+                                r.sessions.push((id, i, started));
+                                true
+                            }
+                            Err(_) => false,
+                        },
+                    };
+                    let took = started.elapsed();
+                    r.worst = r.worst.max(took);
+                    r.ops += 1;
+                    if !ok {
+                        r.errors += 1;
+                    }
+                    // A request does other work between cache calls; without this, 64
+                    // CPU-bound loops on two threads measure the run queue, not the cache.
+                    tokio::task::yield_now().await;
+                }
+                r.last_writes = last.into_iter().map(|(k, (v, at))| ((k, v), at)).collect();
+                r
+            })
+        })
+        .collect();
+    let mut total = LoadReport::default();
+    for h in handles {
+        let r = h.await.unwrap();
+        total.ops += r.ops;
+        total.errors += r.errors;
+        total.worst = total.worst.max(r.worst);
+        total.last_writes.extend(r.last_writes);
+        total.counters.extend(r.counters);
+        total.sessions.extend(r.sessions);
+    }
+    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,6 +382,7 @@ async fn paused_server_counts_as_down_not_as_a_wait() {
             .unwrap();
     }
     let next_hundred = started.elapsed();
+    eprintln!("SIGSTOP: first call {first:?}, next 100 calls {next_hundred:?}");
     assert!(
         first < HANG && next_hundred < HANG,
         "{first:?} {next_hundred:?}"
@@ -281,7 +397,7 @@ async fn paused_server_counts_as_down_not_as_a_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_server_counts_as_down() {
     cache_sdk_tests::init_tracing();
-    let server = RedisServer::start();
+    let server = RedisServer::start_with(&["--enable-debug-command", "local"]);
     let cache = cache_on(&server).await;
     let blocker = tokio::task::spawn_blocking({
         let port = server.port();
@@ -291,11 +407,27 @@ async fn slow_server_counts_as_down() {
                 .output()
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the server is inside DEBUG SLEEP: a PING from another client goes
+    // unanswered.
+    let port = server.port();
+    let asleep = wait_until(Duration::from_secs(5), move || {
+        std::process::Command::new("timeout")
+            .args(["0.2", "redis-cli", "-p", &port.to_string(), "PING"])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(asleep.is_some(), "the server never went to sleep");
     let started = Instant::now();
     cache.set("cache:slow:1", &1u32, Ttl::Api).await.unwrap();
-    assert!(started.elapsed() < HANG);
-    blocker.await.unwrap().unwrap();
+    let took = started.elapsed();
+    eprintln!("DEBUG SLEEP 1: the call took {took:?}");
+    assert!(took < HANG);
+    // The slow answer counted as a failure: the write went to the fallback.
+    assert!(cache.stats().outages >= 1);
+    let output = blocker.await.unwrap().unwrap();
+    assert!(output.status.success(), "{output:?}");
     back_on_redis(&cache).await;
     assert!(server.get_raw("cache:slow:1").await.is_some());
 }
@@ -382,4 +514,71 @@ async fn redis_db_is_honoured() {
     cache.set("cache:db:1", &1u32, Ttl::Api).await.unwrap();
     assert_eq!(server.cli(&["-n", "5", "EXISTS", "cache:db:1"]), "1");
     assert_eq!(server.cli(&["-n", "0", "EXISTS", "cache:db:1"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_type_in_redis_is_a_typed_error_not_a_fallback() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start();
+    let cache = cache_on(&server).await;
+    server.cli(&["RPUSH", "cache:wt:list", "a"]);
+    server.cli(&["SET", "cache:wt:text", "not a number"]);
+    let err = cache.get::<u32>("cache:wt:list").await.unwrap_err();
+    assert!(
+        matches!(err, cache_sdk::Error::Backend(ref m) if m.contains("WRONGTYPE")),
+        "{err}"
+    );
+    let err = cache.incr("cache:wt:text").await.unwrap_err();
+    assert!(matches!(err, cache_sdk::Error::Backend(_)), "{err}");
+    // A plain string that is not an envelope is a miss.
+    assert_eq!(cache.get::<u32>("cache:wt:text").await.unwrap(), None);
+    // Redis stays the store: these are answers about the data, not an outage.
+    assert!(cache.stats().connected);
+    assert!(cache.stats().backend_errors >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_password_falls_back_with_a_clear_error() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start_with(&["--requirepass", "right-password"]);
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let started = Instant::now();
+    let cache = Cache::builder().redis_url(&url).build().await.unwrap();
+    assert!(started.elapsed() < HANG);
+    assert!(!cache.stats().connected);
+    cache.set("cache:noauth:1", &1u32, Ttl::Api).await.unwrap();
+    assert_eq!(cache.get::<u32>("cache:noauth:1").await.unwrap(), Some(1));
+    let err = Cache::builder()
+        .redis_url(&url)
+        .require_redis(true)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("NOAUTH") || err.to_lowercase().contains("auth"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_out_of_range_falls_back_with_a_clear_error() {
+    cache_sdk_tests::init_tracing();
+    let server = RedisServer::start_with(&["--databases", "2"]);
+    let url = format!("redis://127.0.0.1:{}/9", server.port());
+    let cache = Cache::builder().redis_url(&url).build().await.unwrap();
+    assert!(!cache.stats().connected);
+    cache.set("cache:db:1", &1u32, Ttl::Api).await.unwrap();
+    assert_eq!(cache.get::<u32>("cache:db:1").await.unwrap(), Some(1));
+    let err = Cache::builder()
+        .redis_url(&url)
+        .require_redis(true)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("DB index") || err.contains("out of range"),
+        "{err}"
+    );
 }

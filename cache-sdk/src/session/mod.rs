@@ -44,6 +44,15 @@
 //! verified with any (constant-time comparison). A tampered, malformed, unknown, expired
 //! or oversized (over 4096 bytes) cookie gives a fresh anonymous session, never an error.
 //! Session ids are 192 random bits from the operating system's CSPRNG.
+//!
+//! # Sharing sessions with express-session
+//!
+//! With [`SessionFormat::Express`] (`SESSION_FORMAT=express`), the same `SESSION_SECRET` as
+//! the Node app and the cookie name `connect.sid`, records and cookies are what
+//! express-session + connect-redis read and write. Keys are `sess:{id}`, connect-redis'
+//! default prefix. A cache namespace (`CACHE_NAMESPACE=app`) is put before every Redis key,
+//! session keys included (`app:sess:{id}`): give connect-redis the same prefix
+//! (`new RedisStore({ client, prefix: "app:sess:" })`), or leave the namespace unset.
 
 mod config;
 pub mod cookie;

@@ -1,6 +1,6 @@
-//! The link to Redis: a reconnecting multiplexed connection to one server, or a Redis
-//! Cluster client; every call bounded by a timeout, and errors sorted into "Redis is
-//! unavailable" (fall back) and "Redis said no" (report to the caller).
+//! The link to Redis: a multiplexed connection to one server, or a Redis Cluster client;
+//! every call bounded by a timeout, and errors sorted into "Redis is unavailable" (fall
+//! back) and "Redis said no" (report to the caller).
 //!
 //! On a cluster, single-key commands are routed by redis-rs to the master of the key's slot,
 //! and `MGET` is split by slot by redis-rs itself. Batches of independent commands
@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use futures::future::{join_all, try_join_all, BoxFuture, FutureExt};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{
-    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult,
-    ServerErrorKind, Value,
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
+    RedisResult, ServerErrorKind, Value,
 };
 
 use crate::config::RedisConfig;
@@ -47,7 +47,7 @@ pub(crate) enum LinkClient {
 /// either. Cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Conn {
-    Single(ConnectionManager),
+    Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -81,6 +81,8 @@ impl ConnectionLike for Conn {
 
 pub(crate) struct RedisLink {
     client: LinkClient,
+    /// The current connection. It is not reconnected in place: a failed call opens the
+    /// breaker, and the probe in `remote.rs` opens a fresh connection.
     conn: ArcSwapOption<Conn>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -118,7 +120,9 @@ impl RedisLink {
                 .connection_timeout(connect_timeout)
                 .response_timeout(timeout)
                 // Redirections (MOVED/ASK) and reconnections are retried quickly; the call as
-                // a whole is bounded by `timeout` here, after which the fallback serves.
+                // a whole, retries included, is bounded by `timeout`, after which the
+                // fallback serves.
+                .overall_response_timeout(Some(timeout))
                 .retries(3)
                 .min_retry_wait(5)
                 .max_retry_wait(50);
@@ -163,12 +167,14 @@ impl RedisLink {
         let attempt = async {
             let mut conn = match &self.client {
                 LinkClient::Single(client) => {
-                    let config = ConnectionManagerConfig::new()
+                    let config = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(self.connect_timeout))
-                        .set_number_of_retries(2)
-                        .set_min_delay(Duration::from_millis(10))
-                        .set_max_delay(Duration::from_millis(100));
-                    Conn::Single(ConnectionManager::new_with_config(client.clone(), config).await?)
+                        .set_response_timeout(Some(self.timeout));
+                    Conn::Single(
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?,
+                    )
                 }
                 LinkClient::Cluster(client) => {
                     let mut conn = client.get_async_connection().await?;
@@ -224,7 +230,8 @@ impl RedisLink {
     ///
     /// One pipeline on a single server. On a cluster, one pipeline per hash slot, all sent
     /// at once (so keys sharing a hash tag travel together); the whole batch is bounded by
-    /// one timeout. `Err` means Redis was unavailable: some commands may have been applied.
+    /// the response timeout. `Err` means Redis was unavailable: some commands may have been
+    /// applied.
     pub(crate) async fn batch<T: FromRedisValue>(
         &self,
         cmds: Vec<(String, Cmd)>,
@@ -352,18 +359,14 @@ impl RedisLink {
         }
     }
 
+    /// Maps the outcome of a call. The connection's response timeout bounds every call
+    /// (redis-rs answers a timeout error when it runs out; on a cluster the overall
+    /// response timeout covers retries and redirections too), so no second timer is needed.
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Failure> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(Failure::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        fut.await.map_err(|e| classify(&e))
     }
 }
 

@@ -32,9 +32,11 @@ const RECOVERING: u8 = 3;
 const DRAINING: u8 = 4;
 
 /// Writes replayed per pipeline.
-const REPLAY_BATCH: usize = 256;
+const REPLAY_BATCH: usize = 512;
+/// Pipelines in flight at once during a replay.
+const REPLAY_PARALLEL: usize = 4;
 /// Replay passes made while writers still add to the log, before they are held back.
-const CATCH_UP_ROUNDS: u32 = 8;
+const CATCH_UP_ROUNDS: u32 = 4;
 
 /// What listeners are told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -641,9 +643,21 @@ impl Inner {
         let started = Instant::now();
         let mut replayed = 0u64;
         let mut rounds = 0u32;
+        let mut scripts = Scripts::default();
         loop {
-            let batch = lock(&self.log).take(REPLAY_BATCH);
-            if batch.is_empty() {
+            if !scripts.loaded {
+                if let Err(why) = scripts.load(link).await {
+                    return self.replay_failed(replayed, &why);
+                }
+            }
+            let batches: Vec<Vec<(String, Pending)>> = {
+                let mut log = lock(&self.log);
+                (0..REPLAY_PARALLEL)
+                    .map(|_| log.take(REPLAY_BATCH))
+                    .filter(|b| !b.is_empty())
+                    .collect()
+            };
+            if batches.is_empty() {
                 let log = lock(&self.log);
                 if !log.is_empty() {
                     continue;
@@ -669,42 +683,73 @@ impl Inner {
             if rounds == CATCH_UP_ROUNDS {
                 self.state.store(DRAINING, Ordering::Release);
             }
-            match self.replay_batch(link, &batch).await {
-                Ok(n) => replayed += n,
-                Err(why) => {
-                    let mut log = lock(&self.log);
-                    for (k, o) in batch {
-                        log.restore(k, o);
+            // The batches go out at once on the multiplexed connection, so Redis never
+            // waits for the next one.
+            let results = futures::future::join_all(
+                batches
+                    .iter()
+                    .map(|batch| self.replay_batch(link, &scripts, batch)),
+            )
+            .await;
+            let mut failure = None;
+            for (batch, result) in batches.into_iter().zip(results) {
+                match result {
+                    Ok(outcome) => {
+                        replayed += outcome.applied;
+                        if !outcome.retry.is_empty() {
+                            // The server lost the scripts (restarted or flushed): load
+                            // them again and retry these writes.
+                            scripts.loaded = false;
+                            let mut log = lock(&self.log);
+                            for (k, o) in outcome.retry {
+                                log.restore(k, o);
+                            }
+                        }
                     }
-                    self.state.store(DOWN, Ordering::Release);
-                    drop(log);
-                    self.drained.notify_waiters();
-                    self.counters
-                        .replayed
-                        .fetch_add(replayed, Ordering::Relaxed);
-                    tracing::warn!(error = %why, "redis failed again during replay");
-                    return false;
+                    Err(why) => {
+                        let mut log = lock(&self.log);
+                        for (k, o) in batch {
+                            log.restore(k, o);
+                        }
+                        failure = Some(why);
+                    }
                 }
+            }
+            if let Some(why) = failure {
+                return self.replay_failed(replayed, &why);
             }
         }
     }
 
+    fn replay_failed(&self, replayed: u64, why: &str) -> bool {
+        self.state.store(DOWN, Ordering::Release);
+        self.drained.notify_waiters();
+        self.counters
+            .replayed
+            .fetch_add(replayed, Ordering::Relaxed);
+        tracing::warn!(error = %why, "redis failed again during replay");
+        false
+    }
+
     /// Replays a batch in one pipeline (on a cluster, one per hash slot, sent at once).
-    /// Returns how many writes were applied; skipped ones (expired, or Redis holds a newer
-    /// value) and refused ones are counted. An error means Redis is unavailable again; the
-    /// batch goes back to the log (part of it may have been applied: replaying a `SET` or
-    /// `DEL` twice is harmless, an increment may count twice).
+    /// Skipped writes (expired, or Redis holds a newer value) and refused ones are counted;
+    /// writes that met a server without the scripts come back in `retry`. An error means
+    /// Redis is unavailable again; the batch goes back to the log (part of it may have been
+    /// applied: replaying a `SET` or `DEL` twice is harmless, an increment may count twice).
     async fn replay_batch(
         &self,
         link: &RedisLink,
+        scripts: &Scripts,
         batch: &[(String, Pending)],
-    ) -> Result<u64, String> {
-        // One EVAL or INCRBY per key: slot-safe on a cluster, where the batch is split by slot.
+    ) -> Result<BatchOutcome, String> {
+        // One EVALSHA or INCRBY per key: slot-safe on a cluster, where the batch is split
+        // by slot.
         let mut cmds: Vec<(String, redis::Cmd)> = Vec::with_capacity(batch.len());
-        // Per command sent: whether an answer of 0 means "skipped" (the conditional SET).
-        let mut conditional = Vec::with_capacity(batch.len());
+        // Per command sent: its index in the batch, and whether an answer of 0 means
+        // "skipped" (the conditional SET).
+        let mut sent: Vec<(usize, bool)> = Vec::with_capacity(batch.len());
         let now = Instant::now();
-        for (key, op) in batch {
+        for (index, (key, op)) in batch.iter().enumerate() {
             let rkey = self.rkey(key);
             let mut cmd = redis::Cmd::new();
             match op {
@@ -723,52 +768,93 @@ impl Inner {
                             }
                         },
                     };
-                    cmd.arg("EVAL")
-                        .arg(SET_SCRIPT)
+                    cmd.arg("EVALSHA")
+                        .arg(&scripts.set_sha)
                         .arg(1)
                         .arg(&rkey)
                         .arg(&bytes[..])
                         .arg(*written_at_ms)
                         .arg(px);
-                    conditional.push(true);
+                    sent.push((index, true));
                 }
                 Pending::Delete { at_ms } => {
-                    cmd.arg("EVAL")
-                        .arg(DEL_SCRIPT)
+                    cmd.arg("EVALSHA")
+                        .arg(&scripts.del_sha)
                         .arg(1)
                         .arg(&rkey)
                         .arg(*at_ms);
-                    conditional.push(false);
+                    sent.push((index, false));
                 }
                 Pending::Incr { delta } => {
                     cmd.arg("INCRBY").arg(&rkey).arg(*delta);
-                    conditional.push(false);
+                    sent.push((index, false));
                 }
             }
             cmds.push((rkey, cmd));
         }
-        if conditional.is_empty() {
-            return Ok(0);
+        let mut outcome = BatchOutcome::default();
+        if sent.is_empty() {
+            return Ok(outcome);
         }
         let results: Vec<redis::RedisResult<i64>> = match link.batch(cmds).await {
             Ok(r) => r,
             Err(Failure::Unavailable(why) | Failure::Rejected(why)) => return Err(why),
         };
-        let mut applied = 0;
-        for (r, conditional) in results.into_iter().zip(conditional) {
-            match r {
-                // The conditional SET answers 0 when Redis holds a newer value.
+        for (result, (index, conditional)) in results.into_iter().zip(sent) {
+            match result {
                 Ok(0) if conditional => {
                     self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(_) => applied += 1,
+                Ok(_) => outcome.applied += 1,
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    if let Some(entry) = batch.get(index) {
+                        outcome.retry.push(entry.clone());
+                    }
+                }
                 Err(e) => {
                     self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "redis refused a replayed write; it stays only in memory");
                 }
             }
         }
-        Ok(applied)
+        Ok(outcome)
+    }
+}
+
+#[derive(Default)]
+struct BatchOutcome {
+    applied: u64,
+    retry: Vec<(String, Pending)>,
+}
+
+/// The replay scripts, loaded into the server once per recovery and run with `EVALSHA`.
+#[derive(Default)]
+struct Scripts {
+    loaded: bool,
+    set_sha: String,
+    del_sha: String,
+}
+
+impl Scripts {
+    async fn load(&mut self, link: &RedisLink) -> Result<(), String> {
+        // One command each, not a pipeline: on a cluster redis-rs sends `SCRIPT LOAD` to
+        // every node, so `EVALSHA` finds the scripts on whichever master holds a key.
+        let load = |script: &str| {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(script);
+            cmd
+        };
+        let why = |(Failure::Unavailable(why) | Failure::Rejected(why))| why;
+        let set_sha: String = link.query(&load(SET_SCRIPT)).await.map_err(why)?;
+        let del_sha: String = link.query(&load(DEL_SCRIPT)).await.map_err(why)?;
+        *self = Scripts {
+            loaded: true,
+            set_sha,
+            del_sha,
+        };
+        Ok(())
     }
 }
 

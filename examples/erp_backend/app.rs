@@ -1,0 +1,79 @@
+//! The router: routes, shared state, the session layer and request logging.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use cache_sdk::session::{SessionLayer, Sessions};
+use cache_sdk::Cache;
+
+use crate::db::Database;
+use crate::products::Catalog;
+use crate::{auth, error, ops, products};
+
+/// What handlers share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The cache (also installed as the global cache the macros use).
+    pub cache: Cache,
+    /// The sessions (for the stats endpoint; handlers use the `Session` extractor).
+    pub sessions: Sessions,
+    /// The product catalog.
+    pub catalog: Arc<Catalog>,
+}
+
+impl AppState {
+    /// The state over a cache and sessions, with a freshly seeded demo database.
+    pub fn new(cache: Cache, sessions: Sessions) -> Self {
+        Self {
+            cache,
+            sessions,
+            catalog: Arc::new(Catalog::new(Database::seeded())),
+        }
+    }
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    let sessions = SessionLayer::new(state.sessions.clone());
+    Router::new()
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/user/profile", get(auth::profile))
+        .route("/api/session/stats", get(ops::session_stats))
+        .route(
+            "/api/products/{id}",
+            get(products::get_product)
+                .put(products::put_product)
+                .delete(products::delete_product),
+        )
+        .route("/api/cache/stats", get(ops::cache_stats))
+        .route("/healthz", get(ops::healthz))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+        // The session layer only checks the cookie's signature here; the store is read
+        // when a handler extracts `Session`, and written after it when the session changed.
+        .layer(sessions)
+        .layer(middleware::from_fn(log_request))
+}
+
+/// One log line per request: method, path, status, time.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let start = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16();
+    let latency = start.elapsed();
+    if res.status().is_server_error() {
+        tracing::warn!(%method, path, status, ?latency, "request");
+    } else {
+        tracing::info!(%method, path, status, ?latency, "request");
+    }
+    res
+}

@@ -1,0 +1,161 @@
+//! Login, profile and logout on a typed session.
+//!
+//! The session holds `{"userId":1,"username":"alice"}` (camelCase, the field names the
+//! Node backend uses), so with `SESSION_FORMAT=express` the record in Redis is exactly the
+//! one express-session + connect-redis write, and either backend can serve the other's
+//! logged-in users.
+
+use axum::Json;
+use cache_sdk::session::Session;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, JsonBody};
+
+/// What a session holds. `Default` is the anonymous session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSession {
+    /// The logged-in user's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<u64>,
+    /// The logged-in user's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// A user of the demo user table.
+#[derive(Debug)]
+struct User {
+    id: u64,
+    username: &'static str,
+    password: &'static str,
+}
+
+/// The demo user table. A real application keeps password hashes (argon2, bcrypt) in its
+/// database and verifies with the hashing library; plain-text passwords are for the demo
+/// only.
+const USERS: [User; 2] = [
+    User {
+        id: 1,
+        username: "alice",
+        password: "alice-pass",
+    },
+    User {
+        id: 2,
+        username: "bob",
+        password: "bob-pass",
+    },
+];
+
+/// Compares without stopping at the first difference, so the answer time does not tell
+/// how much of a guess was right.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// The user with these credentials. Every user is checked, so that an unknown name costs
+/// as much as a wrong password.
+fn authenticate(username: &str, password: &str) -> Option<&'static User> {
+    let mut found = None;
+    for user in &USERS {
+        if same(user.username, username) & same(user.password, password) {
+            found = Some(user);
+        }
+    }
+    found
+}
+
+/// The body of `POST /api/auth/login`.
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// `{"userId":1,"username":"alice"}`
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    user_id: u64,
+    username: String,
+}
+
+fn success() -> Json<Value> {
+    Json(json!({ "success": true }))
+}
+
+/// `POST /api/auth/login`: checks the credentials, then stores the user in the session
+/// under a new id (so an id planted before the login is worthless after it).
+pub async fn login(
+    session: Session<UserSession>,
+    JsonBody(creds): JsonBody<Credentials>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(user) = authenticate(&creds.username, &creds.password) else {
+        tracing::info!("login refused: invalid credentials");
+        return Err(ApiError::unauthorized("Invalid credentials"));
+    };
+    session.regenerate();
+    session.replace(UserSession {
+        user_id: Some(user.id),
+        username: Some(user.username.to_owned()),
+    });
+    // Saved now rather than after the handler, so that a store failure is an error the
+    // client sees instead of a login that silently did not stick.
+    if let Err(e) = session.save().await {
+        tracing::error!(error = %e, "login: the session could not be stored");
+        return Err(ApiError::internal("Failed to login"));
+    }
+    tracing::info!(user_id = user.id, "login");
+    Ok(success())
+}
+
+/// `GET /api/user/profile`: the logged-in user, or 401.
+pub async fn profile(session: Option<Session<UserSession>>) -> Result<Json<Profile>, ApiError> {
+    let user = session.map(|s| s.get()).unwrap_or_default();
+    match (user.user_id, user.username) {
+        (Some(user_id), Some(username)) => Ok(Json(Profile { user_id, username })),
+        _ => Err(ApiError::unauthorized("Not authenticated")),
+    }
+}
+
+/// `POST /api/auth/logout`: deletes the session and clears the cookie. Without a session
+/// there is nothing to do, which is a success too.
+pub async fn logout(session: Option<Session<UserSession>>) -> Result<Json<Value>, ApiError> {
+    if let Some(session) = session {
+        let user_id = session.read(|u| u.user_id);
+        session.destroy();
+        if let Err(e) = session.save().await {
+            tracing::error!(error = %e, "logout: the session could not be deleted");
+            return Err(ApiError::internal("Failed to logout"));
+        }
+        tracing::info!(user_id, "logout");
+    }
+    Ok(success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_matching_pairs_authenticate() {
+        assert_eq!(authenticate("alice", "alice-pass").map(|u| u.id), Some(1));
+        assert_eq!(authenticate("bob", "bob-pass").map(|u| u.id), Some(2));
+        for (u, p) in [
+            ("alice", "bob-pass"),
+            ("alice", "alice-pas"),
+            ("alice", "alice-pass "),
+            ("alic", "alice-pass"),
+            ("", ""),
+            ("carol", "carol-pass"),
+        ] {
+            assert!(authenticate(u, p).is_none(), "{u}/{p}");
+        }
+    }
+}

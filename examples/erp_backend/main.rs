@@ -1,0 +1,178 @@
+//! `erp_backend`: the reference session and cache server.
+//!
+//! A small ERP-style JSON API that uses the whole SDK the way an application would:
+//!
+//! - one [`cache_sdk::Cache`] built from the environment (Redis when configured and
+//!   reachable, the in-memory fallback otherwise), installed as the global cache;
+//! - `#[cached]`, `#[cache_put]` and `#[cache_evict]` on the product catalog
+//!   (`products.rs`);
+//! - typed sessions through [`cache_sdk::session::SessionLayer`] and the
+//!   `Session<UserSession>` extractor, optionally in express-session's format (`auth.rs`);
+//! - the stats and health endpoints operators look at (`ops.rs`).
+//!
+//! Run it with `cargo run --example erp_backend` (no configuration needed) and see
+//! `examples/README.md` for the endpoints, the environment variables and a curl walkthrough.
+
+mod app;
+mod auth;
+mod db;
+mod error;
+mod ops;
+mod products;
+mod settings;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cache_sdk::session::{CacheSessionStore, Sessions};
+use cache_sdk::Cache;
+use tokio::net::TcpListener;
+
+use crate::app::AppState;
+use crate::settings::Settings;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let vars = settings::read_environment();
+    init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
+    tracing::info!("starting erp_backend");
+    let settings = match vars.and_then(|v| Settings::from_vars(&v)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `RUST_LOG` (from the environment or `.env`) filters the logs; the default is `info`.
+fn init_tracing(filter: Option<&String>) {
+    let filter = filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colors)
+        .init();
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    // One cache for everything: product reads (#[cached]) and session records. Building it
+    // never fails because Redis is away: it starts on the in-memory fallback and switches
+    // to Redis by itself when Redis answers.
+    let cache = Cache::builder()
+        .config(settings.cache.clone())
+        .build()
+        .await
+        .map_err(|e| format!("cannot build the cache: {e}"))?;
+    settings.log_store_choice(&cache);
+    if cache_sdk::install(cache.clone()).is_err() {
+        tracing::warn!("a global cache was already installed; #[cached] functions use that one");
+    }
+
+    let sessions = Sessions::new(
+        CacheSessionStore::new(cache.clone()),
+        settings.session.clone(),
+    )
+    .map_err(|e| format!("session configuration error: {e}"))?;
+
+    let state = AppState::new(cache.clone(), sessions);
+    let router = app::router(state);
+
+    let (host, port) = &settings.addr;
+    let listener = TcpListener::bind((host.as_str(), *port))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port} (HOST, PORT): {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    tracing::info!("listening on http://{local}");
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        // Resolves when the sender says stop (or is dropped).
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+
+    tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down: no new connections, finishing in-flight requests");
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(format!("server error: {e}")),
+                Ok(Err(e)) => return Err(format!("server task failed: {e}")),
+                Err(_) => {
+                    tracing::warn!(
+                        grace_secs = SHUTDOWN_GRACE.as_secs(),
+                        "requests still running after the grace period; exiting anyway"
+                    );
+                    server.abort();
+                }
+            }
+        }
+        result = &mut server => {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("server error: {e}")),
+                Err(e) => return Err(format!("server task failed: {e}")),
+            }
+        }
+    }
+
+    let pending = cache.stats().replay_pending;
+    if pending > 0 {
+        tracing::warn!(
+            pending,
+            "exiting while Redis is away: writes made during the outage were kept in memory only and are lost"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM, with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "SIGINT",
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for Ctrl-C");
+                std::future::pending().await
+            }
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+                "SIGTERM"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<&'static str>();
+
+    tokio::select! {
+        s = ctrl_c => s,
+        s = terminate => s,
+    }
+}

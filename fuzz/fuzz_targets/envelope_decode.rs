@@ -1,0 +1,29 @@
+//! Arbitrary bytes as a value read from Redis: the header parser and the decoder must
+//! answer an error, never panic, and never allocate past the size limit.
+#![no_main]
+
+use std::collections::HashMap;
+
+use cache_sdk::codec::{self, Header};
+use libfuzzer_sys::fuzz_target;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Product {
+    id: u64,
+    name: String,
+    tags: Vec<String>,
+    price: Option<f64>,
+    attrs: HashMap<String, i32>,
+}
+
+const LIMIT: usize = 64 * 1024;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = Header::parse(data).map(|h| h.remaining());
+    let _ = codec::decode::<u64>(data, LIMIT);
+    let _ = codec::decode::<String>(data, LIMIT);
+    let _ = codec::decode::<Vec<u8>>(data, LIMIT);
+    let _ = codec::decode::<Product>(data, LIMIT);
+    let _ = codec::decode::<(u8, Option<Vec<Product>>)>(data, LIMIT);
+});

@@ -1,0 +1,940 @@
+//! The reference server `examples/erp_backend`, run as a process (built once by this test
+//! with cargo) and driven over real HTTP, against redis-server processes the tests start:
+//! login/profile/logout with cookies, products read through the cache, written with
+//! `#[cache_put]` and evicted with `#[cache_evict]`, sessions shared by two instances in
+//! express-session's format, Redis killed and restarted under a running server, a run with
+//! no configuration at all, and shutdown on SIGTERM and SIGINT.
+//!
+//! Set `ERP_BACKEND_BIN` to a built `erp_backend` binary to skip the build.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cache_sdk::codec::{Header, HEADER_LEN};
+use cache_sdk::session::SessionSecrets;
+use cache_sdk::Codec;
+use cache_sdk_tests::{free_port, RedisServer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every request must be answered within this, or the test fails as a hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+
+// ---------------------------------------------------------------------------------------
+// The server process
+
+/// The example binary, built once per test run.
+fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_binary)
+}
+
+fn build_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("ERP_BACKEND_BIN") {
+        return bin.into();
+    }
+    // This test runs from <target>/<profile>/deps; the example goes to
+    // <target>/<profile>/examples.
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>");
+    let target_dir = profile_dir.parent().expect("<target>");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The whole workspace with all features, as `cargo test --workspace --all-features`
+    // selects it: then the example built by that run is reused as it is, instead of being
+    // rebuilt with another set of dependency features.
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "--workspace", "--all-features"])
+        .args(["--example", "erp_backend", "--profile", profile])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building examples/erp_backend failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    profile_dir
+        .join("examples")
+        .join(format!("erp_backend{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Variables of the test's own environment that would configure the server: removed, so
+/// that a server only ever sees the Redis its test started.
+fn is_config_var(name: &str) -> bool {
+    ["REDIS_", "SESSION_", "CACHE_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || ["APP_ENV", "NODE_ENV", "PORT", "HOST", "RUST_LOG"].contains(&name)
+}
+
+/// A running `erp_backend`, killed on drop.
+struct Backend {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Backend {
+    /// Starts the server on a free port with exactly these configuration variables (in an
+    /// empty working directory, so no `.env` file is read) and waits until it answers.
+    async fn start(env: &[(&str, &str)]) -> Backend {
+        let bin = binary();
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "cache-sdk-erp-backend-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = File::create(dir.join("server.log")).expect("log file");
+        let mut cmd = Command::new(bin);
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(is_config_var) {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        let child = cmd.spawn().expect("start erp_backend");
+        let mut backend = Backend {
+            child: Some(child),
+            port,
+            dir,
+        };
+        backend.wait_ready().await;
+        backend
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("erp_backend exited with {status}:\n{}", self.logs());
+            }
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                try_send(self.port, "GET", "/healthz", &[], b""),
+            )
+            .await
+            {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "erp_backend did not answer:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client {
+            port: self.port,
+            cookie: None,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Sends a signal and waits (at most 5 s) for the process to exit.
+    async fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "erp_backend still running 5 s after SIG{signal}:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A small HTTP/1.1 client
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn set_cookies(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Asserts the status and returns the JSON body.
+    fn expect(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        self.json()
+    }
+}
+
+async fn try_send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("headers not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("chunk size"))?;
+            let size = std::str::from_utf8(&rest[..eol])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+                .ok_or_else(|| bad("chunk size"))?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size).ok_or_else(|| bad("short chunk"))?);
+            rest = rest.get(size + 2..).ok_or_else(|| bad("short chunk"))?;
+        }
+        body = out;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Requests to one server, with one cookie jar entry (the session cookie).
+#[derive(Debug, Clone)]
+struct Client {
+    port: u16,
+    /// `name=value` of the session cookie.
+    cookie: Option<String>,
+}
+
+impl Client {
+    /// The same cookie, sent to another server.
+    fn to(&self, other: &Backend) -> Client {
+        Client {
+            port: other.port,
+            cookie: self.cookie.clone(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Response {
+        self.send("GET", path, None, b"").await
+    }
+
+    async fn post_json(&mut self, path: &str, body: &Value) -> Response {
+        let body = serde_json::to_vec(body).expect("json");
+        self.send("POST", path, Some("application/json"), &body)
+            .await
+    }
+
+    async fn put_json(&mut self, path: &str, body: &Value) -> Response {
+        let body = serde_json::to_vec(body).expect("json");
+        self.send("PUT", path, Some("application/json"), &body)
+            .await
+    }
+
+    async fn login(&mut self, user: &str) -> Response {
+        self.post_json(
+            "/api/auth/login",
+            &json!({"username": user, "password": format!("{user}-pass")}),
+        )
+        .await
+    }
+
+    /// Sends a request (bounded by [`REQUEST_TIMEOUT`]) and keeps the cookie it sets.
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Response {
+        let mut headers = Vec::new();
+        if let Some(c) = &self.cookie {
+            headers.push(("Cookie", c.as_str()));
+        }
+        if let Some(t) = content_type {
+            headers.push(("Content-Type", t));
+        }
+        let r = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            try_send(self.port, method, path, &headers, body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} did not answer within {REQUEST_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        for c in r.set_cookies() {
+            let pair = c.split(';').next().unwrap_or_default().trim();
+            let cleared = pair.ends_with('=') || c.contains("Max-Age=0");
+            self.cookie = (!cleared).then(|| pair.to_owned());
+        }
+        r
+    }
+
+    /// The session id in the cookie (`name=s%3A<id>.<sig>`).
+    fn session_id(&self) -> String {
+        let cookie = self.cookie.as_deref().expect("a session cookie");
+        let value = cookie.split_once('=').expect("name=value").1;
+        let signed = value.strip_prefix("s%3A").expect("s: prefix");
+        signed.split('.').next().expect("id").to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// The product as the server stores it (for decoding the cache's bincode payload).
+#[derive(Debug, PartialEq, Deserialize)]
+struct Product {
+    id: u64,
+    name: String,
+    price_cents: u64,
+    stock: u32,
+}
+
+/// Decodes a cached product straight from Redis: the envelope header, then the bincode
+/// payload.
+async fn cached_product(redis: &RedisServer, id: u64) -> Option<(Product, Header)> {
+    let bytes = redis.get_raw(&format!("cache:product:{id}")).await?;
+    let header = Header::parse(&bytes).expect("an envelope");
+    assert_eq!(header.codec, Codec::Bincode);
+    let (product, _) = bincode::serde::decode_from_slice::<Product, _>(
+        &bytes[HEADER_LEN..],
+        bincode::config::standard(),
+    )
+    .expect("a product");
+    Some((product, header))
+}
+
+async fn cache_stats(client: &mut Client) -> Value {
+    client.get("/api/cache/stats").await.expect(200)
+}
+
+/// Polls `path` until `cond` holds for its JSON (at most `within`); returns the last
+/// answer. Every answer must be a 200.
+async fn wait_for_json(
+    client: &mut Client,
+    path: &str,
+    within: Duration,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = client.get(path).await.expect(200);
+        if cond(&v) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn redis_env(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![("REDIS_URL", redis.url())]
+}
+
+fn pairs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_configuration_runs_on_memory_and_sigterm_exits_zero() {
+    let mut server = Backend::start(&[]).await;
+    let mut client = server.client();
+
+    let health = client.get("/healthz").await.expect(200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["store"], "memory");
+    assert_eq!(health["redisConfigured"], false);
+
+    assert_eq!(
+        client.login("alice").await.expect(200),
+        json!({"success": true})
+    );
+    assert_eq!(
+        client.get("/api/user/profile").await.expect(200),
+        json!({"userId": 1, "username": "alice"})
+    );
+    assert_eq!(
+        client.get("/api/session/stats").await.expect(200),
+        json!({
+            "success": true,
+            "store": "memory",
+            "totalSessions": 1,
+            "redisStats": {"connected": false, "usingFallback": true, "inMemoryKeys": 1}
+        })
+    );
+    let product = client.get("/api/products/1").await.expect(200);
+    assert_eq!(
+        product,
+        json!({"id": 1, "name": "Standard Desk", "priceCents": 1999, "stock": 5})
+    );
+
+    let logs = server.logs();
+    assert!(logs.contains("Redis is not enabled"), "{logs}");
+    assert!(logs.contains("development mode"), "{logs}");
+    assert!(logs.contains("SESSION_SECRET is not set"), "{logs}");
+    // Development mode: a cookie that works on http://localhost.
+    let login = client.login("bob").await;
+    assert!(!login.set_cookies()[0].contains("Secure"));
+
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut idle = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(REQUEST_TIMEOUT, idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    let status = server.stop_with("TERM").await;
+    assert_eq!(status.code(), Some(0), "{}", server.logs());
+    assert!(server.logs().contains("SIGTERM"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_profile_logout_with_cookies() {
+    let redis = RedisServer::start();
+    let env = redis_env(&redis);
+    let server = Backend::start(&pairs(&env)).await;
+    let mut client = server.client();
+
+    let health = client.get("/healthz").await.expect(200);
+    assert_eq!(
+        (health["status"].clone(), health["store"].clone()),
+        (json!("ok"), json!("redis"))
+    );
+
+    // Not logged in.
+    assert_eq!(
+        client.get("/api/user/profile").await.expect(401),
+        json!({"error": "Not authenticated"})
+    );
+    // Wrong credentials, for a known and an unknown user.
+    for (user, password) in [("alice", "bob-pass"), ("mallory", "alice-pass")] {
+        let r = client
+            .post_json(
+                "/api/auth/login",
+                &json!({"username": user, "password": password}),
+            )
+            .await;
+        assert_eq!(r.expect(401), json!({"error": "Invalid credentials"}));
+        assert!(r.set_cookies().is_empty());
+    }
+    // Malformed JSON: 400 with a JSON error; valid JSON of the wrong shape: 422.
+    let r = client
+        .send(
+            "POST",
+            "/api/auth/login",
+            Some("application/json"),
+            b"{\"username\": \"alice\", ",
+        )
+        .await;
+    assert!(r.expect(400)["error"].is_string());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json"),
+        "{}",
+        r.text()
+    );
+    let r = client
+        .post_json("/api/auth/login", &json!({"username": "alice"}))
+        .await;
+    assert!(r.expect(422)["error"].is_string());
+    // Nothing of the above stored a session.
+    assert_eq!(
+        client.get("/api/session/stats").await.expect(200)["totalSessions"],
+        0
+    );
+
+    // Login: a session in Redis, a signed HttpOnly cookie.
+    let login = client.login("alice").await;
+    assert_eq!(login.expect(200), json!({"success": true}));
+    let set_cookie = login.set_cookies()[0];
+    assert!(set_cookie.starts_with("sid=s%3A"), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"));
+    let first_id = client.session_id();
+    let key = format!("sess:{first_id}");
+    let record = redis.get_raw(&key).await.expect("session in Redis");
+    let record: Value = serde_json::from_slice(&record).expect("a JSON record");
+    assert_eq!(record["data"], json!({"userId": 1, "username": "alice"}));
+    let pttl = redis.pttl(&key).await;
+    assert!(
+        (86_000_000..=86_400_000).contains(&pttl),
+        "session TTL {pttl} ms"
+    );
+
+    assert_eq!(
+        client.get("/api/user/profile").await.expect(200),
+        json!({"userId": 1, "username": "alice"})
+    );
+    assert_eq!(
+        client.get("/api/session/stats").await.expect(200),
+        json!({
+            "success": true,
+            "store": "redis",
+            "totalSessions": 1,
+            "redisStats": {"connected": true, "usingFallback": false, "inMemoryKeys": 0}
+        })
+    );
+
+    // Logging in again regenerates the id: the old record is gone, the old cookie dead.
+    let old = client.clone();
+    assert_eq!(
+        client.login("bob").await.expect(200),
+        json!({"success": true})
+    );
+    let second_id = client.session_id();
+    assert_ne!(second_id, first_id);
+    assert!(redis.get_raw(&key).await.is_none());
+    assert_eq!(old.clone().get("/api/user/profile").await.status, 401);
+    assert_eq!(
+        client.get("/api/user/profile").await.expect(200),
+        json!({"userId": 2, "username": "bob"})
+    );
+
+    // Logout: the record is deleted and the cookie cleared.
+    let kept = client.clone();
+    let out = client.send("POST", "/api/auth/logout", None, b"").await;
+    assert_eq!(out.expect(200), json!({"success": true}));
+    assert!(out.set_cookies()[0].contains("Max-Age=0"));
+    assert!(client.cookie.is_none());
+    assert!(redis.get_raw(&format!("sess:{second_id}")).await.is_none());
+    assert_eq!(
+        kept.clone().get("/api/user/profile").await.expect(401),
+        json!({"error": "Not authenticated"})
+    );
+    assert_eq!(
+        client.get("/api/session/stats").await.expect(200)["totalSessions"],
+        0
+    );
+    // Logging out without a session is a success too.
+    let again = client.send("POST", "/api/auth/logout", None, b"").await;
+    assert_eq!(again.expect(200), json!({"success": true}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_are_read_through_written_and_evicted() {
+    let redis = RedisServer::start();
+    let env = redis_env(&redis);
+    let mut server = Backend::start(&pairs(&env)).await;
+    let mut client = server.client();
+    let desk = json!({"id": 1, "name": "Standard Desk", "priceCents": 1999, "stock": 5});
+
+    // First read: a miss, one query, the value cached in Redis for the `api` preset.
+    assert_eq!(client.get("/api/products/1").await.expect(200), desk);
+    let stats = cache_stats(&mut client).await;
+    assert_eq!(
+        (stats["loads"].clone(), stats["dbQueries"].clone()),
+        (json!(1), json!(1))
+    );
+    let (cached, header) = cached_product(&redis, 1).await.expect("cached in Redis");
+    assert_eq!(cached.name, "Standard Desk");
+    assert!(header.remaining().is_some());
+    let pttl = redis.pttl("cache:product:1").await;
+    assert!(
+        (5 * 60_000..=15 * 60_000).contains(&pttl),
+        "product TTL {pttl} ms"
+    );
+
+    // Further reads: served by the cache, no query.
+    for _ in 0..3 {
+        assert_eq!(client.get("/api/products/1").await.expect(200), desk);
+    }
+    let stats = cache_stats(&mut client).await;
+    assert_eq!(
+        (stats["loads"].clone(), stats["dbQueries"].clone()),
+        (json!(1), json!(1))
+    );
+    assert!(stats["l1Hits"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["connected"], true);
+
+    // Unknown ids are 404 and never cached; ids that are not numbers are 400.
+    for _ in 0..2 {
+        assert_eq!(
+            client.get("/api/products/101").await.expect(404),
+            json!({"error": "Product 101 not found"})
+        );
+    }
+    assert_eq!(cache_stats(&mut client).await["dbQueries"], 3);
+    assert_eq!(redis.cli(&["EXISTS", "cache:product:101"]), "0");
+    assert!(client.get("/api/products/desk").await.expect(400)["error"].is_string());
+
+    // PUT: the database and the cache get the new value; the next read needs no query.
+    let standing = json!({"name": "Standing Desk", "priceCents": 49_900, "stock": 3});
+    let put = client.put_json("/api/products/1", &standing).await;
+    let new_desk = json!({"id": 1, "name": "Standing Desk", "priceCents": 49_900, "stock": 3});
+    assert_eq!(put.expect(200), new_desk);
+    assert_eq!(
+        cached_product(&redis, 1).await.expect("cached").0,
+        Product {
+            id: 1,
+            name: "Standing Desk".into(),
+            price_cents: 49_900,
+            stock: 3
+        }
+    );
+    let pttl = redis.pttl("cache:product:1").await;
+    assert!((5 * 60_000..=15 * 60_000).contains(&pttl), "{pttl}");
+    let queries = cache_stats(&mut client).await["dbQueries"].clone();
+    assert_eq!(client.get("/api/products/1").await.expect(200), new_desk);
+    assert_eq!(cache_stats(&mut client).await["dbQueries"], queries);
+    // An id in the body is accepted when it matches the path.
+    let mut with_id = standing.clone();
+    with_id["id"] = json!(1);
+    assert_eq!(
+        client
+            .put_json("/api/products/1", &with_id)
+            .await
+            .expect(200),
+        new_desk
+    );
+
+    // Bodies that are not a product: nothing changes.
+    let refused: [(&[u8], u16); 5] = [
+        (
+            br#"{"id": 2, "name": "X", "priceCents": 1, "stock": 1}"#,
+            422,
+        ),
+        (
+            br#"{"name": "X", "priceCents": 1, "stock": 1, "colour": "red"}"#,
+            422,
+        ),
+        (br#"{"name": "X", "priceCents": 1, "stock": "many"}"#, 422),
+        (br#"{"name": "  ", "priceCents": 1, "stock": 1}"#, 422),
+        (br#"{"name": "X", "#, 400),
+    ];
+    for (body, status) in refused {
+        let r = client
+            .send("PUT", "/api/products/1", Some("application/json"), body)
+            .await;
+        assert!(r.expect(status)["error"].is_string());
+    }
+    assert_eq!(
+        cached_product(&redis, 1).await.expect("cached").0.name,
+        "Standing Desk"
+    );
+    assert_eq!(
+        client
+            .put_json("/api/products/500", &standing)
+            .await
+            .expect(404),
+        json!({"error": "Product 500 not found"})
+    );
+
+    // DELETE: 204, gone from the database and from Redis.
+    let r = client.send("DELETE", "/api/products/1", None, b"").await;
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    assert_eq!(redis.cli(&["EXISTS", "cache:product:1"]), "0");
+    assert_eq!(client.get("/api/products/1").await.status, 404);
+    assert_eq!(
+        client
+            .send("DELETE", "/api/products/1", None, b"")
+            .await
+            .status,
+        404
+    );
+
+    // Ctrl-C stops it cleanly too.
+    let status = server.stop_with("INT").await;
+    assert_eq!(status.code(), Some(0), "{}", server.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_sessions_in_express_format() {
+    let redis = RedisServer::start();
+    let mut env = redis_env(&redis);
+    env.push(("SESSION_FORMAT", "express".into()));
+    env.push(("SESSION_SECRET", "demo-secret".into()));
+    let a = Backend::start(&pairs(&env)).await;
+    let b = Backend::start(&pairs(&env)).await;
+
+    let mut on_a = a.client();
+    let login = on_a.login("alice").await;
+    assert_eq!(login.expect(200), json!({"success": true}));
+    // express-session's cookie: connect.sid=s%3A<id>.<base64 HMAC-SHA256>, verifiable with
+    // the shared secret.
+    let cookie = on_a.cookie.clone().expect("cookie");
+    assert!(cookie.starts_with("connect.sid=s%3A"), "{cookie}");
+    let value = cookie
+        .split_once('=')
+        .unwrap()
+        .1
+        .replace("%3A", ":")
+        .replace("%2B", "+")
+        .replace("%2F", "/");
+    let secrets = SessionSecrets::new(["demo-secret"]).unwrap();
+    let id = on_a.session_id();
+    assert_eq!(
+        secrets
+            .verify(&value)
+            .expect("signed with the secret")
+            .id
+            .as_str(),
+        id
+    );
+
+    // connect-redis's record: the cookie object first, then the fields, compact JSON.
+    let raw = redis.get_raw(&format!("sess:{id}")).await.expect("record");
+    let text = String::from_utf8(raw).unwrap();
+    assert!(
+        text.starts_with(r#"{"cookie":{"originalMaxAge":86400000,"#),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(r#","userId":1,"username":"alice"}"#),
+        "{text}"
+    );
+
+    // The other instance knows the user.
+    let mut on_b = on_a.to(&b);
+    assert_eq!(
+        on_b.get("/api/user/profile").await.expect(200),
+        json!({"userId": 1, "username": "alice"})
+    );
+    assert_eq!(
+        on_b.get("/api/session/stats").await.expect(200)["totalSessions"],
+        1
+    );
+    // Logging out on one logs out on both.
+    assert_eq!(
+        on_b.send("POST", "/api/auth/logout", None, b"")
+            .await
+            .expect(200),
+        json!({"success": true})
+    );
+    assert_eq!(on_a.get("/api/user/profile").await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_never_fails_a_request_and_recovery_is_automatic() {
+    let mut redis = RedisServer::start();
+    let env = redis_env(&redis);
+    let server = Backend::start(&pairs(&env)).await;
+    let mut client = server.client();
+    let mut ops = server.client();
+
+    client.login("alice").await.expect(200);
+    client.get("/api/products/2").await.expect(200);
+
+    redis.kill();
+    // Every endpoint answers, none with a 5xx, each within the client timeout.
+    let health = wait_for_json(&mut ops, "/healthz", Duration::from_secs(5), |h| {
+        h["status"] == "degraded"
+    })
+    .await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["store"], "memory");
+    for path in [
+        "/api/user/profile",
+        "/api/products/2",
+        "/api/products/3",
+        "/api/products/999",
+        "/api/cache/stats",
+        "/api/session/stats",
+        "/healthz",
+    ] {
+        let r = client.get(path).await;
+        assert!(r.status < 500, "{path}: {} {}", r.status, r.text());
+    }
+    let stats = ops.get("/api/session/stats").await.expect(200);
+    assert_eq!(stats["store"], "memory");
+    assert_eq!(stats["redisStats"]["usingFallback"], true);
+    assert_eq!(cache_stats(&mut ops).await["usingFallback"], true);
+
+    // Logging in works on memory meanwhile.
+    assert_eq!(
+        client.login("bob").await.expect(200),
+        json!({"success": true})
+    );
+    let id = client.session_id();
+    assert_eq!(
+        client.get("/api/user/profile").await.expect(200),
+        json!({"userId": 2, "username": "bob"})
+    );
+
+    // Redis is back: the server returns to it by itself, with what was written meanwhile.
+    redis.restart();
+    let stats = wait_for_json(
+        &mut ops,
+        "/api/session/stats",
+        Duration::from_secs(5),
+        |s| s["store"] == "redis",
+    )
+    .await;
+    assert_eq!(stats["store"], "redis", "{stats}\n{}", server.logs());
+    assert_eq!(stats["redisStats"]["connected"], true);
+    assert_eq!(ops.get("/healthz").await.expect(200)["status"], "ok");
+    assert!(redis.get_raw(&format!("sess:{id}")).await.is_some());
+    assert_eq!(
+        client.get("/api/user/profile").await.expect(200),
+        json!({"userId": 2, "username": "bob"})
+    );
+    assert_eq!(client.get("/api/products/2").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_at_start_then_found() {
+    // A port where Redis will be, but is not yet.
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let port = redis.port().to_string();
+    let env = [
+        ("REDIS_ENABLED", "true"),
+        ("REDIS_HOST", "127.0.0.1"),
+        ("REDIS_PORT", port.as_str()),
+        ("REDIS_DB", "0"),
+        ("REDIS_TLS", "false"),
+    ];
+    let server = Backend::start(&env).await;
+    let logs = server.logs();
+    assert!(logs.contains("Redis is unreachable"), "{logs}");
+
+    let mut client = server.client();
+    let health = client.get("/healthz").await.expect(200);
+    assert_eq!(
+        (health["status"].clone(), health["store"].clone()),
+        (json!("degraded"), json!("memory"))
+    );
+    assert_eq!(
+        client.login("alice").await.expect(200),
+        json!({"success": true})
+    );
+
+    redis.restart();
+    let health = wait_for_json(&mut client, "/healthz", Duration::from_secs(5), |h| {
+        h["status"] == "ok"
+    })
+    .await;
+    assert_eq!(health["store"], "redis", "{health}\n{}", server.logs());
+    assert_eq!(
+        client.get("/api/user/profile").await.expect(200),
+        json!({"userId": 1, "username": "alice"})
+    );
+    assert!(redis
+        .get_raw(&format!("sess:{}", client.session_id()))
+        .await
+        .is_some());
+}
