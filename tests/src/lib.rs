@@ -29,6 +29,20 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
+/// The options of a TLS-only server with the certificates of `certs`.
+fn tls_args(certs: &TestCerts, client_auth: bool) -> Vec<String> {
+    vec![
+        "--tls-cert-file".into(),
+        certs.path("server.pem"),
+        "--tls-key-file".into(),
+        certs.path("server.key"),
+        "--tls-ca-cert-file".into(),
+        certs.path("ca.pem"),
+        "--tls-auth-clients".into(),
+        if client_auth { "yes" } else { "no" }.into(),
+    ]
+}
+
 fn redis_server_binary() -> String {
     std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into())
 }
@@ -47,22 +61,22 @@ impl RedisServer {
     /// Starts a server that accepts TLS only, on its port, with the server certificate of
     /// `certs`; `client_auth` makes it require a client certificate signed by the CA.
     pub fn start_tls(certs: &TestCerts, client_auth: bool, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = vec![
-            "--tls-cert-file".into(),
-            certs.path("server.pem"),
-            "--tls-key-file".into(),
-            certs.path("server.key"),
-            "--tls-ca-cert-file".into(),
-            certs.path("ca.pem"),
-            "--tls-auth-clients".into(),
-            if client_auth { "yes" } else { "no" }.into(),
-        ];
+        let mut args = tls_args(certs, client_auth);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::start_inner(&args, Some(certs.dir.clone()))
     }
 
     fn start_inner(extra: &[&str], tls: Option<PathBuf>) -> Self {
+        Self::try_start_inner(extra, tls.clone())
+            .or_else(|| Self::try_start_inner(extra, tls.clone()))
+            .or_else(|| Self::try_start_inner(extra, tls))
+            .expect("redis-server did not start on three free ports")
+    }
+
+    /// Starts a server on a free port; `None` when it exits before it is ready (another
+    /// process took the port between the check and the bind).
+    fn try_start_inner(extra: &[&str], tls: Option<PathBuf>) -> Option<Self> {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("cache-sdk-redis-{}-{}", std::process::id(), port));
@@ -74,11 +88,37 @@ impl RedisServer {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             tls,
         };
-        server.spawn();
-        server
+        server.try_spawn().then_some(server)
+    }
+
+    /// As [`RedisServer::start_with`], but `None` when the server exits before it is ready
+    /// (for example when a port given in `extra` is taken).
+    pub fn try_start_with(extra: &[&str]) -> Option<Self> {
+        Self::try_start_inner(extra, None)
+    }
+
+    /// As [`RedisServer::start_tls`], but `None` when the server exits before it is ready.
+    pub fn try_start_tls(certs: &TestCerts, client_auth: bool, extra: &[&str]) -> Option<Self> {
+        let mut args = tls_args(certs, client_auth);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::try_start_inner(&args, Some(certs.dir.clone()))
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server on port {} did not start{}",
+            self.port,
+            if self.tls.is_some() {
+                " (TLS needs a redis-server built with TLS, as Debian's is)"
+            } else {
+                ""
+            }
+        );
+    }
+
+    fn try_spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let mut cmd = Command::new(redis_server_binary());
         if self.tls.is_some() {
@@ -103,16 +143,26 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
+        let ready = self.wait_ready();
+        if !ready {
+            self.kill();
+        }
+        ready
     }
 
-    fn wait_ready(&self) {
+    /// Waits until the server answers; `false` when it exits first or takes over 10 s.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return false;
+                }
+            }
             if self.tls.is_some() {
                 // Listening is enough: the port is opened once the server is ready.
                 if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    return;
+                    return true;
                 }
             } else if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
@@ -121,22 +171,14 @@ impl RedisServer {
                     if let Ok(n) = s.read(&mut buf) {
                         // +PONG, or -NOAUTH when a password is required: either way it is up.
                         if n > 0 && (buf[0] == b'+' || buf[0] == b'-') {
-                            return;
+                            return true;
                         }
                     }
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "redis-server on port {} did not start{}",
-            self.port,
-            if self.tls.is_some() {
-                " (TLS needs a redis-server built with TLS, as Debian's is)"
-            } else {
-                ""
-            }
-        );
+        false
     }
 
     /// The port.
@@ -299,28 +341,9 @@ impl RedisCluster {
         let total = masters * (1 + replicas);
         let nodes: Vec<RedisServer> = (0..total)
             .map(|_| {
-                // The bus port is given explicitly: the default (port + 10000) may be taken,
-                // or above 65535.
-                let bus = free_port().to_string();
-                let mut args = vec![
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-replica-validity-factor",
-                    "0",
-                ];
-                match certs {
-                    Some(certs) => {
-                        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
-                        RedisServer::start_tls(certs, true, &args)
-                    }
-                    None => RedisServer::start_with(&args),
-                }
+                (0..3)
+                    .find_map(|_| start_node(certs))
+                    .expect("a cluster node did not start on three free ports")
             })
             .collect();
         let cluster = RedisCluster { nodes };
@@ -475,6 +498,33 @@ impl RedisCluster {
             .query_async(&mut c)
             .await
             .expect("PTTL")
+    }
+}
+
+/// Starts one cluster node (TLS-only with `certs`); `None` when it exits before it is
+/// ready (a port was taken meanwhile).
+fn start_node(certs: Option<&TestCerts>) -> Option<RedisServer> {
+    // The bus port is given explicitly: the default (port + 10000) may be taken, or above
+    // 65535.
+    let bus = free_port().to_string();
+    let mut args = vec![
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        &bus,
+        "--cluster-node-timeout",
+        "1000",
+        "--cluster-replica-validity-factor",
+        "0",
+    ];
+    match certs {
+        Some(certs) => {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            RedisServer::try_start_tls(certs, true, &args)
+        }
+        None => RedisServer::try_start_with(&args),
     }
 }
 
