@@ -1015,6 +1015,24 @@ impl CacheBuilder {
         self.redis(RedisConfig::url(url))
     }
 
+    /// Uses a Redis Cluster reached through these seed nodes (`host:port`), as
+    /// `REDIS_CLUSTER_NODES` does. For credentials or TLS, pass a
+    /// [`RedisConfig::cluster`] with them to [`CacheBuilder::redis`] instead.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
+    /// let cache = cache_sdk::Cache::builder()
+    ///     .redis_cluster(["10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"])
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<S: Into<String>>(self, nodes: impl IntoIterator<Item = S>) -> Self {
+        self.redis(RedisConfig::cluster(nodes))
+    }
+
     /// Runs in memory only.
     pub fn no_redis(mut self) -> Self {
         self.cfg.redis = None;

@@ -9,17 +9,36 @@
 //!
 //! Either way, a Redis that cannot be reached means the in-memory fallback, not an error.
 //!
+//! # Redis Cluster
+//!
+//! `REDIS_CLUSTER_NODES` makes the cache a Redis Cluster client: the nodes are seeds (one
+//! live node is enough; the client learns the others). Credentials, TLS and the CA and
+//! client-certificate files apply to every node; they come from `REDIS_USERNAME`,
+//! `REDIS_PASSWORD` and `REDIS_TLS`, or from the scheme and user part of `REDIS_URL` when it
+//! is set (its host is then ignored). See `docs/cluster-tls.md` for how multi-key operations
+//! and key listing work on a cluster.
+//!
+//! # TLS
+//!
+//! `REDIS_TLS=true` or a `rediss://` URL connects with TLS (rustls with the *ring* crypto
+//! provider), checking the server's certificate against the system's roots, or against
+//! `REDIS_TLS_CA_FILE` when set; the certificate must name the host connected to.
+//! A file that cannot be read or does not hold PEM of the right kind is a [`ConfigError`]
+//! naming the variable.
+//!
 //! # Variables
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `REDIS_URL` | `redis://[user:pass@]host:port/db` or `rediss://…` (TLS); wins over the parts below | — |
 //! | `REDIS_HOST` / `REDIS_PORT` | server address | `localhost` / `6379` |
-//! | `REDIS_USERNAME` / `REDIS_PASSWORD` | ACL user and password (empty = none) | none |
-//! | `REDIS_DB` | database number, 0–15 | `0` |
-//! | `REDIS_TLS` | `true` to use TLS | `false` |
+//! | `REDIS_USERNAME` / `REDIS_PASSWORD` | ACL user and password (empty = none); also used with a `REDIS_URL` that has no credentials | none |
+//! | `REDIS_DB` | database number, 0–15 (a cluster has only 0: any other is an error) | `0` |
+//! | `REDIS_TLS` | `true` to use TLS (rustls, the system's root certificates) | `false` |
+//! | `REDIS_TLS_CA_FILE` | PEM file of the CA(s) to trust instead of the system's roots | — |
+//! | `REDIS_TLS_CERT_FILE` / `REDIS_TLS_KEY_FILE` | PEM client certificate (chain) and its private key, for servers that ask for one; both or neither | — |
 //! | `REDIS_ENABLED` | see above | — |
-//! | `REDIS_CLUSTER_NODES` | `host1:6379,host2:6379,…` | — |
+//! | `REDIS_CLUSTER_NODES` | `host1:6379,host2:6379,…`: seed nodes of a Redis Cluster | — |
 //! | `REDIS_TIMEOUT_MS` | bound on every Redis call | `100` |
 //! | `REDIS_CONNECT_TIMEOUT_MS` | bound on connecting | `500` |
 //! | `CACHE_NAMESPACE` | prefix put before every Redis key (`<ns>:`) | none |
@@ -35,6 +54,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::codec::Codec;
@@ -57,7 +77,8 @@ use crate::ttl::TtlPresets;
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// A full URL; when set, the fields below except `cluster_nodes` are ignored.
+    /// A full URL; when set, `host`, `port`, `db` and `tls` are ignored (the URL says them),
+    /// and `username`/`password` are used only when the URL has no credentials.
     pub url: Option<String>,
     /// Host name or address.
     pub host: String,
@@ -71,7 +92,14 @@ pub struct RedisConfig {
     pub db: u8,
     /// Connect with TLS.
     pub tls: bool,
-    /// Redis Cluster seed nodes (`host:port`).
+    /// PEM file of the CA certificate(s) that signed the server's certificate; `None`
+    /// trusts the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain), sent when the server asks for one.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub tls_key_file: Option<PathBuf>,
+    /// Redis Cluster seed nodes (`host:port`); when not empty the cache is a cluster client.
     pub cluster_nodes: Vec<String>,
 }
 
@@ -93,8 +121,123 @@ impl RedisConfig {
             password: None,
             db: 0,
             tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             cluster_nodes: Vec::new(),
         }
+    }
+
+    /// A Redis Cluster, reached through these seed nodes (`host:port`).
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::cluster(["10.0.0.1:6379", "10.0.0.2:6379"]);
+    /// assert!(r.is_cluster());
+    /// assert_eq!(r.display_address(), "redis cluster 10.0.0.1:6379,10.0.0.2:6379");
+    /// ```
+    #[must_use]
+    pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            cluster_nodes: nodes.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether this is a Redis Cluster configuration.
+    ///
+    /// ```
+    /// assert!(!cache_sdk::RedisConfig::host("cache.internal", 6379).is_cluster());
+    /// ```
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
+    /// Whether connections use TLS (`tls`, or a `rediss://` URL).
+    ///
+    /// ```
+    /// use cache_sdk::RedisConfig;
+    /// assert!(RedisConfig::url("rediss://cache.internal:6380").uses_tls());
+    /// assert!(RedisConfig::host("cache.internal", 6380).with_tls(true).uses_tls());
+    /// assert!(!RedisConfig::host("cache.internal", 6379).uses_tls());
+    /// ```
+    #[must_use]
+    pub fn uses_tls(&self) -> bool {
+        match &self.url {
+            Some(url) => url
+                .get(..9)
+                .is_some_and(|s| s.eq_ignore_ascii_case("rediss://")),
+            None => self.tls,
+        }
+    }
+
+    /// Turns TLS on or off (ignored when a URL is set: its scheme, `rediss://`, decides).
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::host("cache.internal", 6380).with_tls(true);
+    /// assert_eq!(r.connection_url(), "rediss://cache.internal:6380/0");
+    /// ```
+    #[must_use]
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Trusts the CA certificate(s) in this PEM file instead of the system's roots
+    /// (`REDIS_TLS_CA_FILE`). TLS must be on.
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::url("rediss://cache.internal:6380")
+    ///     .with_tls_ca_file("/etc/redis/ca.pem");
+    /// assert!(r.tls_ca_file.is_some());
+    /// ```
+    #[must_use]
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate (PEM chain) and private key (PEM) when the server
+    /// asks for one (`REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`). TLS must be on.
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::url("rediss://cache.internal:6380")
+    ///     .with_client_cert("/etc/redis/client.pem", "/etc/redis/client.key");
+    /// assert!(r.tls_cert_file.is_some() && r.tls_key_file.is_some());
+    /// ```
+    #[must_use]
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_cert_file = Some(cert.into());
+        self.tls_key_file = Some(key.into());
+        self
+    }
+
+    /// Authenticates as this ACL user (`REDIS_USERNAME`, `REDIS_PASSWORD`); `None` as the
+    /// user name means the `default` user (`AUTH password`).
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::host("cache.internal", 6379).with_auth(Some("app"), "s3cret");
+    /// assert_eq!(r.connection_url(), "redis://app:s3cret@cache.internal:6379/0");
+    /// assert!(!format!("{r:?}").contains("s3cret"));
+    /// ```
+    #[must_use]
+    pub fn with_auth(mut self, username: Option<&str>, password: impl Into<String>) -> Self {
+        self.username = username.map(str::to_owned);
+        self.password = Some(password.into()).filter(|p| !p.is_empty());
+        self
+    }
+
+    /// Selects a database (0–15) on a single server; a cluster has only database 0. Ignored
+    /// when a URL is set (its path, `/db`, decides).
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::host("cache.internal", 6379).with_db(4);
+    /// assert_eq!(r.connection_url(), "redis://cache.internal:6379/4");
+    /// ```
+    #[must_use]
+    pub fn with_db(mut self, db: u8) -> Self {
+        self.db = db;
+        self
     }
 
     /// A server given by URL (`redis://…`, `rediss://…`).
@@ -112,18 +255,32 @@ impl RedisConfig {
     }
 
     /// The URL the client connects to. It holds the password: do not log it.
+    ///
+    /// A URL without credentials takes `username` and `password`:
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::url("rediss://cache.internal:6380/0")
+    ///     .with_auth(Some("app"), "s3cret");
+    /// assert_eq!(r.connection_url(), "rediss://app:s3cret@cache.internal:6380/0");
+    /// ```
     #[must_use]
     pub fn connection_url(&self) -> String {
-        if let Some(url) = &self.url {
-            return url.clone();
-        }
-        let scheme = if self.tls { "rediss" } else { "redis" };
         let auth = match (&self.username, &self.password) {
             (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
             (Some(u), None) => format!("{}@", encode(u)),
             (None, Some(p)) => format!(":{}@", encode(p)),
             (None, None) => String::new(),
         };
+        if let Some(url) = &self.url {
+            if let Some((scheme, rest)) = url.split_once("://") {
+                let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+                if !auth.is_empty() && !authority.contains('@') {
+                    return format!("{scheme}://{auth}{rest}");
+                }
+            }
+            return url.clone();
+        }
+        let scheme = if self.tls { "rediss" } else { "redis" };
         let host = if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]", self.host)
         } else {
@@ -132,11 +289,91 @@ impl RedisConfig {
         format!("{scheme}://{auth}{host}:{}/{}", self.port, self.db)
     }
 
-    /// The address for logs: scheme, host, port and db, without credentials.
+    /// The address for logs: scheme, host, port and db, without credentials; for a cluster,
+    /// its seed nodes.
     #[must_use]
     pub fn display_address(&self) -> String {
+        if self.is_cluster() {
+            let scheme = if self.uses_tls() { "rediss" } else { "redis" };
+            return format!("{scheme} cluster {}", self.cluster_nodes.join(","));
+        }
         redact_url(&self.connection_url())
     }
+
+    /// The URL of one cluster node: the scheme and credentials of
+    /// [`connection_url`](Self::connection_url) with this node's `host:port`, no database. It holds the
+    /// password: do not log it.
+    pub(crate) fn node_url(&self, node: &str) -> String {
+        let url = self.connection_url();
+        let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url.as_str()));
+        let auth = match rest.rfind('@') {
+            Some(at) => &rest[..=at],
+            None => "",
+        };
+        format!("{scheme}://{auth}{node}")
+    }
+
+    /// Checks what can be checked without a server: TLS files with TLS off, a client
+    /// certificate without its key, a database other than 0 on a cluster.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.is_cluster() {
+            let db = match &self.url {
+                Some(url) => url_db(url),
+                None => i64::from(self.db),
+            };
+            if db != 0 {
+                return Err(ConfigError::Invalid {
+                    name: "REDIS_DB",
+                    value: db.to_string(),
+                    reason: "a Redis Cluster has only database 0; remove REDIS_DB (or the /db \
+                             part of REDIS_URL) when REDIS_CLUSTER_NODES is set"
+                        .into(),
+                });
+            }
+        }
+        let files = [
+            ("REDIS_TLS_CA_FILE", &self.tls_ca_file),
+            ("REDIS_TLS_CERT_FILE", &self.tls_cert_file),
+            ("REDIS_TLS_KEY_FILE", &self.tls_key_file),
+        ];
+        if !self.uses_tls() {
+            if let Some((name, Some(path))) = files.iter().find(|(_, p)| p.is_some()) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    value: path.display().to_string(),
+                    reason: "TLS is off: set REDIS_TLS=true or use a rediss:// URL".into(),
+                });
+            }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), None) => Err(ConfigError::Invalid {
+                name: "REDIS_TLS_KEY_FILE",
+                value: String::new(),
+                reason: format!(
+                    "missing: REDIS_TLS_CERT_FILE ({}) needs its private key",
+                    cert.display()
+                ),
+            }),
+            (None, Some(key)) => Err(ConfigError::Invalid {
+                name: "REDIS_TLS_CERT_FILE",
+                value: String::new(),
+                reason: format!(
+                    "missing: REDIS_TLS_KEY_FILE ({}) needs its certificate",
+                    key.display()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The database number in a URL's path (`redis://h:1/3` is 3); 0 when absent or unreadable
+/// (the URL itself is checked elsewhere).
+fn url_db(url: &str) -> i64 {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info()
+        .map(|info| info.redis_settings().db())
+        .unwrap_or(0)
 }
 
 impl fmt::Debug for RedisConfig {
@@ -145,7 +382,10 @@ impl fmt::Debug for RedisConfig {
             .field("address", &self.display_address())
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "REDACTED"))
-            .field("tls", &self.tls)
+            .field("tls", &self.uses_tls())
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("cluster_nodes", &self.cluster_nodes)
             .finish()
     }
@@ -324,6 +564,14 @@ impl CacheConfig {
                 r.url = Some(url.to_owned());
             }
             r.cluster_nodes = cluster_nodes;
+            let path = |name| get(name).map(PathBuf::from);
+            r.tls_ca_file = path("REDIS_TLS_CA_FILE");
+            r.tls_cert_file = path("REDIS_TLS_CERT_FILE");
+            r.tls_key_file = path("REDIS_TLS_KEY_FILE");
+            r.check()?;
+            // Reads the files now, so that a bad one is reported with the variable's name
+            // before anything connects.
+            crate::tls::certificates(&r)?;
             cfg.redis = Some(r);
         }
 
@@ -567,5 +815,88 @@ mod tests {
         );
         assert_eq!(r.display_address(), "rediss://REDACTED@[::1]:6379/0");
         assert!(!format!("{r:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn tls_files_need_tls_and_each_other_and_must_be_readable() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut vars = vec![("REDIS_HOST", "h")];
+            vars.extend_from_slice(extra);
+            CacheConfig::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        };
+        let err = with(&[("REDIS_TLS_CA_FILE", "/x/ca.pem")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("REDIS_TLS_CA_FILE=")
+                && err.to_string().contains("TLS is off"),
+            "{err}"
+        );
+        let err = with(&[
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("REDIS_TLS_CA_FILE=")
+                && err.to_string().contains("cannot be read"),
+            "{err}"
+        );
+        let err = with(&[("REDIS_TLS", "true"), ("REDIS_TLS_CERT_FILE", "/x/c.pem")]).unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_TLS_KEY_FILE="), "{err}");
+        let err = with(&[("REDIS_TLS", "true"), ("REDIS_TLS_KEY_FILE", "/x/c.key")]).unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_TLS_CERT_FILE="), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_has_only_database_0() {
+        let err = CacheConfig::from_vars([("REDIS_CLUSTER_NODES", "a:1,b:2"), ("REDIS_DB", "1")])
+            .unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_DB=\"1\""), "{err}");
+        let err = CacheConfig::from_vars([
+            ("REDIS_CLUSTER_NODES", "a:1"),
+            ("REDIS_URL", "redis://a:1/2"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("REDIS_DB"), "{err}");
+        let cfg = CacheConfig::from_vars([("REDIS_CLUSTER_NODES", "a:1, b:2")]).unwrap();
+        let r = cfg.redis.unwrap();
+        assert!(r.is_cluster());
+        assert_eq!(r.cluster_nodes, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn cluster_nodes_take_the_scheme_and_credentials() {
+        let r = RedisConfig::cluster(["10.0.0.1:7000"]).with_auth(Some("app"), "p@ss");
+        assert_eq!(
+            r.node_url("10.0.0.2:7001"),
+            "redis://app:p%40ss@10.0.0.2:7001"
+        );
+        let mut r = RedisConfig::cluster(["10.0.0.1:7000"]);
+        r.url = Some("rediss://:pw@ignored:1".into());
+        assert_eq!(r.node_url("10.0.0.2:7001"), "rediss://:pw@10.0.0.2:7001");
+        assert_eq!(r.display_address(), "rediss cluster 10.0.0.1:7000");
+        assert!(!format!("{r:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn a_url_without_credentials_takes_the_separate_ones() {
+        let cfg = CacheConfig::from_vars([
+            ("REDIS_URL", "redis://cache:6379/1"),
+            ("REDIS_USERNAME", "app"),
+            ("REDIS_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.redis.unwrap().connection_url(),
+            "redis://app:pw@cache:6379/1"
+        );
+        let cfg = CacheConfig::from_vars([
+            ("REDIS_URL", "redis://u:own@cache:6379"),
+            ("REDIS_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.redis.unwrap().connection_url(),
+            "redis://u:own@cache:6379"
+        );
     }
 }

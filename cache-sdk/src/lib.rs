@@ -4,7 +4,9 @@
 //!
 //! - [`Cache`]: the typed two-tier cache (L1 moka in the process, L2 Redis or the in-memory
 //!   fallback); build it with [`Cache::builder`].
-//! - [`CacheConfig`]: every setting, and the environment variables that set them.
+//! - [`CacheConfig`]: every setting, and the environment variables that set them;
+//!   [`RedisConfig`]: one server or a Redis Cluster, TLS (a private CA, client
+//!   certificates) and ACL users.
 //! - [`Ttl`] and [`TtlPresets`]: sessions 24 h, API responses 10 min, user preferences 7 days,
 //!   and presets of your own.
 //! - [`Key`]: the key patterns `cache:{resource}:{id}`, `user:{userId}:{field}`, `sess:{id}`.
@@ -23,6 +25,10 @@
 //! that calls go straight to memory, and a background task probes Redis (backoff up to
 //! 100 ms). When Redis answers, writes made during the outage are replayed, L1 is cleared
 //! (other instances may have written meanwhile), and operations return to Redis.
+//!
+//! On a Redis Cluster, multi-key operations are split by hash slot (keys with one hash tag,
+//! such as `cache:{tenant:42}:…`, travel together), pattern listing and counting scan every
+//! master, and losing a master means the fallback until the cluster has failed over.
 //!
 //! # Several instances
 //!
@@ -45,6 +51,7 @@ mod macros;
 pub mod session;
 mod stats;
 mod tier;
+mod tls;
 mod ttl;
 
 #[doc(hidden)]

@@ -1,5 +1,5 @@
-//! Every cache operation, run twice: against a real redis-server and against the in-memory
-//! store, so both promise the same behaviour.
+//! Every cache operation, run three times: against a real redis-server, a real three-master
+//! Redis Cluster, and the in-memory store, so all promise the same behaviour.
 #![allow(clippy::unwrap_used)] // test helpers called by the suite macro, not #[test] fns
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_sdk::{Cache, Codec, Key, Ttl};
-use cache_sdk_tests::RedisServer;
+use cache_sdk_tests::{RedisServer, RedisTarget};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,9 +25,9 @@ fn product(id: u64) -> Product {
     }
 }
 
-/// A backend for one test: a fresh redis-server, or none.
+/// A backend for one test: a fresh redis-server, a fresh cluster, or none.
 struct Env {
-    server: Option<RedisServer>,
+    server: Option<RedisTarget>,
 }
 
 impl Env {
@@ -40,8 +40,16 @@ impl Env {
         f: impl FnOnce(cache_sdk::CacheBuilder) -> cache_sdk::CacheBuilder,
     ) -> Cache {
         let mut b = Cache::builder();
-        if let Some(s) = &self.server {
-            b = b.redis_url(s.url()).require_redis(true);
+        match &self.server {
+            Some(RedisTarget::Server(s)) => b = b.redis_url(s.url()).require_redis(true),
+            Some(RedisTarget::Cluster(c)) => {
+                // Connecting to a cluster takes a few round trips: room for a busy machine.
+                b = b
+                    .redis_cluster(c.seeds())
+                    .connect_timeout(Duration::from_secs(2))
+                    .require_redis(true);
+            }
+            None => {}
         }
         f(b).build().await.expect("build")
     }
@@ -54,7 +62,18 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     cache_sdk_tests::init_tracing();
-                    super::$name(super::Env { server: Some(cache_sdk_tests::RedisServer::start()) }).await;
+                    let server = cache_sdk_tests::RedisServer::start();
+                    super::$name(super::Env { server: Some(super::RedisTarget::Server(server)) }).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    cache_sdk_tests::init_tracing();
+                    let cluster = cache_sdk_tests::RedisCluster::start(3, 0);
+                    super::$name(super::Env { server: Some(super::RedisTarget::Cluster(cluster)) }).await;
                 }
             )*
         }
@@ -355,9 +374,11 @@ async fn invalid_input_is_an_error(env: Env) {
 async fn stats_count_tiers(env: Env) {
     let cache = env.cache().await;
     cache.set("cache:s:1", &1u8, Ttl::Api).await.unwrap();
-    if env.server.is_some() {
-        // With Redis, the cache hears of its own write through the invalidation link too,
-        // which drops the key from L1; wait for that before counting.
+    if matches!(env.server, Some(RedisTarget::Server(_))) {
+        // With tracking (a single server), the cache hears of its own write through the
+        // invalidation link too, which drops the key from L1; wait for that before
+        // counting. (On a cluster, pub/sub is used, and an instance ignores its own
+        // messages.)
         let c = cache.clone();
         cache_sdk_tests::wait_until(Duration::from_secs(2), move || c.stats().invalidations > 0)
             .await
@@ -383,7 +404,12 @@ async fn stats_count_tiers(env: Env) {
         assert_eq!(json["inMemoryKeys"], 1);
     }
     assert!(cache.is_ready());
-    assert_eq!(json["coherence"], if redis { "tracking" } else { "off" });
+    let coherence = match env.server {
+        Some(RedisTarget::Server(_)) => "tracking",
+        Some(RedisTarget::Cluster(_)) => "pubsub",
+        None => "off",
+    };
+    assert_eq!(json["coherence"], coherence);
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! The session store and `Sessions`, run against a real redis-server and against the
-//! in-memory store, so both promise the same behaviour; plus what only Redis can show
+//! The session store and `Sessions`, run against a real redis-server, a real Redis Cluster
+//! and the in-memory store, so all promise the same behaviour; plus what only Redis can show
 //! (TTLs in Redis, a new app instance on the same Redis).
 
 mod common;
@@ -7,16 +7,16 @@ mod common;
 use std::time::Duration;
 
 use cache_sdk::session::{CacheSessionStore, SessionId, SessionStore, Sessions};
-use cache_sdk_tests::RedisServer;
+use cache_sdk_tests::{RedisServer, RedisTarget};
 use common::*;
 
 struct Env {
-    server: Option<RedisServer>,
+    server: Option<RedisTarget>,
 }
 
 impl Env {
     async fn sessions(&self) -> Sessions {
-        let cache = cache_on(self.server.as_ref()).await;
+        let cache = cache_on_target(self.server.as_ref()).await;
         common::sessions(&cache, config(&["store-secret"]))
     }
 }
@@ -28,7 +28,18 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     cache_sdk_tests::init_tracing();
-                    super::$name(super::Env { server: Some(cache_sdk_tests::RedisServer::start()) }).await;
+                    let server = cache_sdk_tests::RedisServer::start();
+                    super::$name(super::Env { server: Some(super::RedisTarget::Server(server)) }).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    cache_sdk_tests::init_tracing();
+                    let cluster = cache_sdk_tests::RedisCluster::start(3, 0);
+                    super::$name(super::Env { server: Some(super::RedisTarget::Cluster(cluster)) }).await;
                 }
             )*
         }
@@ -116,7 +127,7 @@ async fn create_load_save_touch_destroy_count(env: Env) {
 }
 
 async fn create_never_overwrites_and_ids_are_fresh(env: Env) {
-    let cache = cache_on(env.server.as_ref()).await;
+    let cache = cache_on_target(env.server.as_ref()).await;
     let store = CacheSessionStore::new(cache.clone());
     let mut ids = std::collections::HashSet::new();
     for i in 0..50 {
@@ -141,7 +152,7 @@ async fn create_never_overwrites_and_ids_are_fresh(env: Env) {
 }
 
 async fn records_that_do_not_decode_are_no_session(env: Env) {
-    let cache = cache_on(env.server.as_ref()).await;
+    let cache = cache_on_target(env.server.as_ref()).await;
     let sessions = common::sessions(&cache, config(&["s"]));
     let store = CacheSessionStore::new(cache.clone());
     for garbage in [

@@ -259,15 +259,24 @@ impl std::fmt::Debug for CoherenceLink {
 
 /// The address the link connects to: the server, or the first cluster node.
 fn link_address(r: &RedisConfig) -> String {
-    match r.cluster_nodes.first().and_then(|n| n.rsplit_once(':')) {
-        Some((host, port)) => {
-            let mut node = r.clone();
-            node.url = None;
-            node.host = host.trim_matches(|c| c == '[' || c == ']').to_owned();
-            node.port = port.parse().unwrap_or(6379);
-            node.connection_url()
-        }
+    match r.cluster_nodes.first() {
+        Some(node) => r.node_url(node),
         None => r.connection_url(),
+    }
+}
+
+/// A RESP3 client for the link, with the same TLS settings as the data connection.
+fn link_client(r: &RedisConfig) -> redis::RedisResult<redis::Client> {
+    let info = link_address(r).as_str().into_connection_info()?;
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(resp3);
+    match crate::tls::certificates(r) {
+        Ok(Some(certs)) => redis::Client::build_with_tls(info, certs),
+        // The data link already reported a bad TLS file as a configuration error.
+        Ok(None) | Err(_) => redis::Client::open(info),
     }
 }
 
@@ -291,16 +300,7 @@ impl CoherenceLink {
             _ if cluster => Mode::PubSub,
             _ => Mode::Tracking,
         };
-        let client = match link_address(redis)
-            .as_str()
-            .into_connection_info()
-            .and_then(|info| {
-                let resp3 = info
-                    .redis_settings()
-                    .clone()
-                    .set_protocol(ProtocolVersion::RESP3);
-                redis::Client::open(info.set_redis_settings(resp3))
-            }) {
+        let client = match link_client(redis) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e.category(), "cache coherence: no usable address; L1 is not coherent");

@@ -1,13 +1,26 @@
-//! The link to Redis: a multiplexed connection, every call bounded by a timeout, and errors
-//! sorted into "Redis is unavailable" (fall back) and "Redis said no"
-//! (report to the caller).
+//! The link to Redis: a multiplexed connection to one server, or a Redis Cluster client;
+//! every call bounded by a timeout, and errors sorted into "Redis is unavailable" (fall
+//! back) and "Redis said no" (report to the caller).
+//!
+//! On a cluster, single-key commands are routed by redis-rs to the master of the key's slot,
+//! and `MGET` is split by slot by redis-rs itself. Batches of independent commands
+//! ([`RedisLink::batch`]) are grouped by hash slot, one pipeline per slot, sent concurrently.
+//! `SCAN` runs on every master ([`RedisLink::scan`]).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
-use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
+use futures::future::{join_all, try_join_all, BoxFuture, FutureExt};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
+    RedisResult, ServerErrorKind, Value,
+};
 
 use crate::config::RedisConfig;
 use crate::error::ConfigError;
@@ -21,11 +34,56 @@ pub(crate) enum Failure {
     Rejected(String),
 }
 
+/// How to reach Redis: one server, or a cluster.
+// One per cache, made once: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub(crate) enum LinkClient {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A live connection; both kinds speak [`ConnectionLike`], so commands and pipelines run on
+/// either. Cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub(crate) struct RedisLink {
-    client: redis::Client,
+    client: LinkClient,
     /// The current connection. It is not reconnected in place: a failed call opens the
     /// breaker, and the probe in `remote.rs` opens a fresh connection.
-    conn: ArcSwapOption<MultiplexedConnection>,
+    conn: ArcSwapOption<Conn>,
     timeout: Duration,
     connect_timeout: Duration,
     pub(crate) address: String,
@@ -46,24 +104,49 @@ impl RedisLink {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        if !cfg.cluster_nodes.is_empty() {
-            return Err(ConfigError::Unsupported {
-                name: "REDIS_CLUSTER_NODES",
-                reason: "Redis Cluster is not supported by this version yet; \
-                         point REDIS_URL or REDIS_HOST at a single server"
-                    .into(),
-            });
+        cfg.check()?;
+        let certs = crate::tls::certificates(cfg)?;
+        if cfg.uses_tls() {
+            crate::tls::install_crypto_provider();
         }
-        let client =
-            redis::Client::open(cfg.connection_url()).map_err(|e| ConfigError::Invalid {
-                name: if cfg.url.is_some() {
-                    "REDIS_URL"
-                } else {
-                    "REDIS_HOST"
-                },
-                value: cfg.display_address(),
-                reason: format!("not a usable Redis address ({})", e.category()),
-            })?;
+        let address_error = |name: &'static str, e: RedisError| ConfigError::Invalid {
+            name,
+            value: cfg.display_address(),
+            reason: format!("not a usable Redis address ({})", e.category()),
+        };
+        let client = if cfg.is_cluster() {
+            let nodes: Vec<String> = cfg.cluster_nodes.iter().map(|n| cfg.node_url(n)).collect();
+            let mut builder = ClusterClientBuilder::new(nodes)
+                .connection_timeout(connect_timeout)
+                .response_timeout(timeout)
+                // Redirections (MOVED/ASK) and reconnections are retried quickly; the call as
+                // a whole, retries included, is bounded by `timeout`, after which the
+                // fallback serves.
+                .overall_response_timeout(Some(timeout))
+                .retries(3)
+                .min_retry_wait(5)
+                .max_retry_wait(50);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            LinkClient::Cluster(
+                builder
+                    .build()
+                    .map_err(|e| address_error("REDIS_CLUSTER_NODES", e))?,
+            )
+        } else {
+            let name = if cfg.url.is_some() {
+                "REDIS_URL"
+            } else {
+                "REDIS_HOST"
+            };
+            let url = cfg.connection_url();
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
+                None => redis::Client::open(url),
+            };
+            LinkClient::Single(client.map_err(|e| address_error(name, e))?)
+        };
         Ok(Self {
             client,
             conn: ArcSwapOption::empty(),
@@ -73,18 +156,48 @@ impl RedisLink {
         })
     }
 
-    /// Opens a fresh connection and checks it with `PING`; on success it replaces the
-    /// current one.
+    /// Whether this link talks to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.client, LinkClient::Cluster(_))
+    }
+
+    /// Opens a fresh connection and checks it with `PING` (on a cluster, every master must
+    /// answer); on success it replaces the current one.
     pub(crate) async fn connect(&self) -> Result<(), Failure> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout));
         let attempt = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            let mut conn = match &self.client {
+                LinkClient::Single(client) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.connect_timeout))
+                        .set_response_timeout(Some(self.timeout));
+                    Conn::Single(
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?,
+                    )
+                }
+                LinkClient::Cluster(client) => {
+                    let mut conn = client.get_async_connection().await?;
+                    // redis-rs skips the masters it holds no connection to when it sends to
+                    // all of them: count the answers.
+                    let ping = redis::cmd("PING");
+                    let answers = on_all_masters(&mut conn, ping).await?;
+                    for (addr, answer) in answers {
+                        if let Value::ServerError(e) = answer {
+                            let e = RedisError::from(e);
+                            return Err(RedisError::from((
+                                e.kind(),
+                                "a cluster master refused PING",
+                                format!("{addr}: {e}"),
+                            )));
+                        }
+                    }
+                    Conn::Cluster(conn)
+                }
+            };
+            if let Conn::Single(_) = conn {
+                redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            }
             Ok::<_, RedisError>(conn)
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
@@ -97,7 +210,7 @@ impl RedisLink {
         }
     }
 
-    fn conn(&self) -> Result<MultiplexedConnection, Failure> {
+    fn conn(&self) -> Result<Conn, Failure> {
         self.conn
             .load()
             .as_deref()
@@ -112,29 +225,132 @@ impl RedisLink {
             .await
     }
 
-    /// Runs a pipeline (one round trip).
-    pub(crate) async fn pipe<T: FromRedisValue>(
+    /// Runs independent commands, each on the key given beside it, and returns each one's
+    /// answer (a server error for one command does not fail the others).
+    ///
+    /// One pipeline on a single server. On a cluster, one pipeline per hash slot, all sent
+    /// at once (so keys sharing a hash tag travel together); the whole batch is bounded by
+    /// the response timeout. `Err` means Redis was unavailable: some commands may have been
+    /// applied.
+    pub(crate) async fn batch<T: FromRedisValue>(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, Failure> {
-        let mut conn = self.conn()?;
-        self.bounded(async move { pipe.query_async::<T>(&mut conn).await })
-            .await
+        cmds: Vec<(String, Cmd)>,
+    ) -> Result<Vec<RedisResult<T>>, Failure> {
+        let conn = self.conn()?;
+        let single = |cmds: Vec<Cmd>| {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            pipe
+        };
+        match conn {
+            Conn::Single(_) => {
+                let pipe = single(cmds.into_iter().map(|(_, c)| c).collect());
+                let mut conn = conn;
+                self.bounded(async move { pipe.query_async(&mut conn).await })
+                    .await
+            }
+            Conn::Cluster(cluster) => {
+                let total = cmds.len();
+                let mut by_slot: HashMap<Slot, (Vec<usize>, Vec<Cmd>)> = HashMap::new();
+                for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+                    let group = by_slot.entry(Slot::for_key(key.as_bytes())).or_default();
+                    group.0.push(i);
+                    group.1.push(cmd);
+                }
+                let sends = by_slot.into_values().map(|(indices, cmds)| {
+                    let pipe = single(cmds);
+                    let mut conn = cluster.clone();
+                    async move {
+                        let answers: Vec<RedisResult<T>> = pipe.query_async(&mut conn).await?;
+                        Ok::<_, RedisError>(indices.into_iter().zip(answers))
+                    }
+                });
+                let groups = self.bounded(try_join_all(sends)).await?;
+                let mut out: Vec<Option<RedisResult<T>>> = (0..total).map(|_| None).collect();
+                for (i, answer) in groups.into_iter().flatten() {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(answer);
+                    }
+                }
+                Ok(out
+                    .into_iter()
+                    .map(|a| {
+                        a.unwrap_or_else(|| {
+                            Err(RedisError::from((
+                                ErrorKind::Client,
+                                "no answer for a command of the batch",
+                            )))
+                        })
+                    })
+                    .collect())
+            }
+        }
     }
 
-    /// Iterates `SCAN cursor MATCH pattern COUNT n` to the end. Each round trip has its
-    /// own timeout.
+    /// Iterates `SCAN cursor MATCH pattern COUNT n` to the end; on a cluster, on every master
+    /// at once. Each round trip has its own timeout. Keys may repeat (as with `SCAN` itself).
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Failure> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
+        match self.conn()? {
+            Conn::Single(_) => self.scan_from(pattern, None, 0, Vec::new()).await,
+            Conn::Cluster(mut conn) => {
+                let cmd = scan_cmd(0, pattern);
+                let per_node = self
+                    .bounded(async move { on_all_masters(&mut conn, cmd).await })
+                    .await?;
+                let mut walks: Vec<BoxFuture<'_, Result<Vec<String>, Failure>>> = Vec::new();
+                for (addr, value) in per_node {
+                    let (cursor, keys) = scan_page(value).map_err(|e| classify(&e))?;
+                    let node = addr
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                        .ok_or_else(|| {
+                            Failure::Unavailable(format!("unreadable cluster node address {addr}"))
+                        })?;
+                    if cursor == 0 {
+                        walks.push(futures::future::ready(Ok(keys)).boxed());
+                    } else {
+                        walks.push(self.scan_from(pattern, Some(node), cursor, keys).boxed());
+                    }
+                }
+                let mut keys = Vec::new();
+                for walk in join_all(walks).await {
+                    keys.extend(walk?);
+                }
+                Ok(keys)
+            }
+        }
+    }
+
+    /// Continues a `SCAN` from `cursor` (0: from the start) on the server, or on the
+    /// cluster node `node`, adding to `keys`.
+    async fn scan_from(
+        &self,
+        pattern: &str,
+        node: Option<(String, u16)>,
+        mut cursor: u64,
+        mut keys: Vec<String>,
+    ) -> Result<Vec<String>, Failure> {
         loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, batch): (u64, Vec<String>) = self.query(&cmd).await?;
+            let cmd = scan_cmd(cursor, pattern);
+            let (next, batch) = match &node {
+                None => self.query::<(u64, Vec<String>)>(&cmd).await?,
+                Some((host, port)) => {
+                    let Conn::Cluster(mut conn) = self.conn()? else {
+                        return Err(Failure::Unavailable("not connected to the cluster".into()));
+                    };
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let value = self
+                        .bounded(async move { conn.route_command(cmd, route).await })
+                        .await?;
+                    scan_page(value).map_err(|e| classify(&e))?
+                }
+            };
             keys.extend(batch);
             if next == 0 {
                 return Ok(keys);
@@ -144,13 +360,98 @@ impl RedisLink {
     }
 
     /// Maps the outcome of a call. The connection's response timeout bounds every call
-    /// (redis-rs answers a timeout error when it runs out), so no second timer is needed.
+    /// (redis-rs answers a timeout error when it runs out; on a cluster the overall
+    /// response timeout covers retries and redirections too), so no second timer is needed.
     async fn bounded<T>(
         &self,
-        fut: impl std::future::Future<Output = Result<T, RedisError>>,
+        fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Failure> {
         fut.await.map_err(|e| classify(&e))
     }
+}
+
+/// Sends `cmd` to every master of the cluster and returns each one's answer by address.
+/// Fails when a master holding slots has no connection (redis-rs would leave it out
+/// silently), so that a partial answer is never taken for the whole.
+async fn on_all_masters(
+    conn: &mut ClusterConnection,
+    cmd: Cmd,
+) -> RedisResult<Vec<(String, Value)>> {
+    let mut slots_cmd = redis::cmd("CLUSTER");
+    slots_cmd.arg("SLOTS");
+    let slots = conn
+        .route_command(
+            slots_cmd,
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let masters = count_masters(slots).ok_or_else(|| {
+        RedisError::from((ErrorKind::Parse, "unexpected answer to CLUSTER SLOTS"))
+    })?;
+    let all_masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let Value::Map(answers) = conn.route_command(cmd, all_masters).await? else {
+        return Err(RedisError::from((
+            ErrorKind::Parse,
+            "unexpected answer from the cluster's masters",
+        )));
+    };
+    if answers.len() < masters {
+        return Err(RedisError::from((
+            ErrorKind::ClusterConnectionNotFound,
+            "a cluster master is unreachable",
+            format!("{} of {masters} masters answered", answers.len()),
+        )));
+    }
+    answers
+        .into_iter()
+        .map(|(addr, answer)| Ok((redis::from_redis_value::<String>(addr)?, answer)))
+        .collect()
+}
+
+/// The number of distinct masters that hold slots, from a `CLUSTER SLOTS` answer
+/// (`[[start, end, [host, port, id, …], replicas…], …]`).
+fn count_masters(slots: Value) -> Option<usize> {
+    let Value::Array(ranges) = slots else {
+        return None;
+    };
+    let mut masters = std::collections::HashSet::new();
+    for range in ranges {
+        let Value::Array(mut parts) = range else {
+            return None;
+        };
+        if parts.len() < 3 {
+            return None;
+        }
+        let Value::Array(master) = parts.swap_remove(2) else {
+            return None;
+        };
+        // Host, port and (Redis 4+) node id.
+        let id: Vec<String> = master
+            .into_iter()
+            .take(3)
+            .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+            .collect();
+        masters.insert(id.join(":"));
+    }
+    Some(masters.len())
+}
+
+fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000);
+    cmd
+}
+
+/// One `SCAN` answer: the next cursor and the keys.
+fn scan_page(value: Value) -> RedisResult<(u64, Vec<String>)> {
+    if let Value::ServerError(e) = value {
+        return Err(e.into());
+    }
+    Ok(redis::from_redis_value(value)?)
 }
 
 fn describe(e: &RedisError) -> String {
@@ -176,11 +477,23 @@ pub(crate) fn classify(e: &RedisError) -> Failure {
                         | ServerErrorKind::ReadOnly
                         | ServerErrorKind::TryAgain
                         | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
                 )
         )
         || matches!(
             e.code(),
-            Some("NOAUTH" | "WRONGPASS" | "LOADING" | "MASTERDOWN" | "READONLY")
+            Some(
+                "NOAUTH"
+                    | "WRONGPASS"
+                    | "LOADING"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "CLUSTERDOWN"
+                    | "TRYAGAIN"
+                    | "MOVED"
+                    | "ASK"
+            )
         );
     if unavailable {
         Failure::Unavailable(describe(e))

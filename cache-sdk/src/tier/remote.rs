@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::memory::{MemEntry, MemoryStore};
-use super::redis::{Failure, RedisLink};
+use super::redis::{classify, Failure, RedisLink};
 use super::replay::{Pending, ReplayLog, DEL_SCRIPT, SET_SCRIPT};
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
@@ -158,7 +158,12 @@ impl Remote {
         match link.connect().await {
             Ok(()) => {
                 self.inner.state.store(UP, Ordering::Release);
-                tracing::info!(store = "redis", address = %link.address, "cache store: redis");
+                tracing::info!(
+                    store = "redis",
+                    address = %link.address,
+                    cluster = link.is_cluster(),
+                    "cache store: redis"
+                );
             }
             Err(Failure::Unavailable(why) | Failure::Rejected(why)) => {
                 if cfg.require_redis {
@@ -461,13 +466,26 @@ impl Remote {
         items: Vec<(String, Vec<u8>)>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
-        for (k, v) in &items {
-            pipe.add_command(set_cmd(&self.rkey(k), v, ttl, false))
-                .ignore();
-        }
+        let cmds: Vec<(String, redis::Cmd)> = items
+            .iter()
+            .map(|(k, v)| {
+                let rkey = self.rkey(k).into_owned();
+                let cmd = set_cmd(&rkey, v, ttl, false);
+                (rkey, cmd)
+            })
+            .collect();
         self.write(
-            |l| l.pipe::<()>(&pipe),
+            |l| {
+                let cmds = cmds.clone();
+                async move {
+                    // Each SET answers on its own; the first error decides, as one failed
+                    // command of a pipeline would.
+                    match l.batch::<()>(cmds).await?.into_iter().find_map(Result::err) {
+                        Some(e) => Err(classify(&e)),
+                        None => Ok(()),
+                    }
+                }
+            },
             |m, mut log| {
                 for (k, v) in items {
                     let bytes: Arc<[u8]> = v.into();
@@ -736,24 +754,27 @@ impl Inner {
         false
     }
 
-    /// Replays a batch in one pipeline. Skipped writes (expired, or Redis holds a newer
-    /// value) and refused ones are counted; writes that met a server without the scripts
-    /// come back in `retry`. An error means Redis is unavailable again and nothing of the
-    /// batch is known to be applied.
+    /// Replays a batch in one pipeline (on a cluster, one per hash slot, sent at once).
+    /// Skipped writes (expired, or Redis holds a newer value) and refused ones are counted;
+    /// writes that met a server without the scripts come back in `retry`. An error means
+    /// Redis is unavailable again; the batch goes back to the log (part of it may have been
+    /// applied: replaying a `SET` or `DEL` twice is harmless, an increment may count twice).
     async fn replay_batch(
         &self,
         link: &RedisLink,
         scripts: &Scripts,
         batch: &[(String, Pending)],
     ) -> Result<BatchOutcome, String> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        // One EVALSHA or INCRBY per key: slot-safe on a cluster, where the batch is split
+        // by slot.
+        let mut cmds: Vec<(String, redis::Cmd)> = Vec::with_capacity(batch.len());
         // Per command sent: its index in the batch, and whether an answer of 0 means
         // "skipped" (the conditional SET).
         let mut sent: Vec<(usize, bool)> = Vec::with_capacity(batch.len());
         let now = Instant::now();
         for (index, (key, op)) in batch.iter().enumerate() {
             let rkey = self.rkey(key);
+            let mut cmd = redis::Cmd::new();
             match op {
                 Pending::Set {
                     bytes,
@@ -770,7 +791,7 @@ impl Inner {
                             }
                         },
                     };
-                    pipe.cmd("EVALSHA")
+                    cmd.arg("EVALSHA")
                         .arg(&scripts.set_sha)
                         .arg(1)
                         .arg(&rkey)
@@ -780,7 +801,7 @@ impl Inner {
                     sent.push((index, true));
                 }
                 Pending::Delete { at_ms } => {
-                    pipe.cmd("EVALSHA")
+                    cmd.arg("EVALSHA")
                         .arg(&scripts.del_sha)
                         .arg(1)
                         .arg(&rkey)
@@ -788,16 +809,17 @@ impl Inner {
                     sent.push((index, false));
                 }
                 Pending::Incr { delta } => {
-                    pipe.cmd("INCRBY").arg(&rkey).arg(*delta);
+                    cmd.arg("INCRBY").arg(&rkey).arg(*delta);
                     sent.push((index, false));
                 }
             }
+            cmds.push((rkey, cmd));
         }
         let mut outcome = BatchOutcome::default();
         if sent.is_empty() {
             return Ok(outcome);
         }
-        let results: Vec<redis::RedisResult<i64>> = match link.pipe(&pipe).await {
+        let results: Vec<redis::RedisResult<i64>> = match link.batch(cmds).await {
             Ok(r) => r,
             Err(Failure::Unavailable(why) | Failure::Rejected(why)) => return Err(why),
         };
@@ -840,13 +862,16 @@ struct Scripts {
 
 impl Scripts {
     async fn load(&mut self, link: &RedisLink) -> Result<(), String> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SCRIPT").arg("LOAD").arg(SET_SCRIPT);
-        pipe.cmd("SCRIPT").arg("LOAD").arg(DEL_SCRIPT);
-        let (set_sha, del_sha): (String, String) = link
-            .pipe(&pipe)
-            .await
-            .map_err(|(Failure::Unavailable(why) | Failure::Rejected(why))| why)?;
+        // One command each, not a pipeline: on a cluster redis-rs sends `SCRIPT LOAD` to
+        // every node, so `EVALSHA` finds the scripts on whichever master holds a key.
+        let load = |script: &str| {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(script);
+            cmd
+        };
+        let why = |(Failure::Unavailable(why) | Failure::Rejected(why))| why;
+        let set_sha: String = link.query(&load(SET_SCRIPT)).await.map_err(why)?;
+        let del_sha: String = link.query(&load(DEL_SCRIPT)).await.map_err(why)?;
         *self = Scripts {
             loaded: true,
             set_sha,

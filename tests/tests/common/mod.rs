@@ -14,7 +14,7 @@ use cache_sdk::session::{
     CacheSessionStore, Session, SessionConfig, SessionSaveFailed, SessionSecrets, Sessions,
 };
 use cache_sdk::Cache;
-use cache_sdk_tests::RedisServer;
+use cache_sdk_tests::{RedisServer, RedisTarget};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
@@ -35,6 +35,22 @@ pub async fn cache_on(server: Option<&RedisServer>) -> Cache {
         b = b.redis_url(s.url()).require_redis(true);
     }
     b.build().await.expect("cache")
+}
+
+/// A cache on a server or a cluster (or in memory for `None`).
+pub async fn cache_on_target(target: Option<&RedisTarget>) -> Cache {
+    match target {
+        Some(RedisTarget::Server(s)) => cache_on(Some(s)).await,
+        Some(RedisTarget::Cluster(c)) => Cache::builder()
+            .redis_cluster(c.seeds())
+            // Connecting to a cluster takes a few round trips: room for a busy machine.
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .require_redis(true)
+            .build()
+            .await
+            .expect("cache"),
+        None => cache_on(None).await,
+    }
 }
 
 pub fn config(secrets: &[&str]) -> SessionConfig {
