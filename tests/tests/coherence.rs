@@ -588,3 +588,33 @@ async fn without_coherence_sessions_are_read_from_redis_every_time() {
     }
     assert_eq!(delta(&server, &before).get("get"), Some(&5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_writes_on_one_instance_evict_the_others_l1() {
+    cache_sdk_tests::init_tracing();
+    let cluster = cache_sdk_tests::RedisCluster::start(3, 0);
+    let on_cluster = || async {
+        let cache = Cache::builder()
+            .redis_cluster(cluster.seeds())
+            .connect_timeout(Duration::from_secs(2))
+            .require_redis(true)
+            .build()
+            .await
+            .expect("cache on the cluster");
+        linked(&cache, "pubsub").await;
+        cache
+    };
+    let (a, b) = (on_cluster().await, on_cluster().await);
+    // Keys on different masters.
+    for i in 0..6u64 {
+        let key = format!("cache:cluster:{i}");
+        a.set(&key, &i, Ttl::Api).await.unwrap();
+        assert_eq!(hold(&b, &key).await, Some(i));
+        a.set(&key, &(i + 100), Ttl::Api).await.unwrap();
+        let took = sees(&b, &key, Some(i + 100)).await;
+        eprintln!("cluster, pub/sub: {key} seen by the other instance after {took:?}");
+        a.delete(&key).await.unwrap();
+        sees(&b, &key, None).await;
+    }
+    assert!(b.stats().invalidations >= 12, "{:?}", b.stats());
+}
