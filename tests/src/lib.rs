@@ -21,6 +21,16 @@ pub struct RedisServer {
     tls: Option<PathBuf>,
 }
 
+/// Runs one command on a plain redis-rs connection (for checking what the SDK wrote).
+async fn raw_query<T: redis::FromRedisValue>(
+    mut conn: impl redis::aio::ConnectionLike + Send,
+    cmd: &redis::Cmd,
+) -> T {
+    cmd.query_async(&mut conn)
+        .await
+        .expect("command on the test redis")
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -255,33 +265,17 @@ impl RedisServer {
 
     /// Raw bytes under `key`.
     pub async fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
-        let mut c = self.conn().await;
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut c)
-            .await
-            .expect("GET")
+        raw_query(self.conn().await, redis::cmd("GET").arg(key)).await
     }
 
     /// Writes raw bytes under `key`.
     pub async fn set_raw(&self, key: &str, value: &[u8]) {
-        let mut c = self.conn().await;
-        redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .query_async::<()>(&mut c)
-            .await
-            .expect("SET");
+        raw_query::<()>(self.conn().await, redis::cmd("SET").arg(key).arg(value)).await;
     }
 
     /// `PTTL key` in milliseconds (-2: no key, -1: no expiry).
     pub async fn pttl(&self, key: &str) -> i64 {
-        let mut c = self.conn().await;
-        redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut c)
-            .await
-            .expect("PTTL")
+        raw_query(self.conn().await, redis::cmd("PTTL").arg(key)).await
     }
 }
 
@@ -471,33 +465,17 @@ impl RedisCluster {
 
     /// Raw bytes under `key`.
     pub async fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
-        let mut c = self.conn().await;
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut c)
-            .await
-            .expect("GET")
+        raw_query(self.conn().await, redis::cmd("GET").arg(key)).await
     }
 
     /// Writes raw bytes under `key`.
     pub async fn set_raw(&self, key: &str, value: &[u8]) {
-        let mut c = self.conn().await;
-        redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .query_async::<()>(&mut c)
-            .await
-            .expect("SET");
+        raw_query::<()>(self.conn().await, redis::cmd("SET").arg(key).arg(value)).await;
     }
 
     /// `PTTL key` in milliseconds (-2: no key, -1: no expiry).
     pub async fn pttl(&self, key: &str) -> i64 {
-        let mut c = self.conn().await;
-        redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut c)
-            .await
-            .expect("PTTL")
+        raw_query(self.conn().await, redis::cmd("PTTL").arg(key)).await
     }
 }
 
