@@ -321,7 +321,17 @@ async fn node_and_rust_share_sessions_both_ways() {
     let Some(node_app) = node_app(&server, secret) else {
         return;
     };
-    let cache = cache_on(Some(&server)).await;
+    // This test is about the wire format, request after request with no pause: sessions
+    // are read from Redis every time (coherence off), so the Rust side never acts on an L1
+    // copy whose invalidation by Node's write is still in flight. Express sessions cached
+    // in L1 and evicted by other clients' writes: `coherence.rs`.
+    let cache = cache_sdk::Cache::builder()
+        .redis_url(server.url())
+        .require_redis(true)
+        .coherence(cache_sdk::Coherence::Off)
+        .build()
+        .await
+        .expect("cache");
     let rust = app(common::sessions(&cache, express_config(&[secret])));
 
     // Node logs in; Rust reads and changes that session; Node sees the change.

@@ -26,6 +26,15 @@
 //! in flight. Keep data that several concurrent requests update (counters, carts edited
 //! from two tabs) in the cache or a database rather than in the session.
 //!
+//! With L1 coherence on, a session is read from this instance's L1 while it is there. A
+//! change made through another instance (or by a Node backend sharing the sessions)
+//! evicts it when the invalidation arrives: on loopback within tens of microseconds
+//! typically and a few milliseconds at the 99th percentile (`docs/coherence.md`). A
+//! request that reaches this instance inside that window reads the previous version, and
+//! if it writes, last writer wins as above. Requests of one user separated by a network
+//! round trip are not affected in practice; with `Coherence::Off` every request reads
+//! Redis.
+//!
 //! # When a save fails
 //!
 //! The handler's response is kept (status and body): turning a finished response into a
