@@ -88,9 +88,18 @@ impl ReplayLog {
             .collect()
     }
 
-    /// Puts back an entry that could not be replayed, unless a newer write superseded it.
+    /// Puts back an entry that could not be replayed, unless a newer write superseded it;
+    /// increments made meanwhile add to a restored increment.
     pub(crate) fn restore(&mut self, key: String, op: Pending) {
-        self.entries.entry(key).or_insert(op);
+        match (self.entries.get_mut(&key), op) {
+            (Some(Pending::Incr { delta: newer }), Pending::Incr { delta }) => {
+                *newer = newer.saturating_add(delta);
+            }
+            (Some(_), _) => {}
+            (None, op) => {
+                self.entries.insert(key, op);
+            }
+        }
     }
 }
 
@@ -132,6 +141,21 @@ mod tests {
             bytes: Arc::from(b),
             expires_at: None,
             written_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn restored_increments_add_to_newer_ones() {
+        let mut log = ReplayLog::new(8);
+        log.record_incr("c", 2, set(b"2"));
+        let taken = log.take(8);
+        log.record_incr("c", 3, set(b"5"));
+        for (k, op) in taken {
+            log.restore(k, op);
+        }
+        match log.take(8).as_slice() {
+            [(k, Pending::Incr { delta })] => assert_eq!((k.as_str(), *delta), ("c", 5)),
+            other => panic!("{other:?}"),
         }
     }
 
