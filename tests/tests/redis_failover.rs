@@ -544,24 +544,30 @@ async fn wrong_type_in_redis_is_a_typed_error_not_a_fallback() {
     assert!(cache.stats().backend_errors >= 2);
 }
 
+/// A cache on `url` (a server that refuses us) builds without hanging and serves from
+/// memory; with `require_redis` the build fails instead. Returns that error's text.
+async fn serves_from_memory_then_refuses_when_required(url: &str) -> String {
+    let started = Instant::now();
+    let cache = Cache::builder().redis_url(url).build().await.unwrap();
+    assert!(started.elapsed() < HANG);
+    assert!(!cache.stats().connected);
+    cache.set("cache:refused:1", &1u32, Ttl::Api).await.unwrap();
+    assert_eq!(cache.get::<u32>("cache:refused:1").await.unwrap(), Some(1));
+    Cache::builder()
+        .redis_url(url)
+        .require_redis(true)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_password_falls_back_with_a_clear_error() {
     cache_sdk_tests::init_tracing();
     let server = RedisServer::start_with(&["--requirepass", "right-password"]);
     let url = format!("redis://127.0.0.1:{}", server.port());
-    let started = Instant::now();
-    let cache = Cache::builder().redis_url(&url).build().await.unwrap();
-    assert!(started.elapsed() < HANG);
-    assert!(!cache.stats().connected);
-    cache.set("cache:noauth:1", &1u32, Ttl::Api).await.unwrap();
-    assert_eq!(cache.get::<u32>("cache:noauth:1").await.unwrap(), Some(1));
-    let err = Cache::builder()
-        .redis_url(&url)
-        .require_redis(true)
-        .build()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = serves_from_memory_then_refuses_when_required(&url).await;
     assert!(
         err.contains("NOAUTH") || err.to_lowercase().contains("auth"),
         "{err}"
@@ -573,17 +579,7 @@ async fn database_out_of_range_falls_back_with_a_clear_error() {
     cache_sdk_tests::init_tracing();
     let server = RedisServer::start_with(&["--databases", "2"]);
     let url = format!("redis://127.0.0.1:{}/9", server.port());
-    let cache = Cache::builder().redis_url(&url).build().await.unwrap();
-    assert!(!cache.stats().connected);
-    cache.set("cache:db:1", &1u32, Ttl::Api).await.unwrap();
-    assert_eq!(cache.get::<u32>("cache:db:1").await.unwrap(), Some(1));
-    let err = Cache::builder()
-        .redis_url(&url)
-        .require_redis(true)
-        .build()
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = serves_from_memory_then_refuses_when_required(&url).await;
     assert!(
         err.contains("DB index") || err.contains("out of range"),
         "{err}"

@@ -147,14 +147,29 @@ impl Local {
     /// Stores `value` for at most `ttl` (capped by the L1 maximum), unless `key` was
     /// invalidated since `ticket` was taken, or L1 is suspended.
     pub(crate) fn insert(&self, key: &str, value: AnyValue, ttl: Option<Duration>, ticket: Ticket) {
-        let Some(map) = &self.map else { return };
-        if ticket.epoch & 1 == 1 {
+        if self.map.is_none() || ticket.epoch & 1 == 1 {
             return;
         }
         let slot = &self.guard.slots[ticket.slot];
         if slot.load(Ordering::SeqCst) != ticket.generation {
             return;
         }
+        self.put(key, value, ttl, ticket.epoch, slot, ticket.generation);
+    }
+
+    /// Puts the entry for at most `ttl` (capped by the L1 maximum), then takes it out again
+    /// if `slot` left `generation` meanwhile: the invalidation may have run before the entry
+    /// was in the map.
+    fn put(
+        &self,
+        key: &str,
+        value: AnyValue,
+        ttl: Option<Duration>,
+        epoch: u64,
+        slot: &AtomicU64,
+        generation: u64,
+    ) {
+        let Some(map) = &self.map else { return };
         let ttl = ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl));
         if ttl.is_zero() {
             map.invalidate(key);
@@ -165,12 +180,10 @@ impl Local {
             L1Entry {
                 value,
                 expires_at: Instant::now() + ttl,
-                epoch: ticket.epoch,
+                epoch,
             },
         );
-        if slot.load(Ordering::SeqCst) != ticket.generation {
-            // Invalidated while we were inserting: the invalidation may have run before the
-            // entry was in the map.
+        if slot.load(Ordering::SeqCst) != generation {
             map.invalidate(key);
         }
     }
@@ -186,7 +199,9 @@ impl Local {
         ttl: Option<Duration>,
         ticket: Ticket,
     ) {
-        let Some(map) = &self.map else { return };
+        if self.map.is_none() {
+            return;
+        }
         let slot = &self.guard.slots[ticket.slot];
         let next = ticket.generation.wrapping_add(1);
         if ticket.epoch & 1 == 1
@@ -197,22 +212,7 @@ impl Local {
             self.invalidate(key);
             return;
         }
-        let ttl = ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl));
-        if ttl.is_zero() {
-            map.invalidate(key);
-            return;
-        }
-        map.insert(
-            key.to_owned(),
-            L1Entry {
-                value,
-                expires_at: Instant::now() + ttl,
-                epoch: ticket.epoch,
-            },
-        );
-        if slot.load(Ordering::SeqCst) != next {
-            map.invalidate(key);
-        }
+        self.put(key, value, ttl, ticket.epoch, slot, next);
     }
 
     /// Drops `key`, and makes reads of it that are in flight not fill L1 with what they read.

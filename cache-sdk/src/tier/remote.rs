@@ -393,18 +393,9 @@ impl Remote {
         bytes: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let cmd = set_cmd(&self.rkey(key), &bytes, ttl, false);
-        self.write(
-            |l| l.query::<()>(&cmd),
-            |m, log| {
-                let bytes: Arc<[u8]> = bytes.into();
-                if let Some(log) = log {
-                    log.record(key, pending_set(&bytes, ttl));
-                }
-                m.set(key, bytes, ttl);
-            },
-        )
-        .await
+        self.set_if(key, bytes, ttl, SetIf::Always)
+            .await
+            .map(|_| ())
     }
 
     /// Sets only when absent; returns whether it was set.
@@ -414,22 +405,7 @@ impl Remote {
         bytes: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<bool, Error> {
-        let cmd = set_cmd(&self.rkey(key), &bytes, ttl, true);
-        self.write(
-            |l| {
-                let cmd = &cmd;
-                async move { Ok(l.query::<Option<String>>(cmd).await?.is_some()) }
-            },
-            |m, log| {
-                let bytes: Arc<[u8]> = bytes.into();
-                let set = m.set_nx(key, bytes.clone(), ttl);
-                if let (true, Some(log)) = (set, log) {
-                    log.record(key, pending_set(&bytes, ttl));
-                }
-                set
-            },
-        )
-        .await
+        self.set_if(key, bytes, ttl, SetIf::Absent).await
     }
 
     /// Sets only when present (`SET XX`); returns whether it was set.
@@ -439,11 +415,19 @@ impl Remote {
         bytes: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<bool, Error> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&*self.rkey(key)).arg(&bytes).arg("XX");
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(millis(ttl));
-        }
+        self.set_if(key, bytes, ttl, SetIf::Present).await
+    }
+
+    /// A `SET`, plain or conditional (`NX`, `XX`); returns whether it was set. Only a write
+    /// that happened goes into the replay log.
+    async fn set_if(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        ttl: Option<Duration>,
+        cond: SetIf,
+    ) -> Result<bool, Error> {
+        let cmd = set_cmd(&self.rkey(key), &bytes, ttl, cond);
         self.write(
             |l| {
                 let cmd = &cmd;
@@ -451,7 +435,14 @@ impl Remote {
             },
             |m, log| {
                 let bytes: Arc<[u8]> = bytes.into();
-                let set = m.set_xx(key, bytes.clone(), ttl);
+                let set = match cond {
+                    SetIf::Absent => m.set_nx(key, bytes.clone(), ttl),
+                    SetIf::Present => m.set_xx(key, bytes.clone(), ttl),
+                    SetIf::Always => {
+                        m.set(key, bytes.clone(), ttl);
+                        true
+                    }
+                };
                 if let (true, Some(log)) = (set, log) {
                     log.record(key, pending_set(&bytes, ttl));
                 }
@@ -470,7 +461,7 @@ impl Remote {
             .iter()
             .map(|(k, v)| {
                 let rkey = self.rkey(k).into_owned();
-                let cmd = set_cmd(&rkey, v, ttl, false);
+                let cmd = set_cmd(&rkey, v, ttl, SetIf::Always);
                 (rkey, cmd)
             })
             .collect();
@@ -607,11 +598,27 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-fn set_cmd(rkey: &str, bytes: &[u8], ttl: Option<Duration>, nx: bool) -> redis::Cmd {
+/// When a `SET` applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetIf {
+    Always,
+    /// `NX`
+    Absent,
+    /// `XX`
+    Present,
+}
+
+fn set_cmd(rkey: &str, bytes: &[u8], ttl: Option<Duration>, cond: SetIf) -> redis::Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(rkey).arg(bytes);
-    if nx {
-        cmd.arg("NX");
+    match cond {
+        SetIf::Always => {}
+        SetIf::Absent => {
+            cmd.arg("NX");
+        }
+        SetIf::Present => {
+            cmd.arg("XX");
+        }
     }
     if let Some(ttl) = ttl {
         cmd.arg("PX").arg(millis(ttl));
