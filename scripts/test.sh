@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# The whole check: installs redis-server when missing, then format, lint, docs and every
-# test of the workspace (the tests start their own redis-server processes on free ports).
+# The whole check: installs redis-server when missing, then format, the minimum Rust version,
+# lint, docs, the packages of the published crates, and every test of the workspace (the
+# tests start their own redis-server processes on free ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_apt[*]} ..."
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "error: the tests need redis-server and redis-cli (Redis 6.2 or newer) on PATH." >&2
-    echo "Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis" >&2
+    echo "error: the tests need redis-server and redis-cli (Redis 6.2 or newer) and python3 on PATH." >&2
+    echo "Debian/Ubuntu: sudo apt-get install -y redis-server python3; macOS: brew install redis" >&2
     exit 1
   fi
 fi
@@ -36,6 +38,11 @@ fi
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
+# The declared rust-version is not below what the locked dependencies need (CONTRIBUTING.md).
+python3 scripts/check-msrv.py
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+# The published crates package and build from their packages alone (the macro crate reaches
+# cache-sdk's build through a temporary local registry, the rest comes from crates.io).
+cargo package -p cache-sdk-macros -p cache-sdk --allow-dirty
 cargo test --workspace --all-features
