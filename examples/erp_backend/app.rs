@@ -13,7 +13,7 @@ use cache_sdk::Cache;
 
 use crate::db::Database;
 use crate::products::Catalog;
-use crate::{auth, error, ops, products};
+use crate::{admin, auth, error, ops, products};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -24,15 +24,19 @@ pub struct AppState {
     pub sessions: Sessions,
     /// The product catalog.
     pub catalog: Arc<Catalog>,
+    /// Development mode: the origin control (`/api/admin/origin`) is served.
+    pub origin_control: bool,
 }
 
 impl AppState {
-    /// The state over a cache and sessions, with a freshly seeded demo database.
-    pub fn new(cache: Cache, sessions: Sessions) -> Self {
+    /// The state over a cache, sessions and the product database; `origin_control` in
+    /// development mode only.
+    pub fn new(cache: Cache, sessions: Sessions, db: Database, origin_control: bool) -> Self {
         Self {
             cache,
             sessions,
-            catalog: Arc::new(Catalog::new(Database::seeded())),
+            catalog: Arc::new(Catalog::new(db)),
+            origin_control,
         }
     }
 }
@@ -40,7 +44,15 @@ impl AppState {
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
     let sessions = SessionLayer::new(state.sessions.clone());
-    Router::new()
+    let mut routes = Router::new();
+    if state.origin_control {
+        // Development only: in production the path is unknown (404), not forbidden.
+        routes = routes.route(
+            "/api/admin/origin",
+            get(admin::get_origin).post(admin::set_origin),
+        );
+    }
+    routes
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/user/profile", get(auth::profile))

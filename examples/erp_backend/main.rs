@@ -8,11 +8,15 @@
 //!   (`products.rs`);
 //! - typed sessions through [`cache_sdk::session::SessionLayer`] and the
 //!   `Session<UserSession>` extractor, optionally in express-session's format (`auth.rs`);
-//! - the stats and health endpoints operators look at (`ops.rs`).
+//! - the stats and health endpoints operators look at (`ops.rs`);
+//! - a product database in a SQLite file shared by every instance given the same file
+//!   (`db.rs`), and in development mode an origin control to slow it down or make it fail
+//!   (`admin.rs`).
 //!
 //! Run it with `cargo run --example erp_backend` (no configuration needed) and see
 //! `examples/README.md` for the endpoints, the environment variables and a curl walkthrough.
 
+mod admin;
 mod app;
 mod auth;
 mod db;
@@ -24,11 +28,12 @@ mod settings;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cache_sdk::session::{CacheSessionStore, Sessions};
+use cache_sdk::session::{CacheSessionStore, Environment, Sessions};
 use cache_sdk::Cache;
 use tokio::net::TcpListener;
 
 use crate::app::AppState;
+use crate::db::{Database, DbConfig};
 use crate::settings::Settings;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -39,14 +44,15 @@ async fn main() -> ExitCode {
     let vars = settings::read_environment();
     init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
     tracing::info!("starting erp_backend");
-    let settings = match vars.and_then(|v| Settings::from_vars(&v)) {
+    let configured = vars.and_then(|v| Ok((Settings::from_vars(&v)?, DbConfig::from_vars(&v)?)));
+    let (settings, database) = match configured {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("configuration error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match run(settings).await {
+    match run(settings, database).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -67,7 +73,10 @@ fn init_tracing(filter: Option<&String>) {
         .init();
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(settings: Settings, database: DbConfig) -> Result<(), String> {
+    // The product database first: a file that cannot be used stops the server at once.
+    let db = Database::open(database).await?;
+
     // One cache for everything: product reads (#[cached]) and session records. Building it
     // never fails because Redis is away: it starts on the in-memory fallback and switches
     // to Redis by itself when Redis answers.
@@ -87,7 +96,13 @@ async fn run(settings: Settings) -> Result<(), String> {
     )
     .map_err(|e| format!("session configuration error: {e}"))?;
 
-    let state = AppState::new(cache.clone(), sessions);
+    let development = settings.session.environment == Environment::Development;
+    if development {
+        tracing::info!(
+            "origin control at /api/admin/origin (development mode): slow down or fail this instance's product database"
+        );
+    }
+    let state = AppState::new(cache.clone(), sessions, db, development);
     let router = app::router(state);
 
     let (host, port) = &settings.addr;

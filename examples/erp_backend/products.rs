@@ -7,8 +7,10 @@
 //! | `PUT /api/products/{id}` | update | `#[cache_put]`: the new value replaces the cached one in L1 and Redis |
 //! | `DELETE /api/products/{id}` | delete | `#[cache_evict]`: the key is removed from L1 and Redis |
 //!
-//! Errors (`Err(DbError::NotFound)`) are never cached: an unknown id reaches the database
-//! each time. Cache trouble never fails a request: with Redis away the cache answers from
+//! Errors are never cached: an unknown id (`DbError::NotFound`, 404) reaches the database
+//! each time, and so does a read while the database is unavailable (`DbError::Unavailable`,
+//! 503 `{"error":"Product database unavailable","detail":...}`, e.g. while the origin
+//! control of `admin.rs` makes it fail). Cache trouble never fails a request: with Redis away the cache answers from
 //! memory, and a cache write Redis refuses is logged while the request goes on.
 //!
 //! `PUT` replaces an existing product (an unknown id is a 404; products are not created
@@ -41,7 +43,7 @@ impl Catalog {
         Self { db }
     }
 
-    /// The database (for its query counter).
+    /// The database (for its call counter and the origin control).
     pub fn db(&self) -> &Database {
         &self.db
     }
@@ -71,6 +73,11 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::NotFound(_) => ApiError::not_found(e.to_string()),
+            DbError::Unavailable(why) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Product database unavailable",
+            )
+            .detail(why),
         }
     }
 }
@@ -99,6 +106,10 @@ impl ProductInput {
         if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
             return Err(ApiError::unprocessable("Invalid product")
                 .detail(format!("name must be 1 to {MAX_NAME_CHARS} characters")));
+        }
+        if i64::try_from(self.price_cents).is_err() {
+            return Err(ApiError::unprocessable("Invalid product")
+                .detail(format!("priceCents must be at most {}", i64::MAX)));
         }
         Ok(Product {
             id,

@@ -3,7 +3,8 @@
 //! login/profile/logout with cookies, products read through the cache, written with
 //! `#[cache_put]` and evicted with `#[cache_evict]`, sessions shared by two instances in
 //! express-session's format, Redis killed and restarted under a running server, a run with
-//! no configuration at all, and shutdown on SIGTERM and SIGINT.
+//! no configuration at all, shutdown on SIGTERM and SIGINT, the product database shared by
+//! two instances through one SQLite file, and the development-mode origin control.
 //!
 //! Set `ERP_BACKEND_BIN` to a built `erp_backend` binary to skip the build.
 
@@ -78,7 +79,16 @@ fn is_config_var(name: &str) -> bool {
     ["REDIS_", "SESSION_", "CACHE_"]
         .iter()
         .any(|p| name.starts_with(p))
-        || ["APP_ENV", "NODE_ENV", "PORT", "HOST", "RUST_LOG"].contains(&name)
+        || [
+            "APP_ENV",
+            "NODE_ENV",
+            "PORT",
+            "HOST",
+            "RUST_LOG",
+            "DATABASE_URL",
+        ]
+        .contains(&name)
+        || name.starts_with("ERP_DB_")
 }
 
 /// A running `erp_backend`, killed on drop.
@@ -941,4 +951,272 @@ async fn redis_unreachable_at_start_then_found() {
         .get_raw(&format!("sess:{}", client.session_id()))
         .await
         .is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// The product database and the origin control
+
+/// A directory of its own for a test's database file, removed on drop.
+struct DbDir(PathBuf);
+
+impl DbDir {
+    fn new(name: &str) -> DbDir {
+        let dir =
+            std::env::temp_dir().join(format!("cache-sdk-erp-db-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        DbDir(dir)
+    }
+
+    /// `DATABASE_URL` for the file `erp.db` in this directory.
+    fn url(&self) -> String {
+        format!("sqlite:{}", self.0.join("erp.db").display())
+    }
+}
+
+impl Drop for DbDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn origin(client: &mut Client) -> Value {
+    client.get("/api/admin/origin").await.expect(200)
+}
+
+/// Runs the server with these variables until it exits (it must, within 10 s): its exit
+/// code and its log.
+async fn run_until_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = DbDir::new(&format!("exit-{}", free_port()));
+    let log = File::create(dir.0.join("server.log")).expect("log file");
+    let mut cmd = Command::new(binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_config_var) {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .env("PORT", free_port().to_string())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .current_dir(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start erp_backend");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("erp_backend still running with {env:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let logs = std::fs::read_to_string(dir.0.join("server.log")).unwrap_or_default();
+    (status.code(), logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_database_file() {
+    let dir = DbDir::new("shared");
+    let url = dir.url();
+    // A 1 s product TTL, so that an entry B cached before A's write expires soon.
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("CACHE_TTL_API", "1"),
+        ("ERP_DB_LATENCY_MS", "1"),
+    ];
+    // Both start at the same moment on a new file: it is created and seeded once.
+    let (a, b) = tokio::join!(Backend::start(&env), Backend::start(&env));
+    let (mut a, mut b) = (a.client(), b.client());
+    assert!(dir.0.join("erp.db").exists());
+
+    let mouse = json!({"id": 5, "name": "Standard Mouse", "priceCents": 2999, "stock": 25});
+    assert_eq!(b.get("/api/products/5").await.expect(200), mouse);
+    assert_eq!(a.get("/api/products/5").await.expect(200), mouse);
+
+    // A PUT on A reaches the shared file: B reads it as soon as B's own cache has no
+    // entry (product 3 was never read on B; product 5 once B's entry expired).
+    let changed = json!({"name": "Shared Monitor", "priceCents": 12_900, "stock": 2});
+    let put = a.put_json("/api/products/3", &changed).await.expect(200);
+    assert_eq!(b.get("/api/products/3").await.expect(200), put);
+    let renamed = json!({"name": "Quiet Mouse", "priceCents": 3499, "stock": 9});
+    let put = a.put_json("/api/products/5", &renamed).await.expect(200);
+    let seen = wait_for_json(&mut b, "/api/products/5", Duration::from_secs(5), |v| {
+        v == &put
+    })
+    .await;
+    assert_eq!(seen, put);
+
+    // A DELETE on B is a 404 on A for a product A never cached.
+    assert_eq!(
+        b.send("DELETE", "/api/products/9", None, b"").await.status,
+        204
+    );
+    assert_eq!(
+        a.get("/api/products/9").await.expect(404),
+        json!({"error": "Product 9 not found"})
+    );
+
+    // Each instance counts its own database calls.
+    let (on_a, on_b) = (
+        origin(&mut a).await["loads"].clone(),
+        origin(&mut b).await["loads"].clone(),
+    );
+    assert!(
+        on_a.as_u64().unwrap() >= 4 && on_b.as_u64().unwrap() >= 3,
+        "{on_a} {on_b}"
+    );
+    drop((a, b));
+
+    // A third instance on the same file, later, finds the changes (no re-seeding).
+    let c = Backend::start(&env).await;
+    let mut c = c.client();
+    assert_eq!(
+        c.get("/api/products/3").await.expect(200)["name"],
+        "Shared Monitor"
+    );
+    assert_eq!(c.get("/api/products/9").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_control_slows_and_fails_the_database_in_development() {
+    let dir = DbDir::new("origin");
+    let url = dir.url();
+    let server = Backend::start(&[("DATABASE_URL", url.as_str())]).await;
+    let mut client = server.client();
+
+    assert_eq!(
+        origin(&mut client).await,
+        json!({"latencyMs": 20, "failing": false, "loads": 0})
+    );
+    assert_eq!(client.get("/api/products/1").await.expect(200)["id"], 1);
+    assert_eq!(origin(&mut client).await["loads"], 1);
+
+    // Failing: a read the cache answers still works; a read that reaches the database is
+    // a 503 after the latency, and is counted.
+    let set = client
+        .post_json(
+            "/api/admin/origin",
+            &json!({"failing": true, "latencyMs": 300}),
+        )
+        .await;
+    assert_eq!(
+        set.expect(200),
+        json!({"latencyMs": 300, "failing": true, "loads": 1})
+    );
+    assert_eq!(client.get("/api/products/1").await.expect(200)["id"], 1);
+    let start = Instant::now();
+    let r = client.get("/api/products/2").await;
+    let took = start.elapsed();
+    let body = r.expect(503);
+    assert_eq!(body["error"], "Product database unavailable");
+    assert!(
+        body["detail"].as_str().unwrap().contains("origin control"),
+        "{body}"
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    let stats = cache_stats(&mut client).await;
+    assert_eq!(stats["dbQueries"], 2, "{stats}");
+    // Errors are not cached: the next read tries again (and fails again).
+    assert_eq!(client.get("/api/products/2").await.status, 503);
+    // Writes fail too, and are counted.
+    let desk = json!({"name": "Desk", "priceCents": 1, "stock": 1});
+    assert_eq!(client.put_json("/api/products/2", &desk).await.status, 503);
+    assert_eq!(
+        origin(&mut client).await,
+        json!({"latencyMs": 300, "failing": true, "loads": 4})
+    );
+
+    // Back to normal.
+    let set = client
+        .post_json("/api/admin/origin", &json!({"failing": false}))
+        .await;
+    assert_eq!(set.expect(200)["failing"], false);
+    client
+        .post_json("/api/admin/origin", &json!({"latencyMs": 0}))
+        .await
+        .expect(200);
+    assert_eq!(client.get("/api/products/2").await.expect(200)["id"], 2);
+    assert_eq!(
+        origin(&mut client).await,
+        json!({"latencyMs": 0, "failing": false, "loads": 5})
+    );
+
+    // Bodies that are not a change: a JSON error, nothing changed.
+    let refused: [(&[u8], u16); 5] = [
+        (br#"{"failing": "#, 400),
+        (br#"{"failing": "yes"}"#, 422),
+        (br#"{"latencyMs": -1}"#, 422),
+        (br#"{"latencyMs": 60001}"#, 422),
+        (br#"{}"#, 422),
+    ];
+    for (body, status) in refused {
+        let r = client
+            .send("POST", "/api/admin/origin", Some("application/json"), body)
+            .await;
+        assert!(r.expect(status)["error"].is_string(), "{}", r.text());
+    }
+    let r = client
+        .post_json("/api/admin/origin", &json!({"failng": true}))
+        .await;
+    assert!(r.expect(422)["detail"].as_str().unwrap().contains("failng"));
+    assert_eq!(
+        origin(&mut client).await,
+        json!({"latencyMs": 0, "failing": false, "loads": 5})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_has_no_origin_control_and_uses_erp_db_by_default() {
+    let server = Backend::start(&[
+        ("APP_ENV", "production"),
+        ("SESSION_SECRET", "a production secret for this test"),
+    ])
+    .await;
+    let mut client = server.client();
+    assert_eq!(
+        client.get("/api/admin/origin").await.expect(404),
+        json!({"error": "Not found"})
+    );
+    let r = client
+        .post_json("/api/admin/origin", &json!({"failing": true}))
+        .await;
+    assert_eq!(r.expect(404), json!({"error": "Not found"}));
+    assert_eq!(client.get("/api/products/1").await.expect(200)["id"], 1);
+    // Without DATABASE_URL the file is erp.db in the working directory.
+    assert!(server.dir.join("erp.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_database_setting_stops_the_server_with_a_clear_message() {
+    let dir = DbDir::new("bad");
+    std::fs::write(dir.0.join("erp.db"), vec![b'x'; 4096]).expect("write");
+    let not_a_database = dir.url();
+    let missing_dir = format!("sqlite:{}", dir.0.join("no/such/dir/erp.db").display());
+    for (k, v, says) in [
+        ("DATABASE_URL", "postgres://db/erp", "DATABASE_URL"),
+        ("DATABASE_URL", "sqlite:", "DATABASE_URL"),
+        ("ERP_DB_LATENCY_MS", "soon", "ERP_DB_LATENCY_MS"),
+        (
+            "DATABASE_URL",
+            not_a_database.as_str(),
+            "cannot open the product database",
+        ),
+        (
+            "DATABASE_URL",
+            missing_dir.as_str(),
+            "cannot open the product database",
+        ),
+    ] {
+        let (code, logs) = run_until_exit(&[(k, v)]).await;
+        assert_eq!(code, Some(1), "{k}={v}: {logs}");
+        assert!(logs.contains(says), "{k}={v}: {logs}");
+        assert!(!logs.contains("panicked"), "{logs}");
+    }
 }
