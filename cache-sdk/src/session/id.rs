@@ -7,6 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::TryRngCore as _;
 
+use crate::key::SESSION_PREFIX;
+
 /// Random bytes in a new id: 24 bytes, 192 bits.
 const ID_BYTES: usize = 24;
 /// Shortest id accepted from a cookie (16 characters of base64url: 96 bits).
@@ -83,7 +85,7 @@ impl SessionId {
     /// ```
     #[must_use]
     pub fn key(&self) -> String {
-        format!("sess:{}", self.0)
+        format!("{SESSION_PREFIX}{}", self.0)
     }
 }
 

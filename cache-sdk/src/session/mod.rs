@@ -58,10 +58,10 @@ mod config;
 pub mod cookie;
 mod date;
 mod error;
-mod express;
 mod format;
 mod id;
 mod manager;
+mod record_cache;
 mod store;
 
 #[cfg(feature = "axum")]
@@ -77,6 +77,7 @@ pub use error::SessionError;
 pub use format::SessionFormat;
 pub use id::SessionId;
 pub use manager::{Loaded, SessionStats, Sessions};
+pub use record_cache::RecordCache;
 pub use store::{CacheSessionStore, SessionStore, StoreStatus, MAX_ID_ATTEMPTS};
 
 #[cfg(feature = "axum")]
