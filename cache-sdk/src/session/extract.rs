@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::error::SessionError;
 use super::id::SessionId;
-use super::layer::{Cell, RequestSession, SessionHandle};
+use super::request::{Cell, RequestSession, SessionHandle};
 
 /// What a session type must be: serde both ways, a default for new sessions, and
 /// shareable across threads. Implemented for every such type.

@@ -68,6 +68,8 @@ mod store;
 mod extract;
 #[cfg(feature = "axum")]
 mod layer;
+#[cfg(feature = "axum")]
+mod request;
 
 pub use config::{
     Environment, SessionConfig, DEFAULT_MAX_RECORD_BYTES, DEFAULT_TOUCH_INTERVAL, DEFAULT_TTL,
