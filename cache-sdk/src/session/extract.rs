@@ -1,4 +1,8 @@
 //! [`Session<T>`]: the typed session a handler extracts, and its rejection.
+//!
+//! A thin handle: reads the request session from the request's extensions and forwards
+//! each call to it. May import: axum-core, http and the request session. Must not: write
+//! the store (the request session's steps do).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Session ids: 192 bits from the operating system's CSPRNG, written as 32 base64url
 //! characters (the shape express-session's `uid-safe` gives, so both sides accept both).
+//!
+//! May import: only [`SESSION_PREFIX`] from the key leaf (the
+//! store key is that prefix and the id). Must not: log an id.
 
 use std::fmt;
 

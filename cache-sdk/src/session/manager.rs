@@ -1,6 +1,11 @@
 //! [`Sessions`]: a store, a format and a configuration together: typed load and save,
 //! cookie signing, touch throttling and stats. The layer uses it; so can code outside a
 //! request (an admin task, a test, a migration).
+//!
+//! Owns the typed side of a session: encoding and decoding records in the configured
+//! format, the size limit, touch throttling and stats. May import: the store contract (and
+//! through it the store's [`RecordCache`](super::RecordCache), never a concrete store),
+//! the format, the cookie secrets. Must not: reach the cache or the tiers, or know HTTP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,8 +312,8 @@ impl Sessions {
             Some(records) => {
                 records
                     .load(
-                        store,
                         id,
+                        || store.load(id),
                         |raw| self.decode_shared(raw),
                         |r| self.stored_until(id, r),
                     )

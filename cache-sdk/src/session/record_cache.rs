@@ -13,9 +13,11 @@
 //!   served from what L1 held (the reserve).
 //!
 //! May import: [`Cache`] and its generic raw-backed L1 hook (`crate::cache`), the session
-//! id and the [`SessionStore`] contract. Must not: decode or encode records (the caller
-//! gives its decoder), nor be known by the tiers (they only see [`RawBacked`] values).
+//! id and error. Must not: import the store (the store owns it; the caller passes the
+//! store's read), decode or encode records (the caller gives its decoder), nor be known by
+//! the tiers (they only see [`RawBacked`] values).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,6 @@ use serde_json::{Map, Value};
 
 use super::error::SessionError;
 use super::id::SessionId;
-use super::store::SessionStore;
 use crate::cache::{Cache, Held, RawBacked};
 
 /// A decoded record whose data may be shared with L1 (no copy on a hit).
@@ -68,7 +69,7 @@ impl<T: Send + Sync + 'static> RawBacked for CachedRecord<T> {
 /// The decoded-record cache in front of a session store: only
 /// [`CacheSessionStore`](super::CacheSessionStore) has one, and
 /// [`Sessions`](super::Sessions) reaches it through
-/// [`SessionStore::record_cache`]. A store that wraps a `CacheSessionStore` may return the
+/// [`SessionStore::record_cache`](super::SessionStore::record_cache). A store that wraps a `CacheSessionStore` may return the
 /// inner store's, so that its sessions are cached too.
 ///
 /// ```
@@ -87,22 +88,24 @@ impl RecordCache {
         Self { cache }
     }
 
-    /// Reads `id`'s record: from L1 when it holds it, else from `store` (keeping what it
-    /// read in L1 while coherence is active), else, while Redis is lost, from what L1 held
-    /// before. `decode` turns stored bytes into a record (`None`: not a record of `T`);
-    /// `stored_until` says until when the store surely keeps a record just read.
+    /// Reads `id`'s record: from L1 when it holds it, else with `read` (the store's load,
+    /// called only on a miss; what it reads is kept in L1 while coherence is active), else,
+    /// while Redis is lost, from what L1 held before. `decode` turns stored bytes into a
+    /// record (`None`: not a record of `T`); `stored_until` says until when the store
+    /// surely keeps a record just read.
     ///
     /// # Errors
     /// The store's error.
-    pub(crate) async fn load<T>(
+    pub(crate) async fn load<T, R>(
         &self,
-        store: &dyn SessionStore,
         id: &SessionId,
+        read: impl FnOnce() -> R,
         decode: impl Fn(Arc<[u8]>) -> Option<SharedRecord<T>>,
         stored_until: impl FnOnce(&SharedRecord<T>) -> Instant,
     ) -> Result<Option<SharedRecord<T>>, SessionError>
     where
         T: Send + Sync + 'static,
+        R: Future<Output = Result<Option<Vec<u8>>, SessionError>>,
     {
         let key = id.key();
         if let Some(held) = self.cache.backed_get::<CachedRecord<T>>(&key) {
@@ -110,7 +113,7 @@ impl RecordCache {
         }
         // Taken before the read: an invalidation meanwhile keeps what we read out of L1.
         let ticket = self.cache.backed_ticket(&key);
-        let Some(bytes) = store.load(id).await? else {
+        let Some(bytes) = read().await? else {
             // Redis is lost: a session this instance held keeps working.
             let reserved = self.cache.backed_reserve::<CachedRecord<T>>(&key);
             return Ok(reserved.and_then(|held| record_of(held, &decode)));
@@ -144,7 +147,7 @@ fn record_of<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::CacheSessionStore;
+    use crate::session::{CacheSessionStore, SessionStore};
 
     fn decode(raw: Arc<[u8]>) -> Option<SharedRecord<String>> {
         let data = String::from_utf8(raw.to_vec()).ok()?;
@@ -167,7 +170,7 @@ mod tests {
             .expect("created");
         let until = |_: &SharedRecord<String>| Instant::now() + Duration::from_secs(60);
         let r = records
-            .load(&store, &id, decode, until)
+            .load(&id, || store.load(&id), decode, until)
             .await
             .expect("read")
             .expect("found");
@@ -178,7 +181,7 @@ mod tests {
             .await
             .expect("saved");
         let r = records
-            .load(&store, &id, decode, until)
+            .load(&id, || store.load(&id), decode, until)
             .await
             .expect("read")
             .expect("found");
