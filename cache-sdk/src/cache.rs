@@ -13,8 +13,11 @@ use crate::error::{BuildError, ConfigError, Error, Result};
 use crate::flight::Flights;
 use crate::key;
 use crate::stats::{bump, read, CacheCounters, Stats};
-use crate::tier::coherence::{Backed, Coherence, CoherenceLink};
+use crate::tier::coherence::{Coherence, CoherenceLink};
 use crate::tier::local::{AnyValue, Local, Ticket};
+/// The generic L1 hook for values kept with their stored bytes (the session record cache
+/// uses it).
+pub(crate) use crate::tier::local::{Held, RawBacked};
 use crate::tier::memory::parse_int;
 use crate::tier::remote::{Remote, StoreEvent};
 use crate::ttl::{Ttl, TtlPresets};
@@ -71,8 +74,8 @@ impl std::fmt::Debug for Cache {
 
 /// How keys appear in logs: session ids are credentials, so they are not shown.
 pub(crate) fn log_key(key: &str) -> &str {
-    if key.starts_with("sess:") {
-        "sess:<redacted>"
+    if key.starts_with(key::SESSION_PREFIX) {
+        key::SESSION_KEY_REDACTED
     } else {
         key
     }
@@ -896,45 +899,36 @@ impl Cache {
         self.inner.coherence.as_ref().filter(|c| c.active())
     }
 
-    /// A raw-backed record (a session) from L1. Only with coherence: without it, records
+    /// A raw-backed value from L1 (see [`RawBacked`]): as `T`, or only its stored bytes
+    /// when L1 holds another type under `key`. Only with coherence: without it, such values
     /// are read from L2 every time so that every instance sees the latest.
-    pub(crate) fn backed_get(&self, key: &str) -> Option<Arc<Backed>> {
+    pub(crate) fn backed_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
         self.coherent()?;
         let c = &self.inner.counters;
-        match self.inner.local.get::<Backed>(key) {
-            Some(b) => {
-                bump(&c.l1_hits);
-                Some(b)
-            }
-            None => {
-                bump(&c.l1_misses);
-                None
-            }
-        }
+        let held = self.inner.local.get_held::<T>(key);
+        bump(if held.is_some() {
+            &c.l1_hits
+        } else {
+            &c.l1_misses
+        });
+        held
     }
 
-    /// A ticket for a raw read that may fill L1 with a [`Backed`] record; `None` without
+    /// A ticket for a raw read that may fill L1 with a raw-backed value; `None` without
     /// coherence.
     pub(crate) fn backed_ticket(&self, key: &str) -> Option<Ticket> {
         self.coherent()?;
         Some(self.inner.local.ticket(key))
     }
 
-    /// Puts a raw-backed record into L1, for no longer than it surely lives in L2.
-    pub(crate) fn backed_insert(&self, key: &str, backed: Arc<Backed>, ticket: Ticket) {
-        let left = backed
-            .stored_until
-            .saturating_duration_since(std::time::Instant::now());
-        if !left.is_zero() {
-            self.inner
-                .local
-                .insert(key, backed as AnyValue, Some(left), ticket);
-        }
+    /// Puts a raw-backed value into L1, for no longer than its bytes surely live in L2.
+    pub(crate) fn backed_insert<R: RawBacked>(&self, key: &str, value: Arc<R>, ticket: Ticket) {
+        self.inner.local.insert_backed(key, value, ticket);
     }
 
-    /// While Redis is lost: the raw-backed record L1 held under `key` before, now also in
+    /// While Redis is lost: the raw-backed value L1 held under `key` before, now also in
     /// the fallback (see `docs/coherence.md`).
-    pub(crate) fn backed_reserve(&self, key: &str) -> Option<Arc<Backed>> {
+    pub(crate) fn backed_reserve<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
         self.coherent()?.reserve(key)
     }
 

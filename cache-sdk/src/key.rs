@@ -18,6 +18,27 @@ use crate::error::Error;
 /// The longest key accepted, in bytes (namespace prefix excluded).
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// The one spelling of the session prefix, so that [`SESSION_PREFIX`] and the redacted form
+/// of a session key cannot drift apart.
+macro_rules! session_prefix {
+    () => {
+        "sess:"
+    };
+}
+
+/// The prefix of every session record's key, `sess:` (connect-redis' default): session
+/// ids ([`Key::session`]), the session count (`SCAN MATCH sess:*`) and log redaction all
+/// use it.
+///
+/// ```
+/// assert_eq!(cache_sdk::key::SESSION_PREFIX, "sess:");
+/// assert!(cache_sdk::Key::session("abc").unwrap().starts_with(cache_sdk::key::SESSION_PREFIX));
+/// ```
+pub const SESSION_PREFIX: &str = session_prefix!();
+
+/// How a session key appears in logs: session ids are credentials.
+pub(crate) const SESSION_KEY_REDACTED: &str = concat!(session_prefix!(), "<redacted>");
+
 /// Checks a whole key.
 ///
 /// # Errors
@@ -93,12 +114,14 @@ impl Key {
         Self::join(&[&"user", &user_id, &field])
     }
 
-    /// `sess:{sessionId}`.
+    /// `sess:{sessionId}` ([`SESSION_PREFIX`] and the id).
     ///
     /// # Errors
     /// As [`Key::cache`].
     pub fn session(session_id: impl Display) -> Result<String, Error> {
-        Self::join(&[&"sess", &session_id])
+        let key = format!("{SESSION_PREFIX}{}", part(&session_id, true)?);
+        validate(&key)?;
+        Ok(key)
     }
 
     /// The listing pattern `user:{userId}:*`, with glob characters in `user_id` escaped so
@@ -268,6 +291,14 @@ fn class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn session_keys_share_one_prefix_with_their_redacted_form() {
+        assert!(SESSION_KEY_REDACTED.starts_with(SESSION_PREFIX));
+        let key = Key::session("abc").expect("valid");
+        assert_eq!(crate::cache::log_key(&key), SESSION_KEY_REDACTED);
+        assert_eq!(crate::cache::log_key("cache:a:1"), "cache:a:1");
+    }
 
     #[test]
     fn builders_reject_bad_parts() {

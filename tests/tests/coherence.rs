@@ -11,6 +11,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use cache_sdk::session::{
+    CacheSessionStore, RecordCache, SessionError, SessionId, SessionStore, Sessions, StoreStatus,
+};
 use cache_sdk::{Cache, Coherence, Ttl};
 use cache_sdk_tests::{wait_until, RedisServer};
 use common::*;
@@ -587,6 +590,80 @@ async fn without_coherence_sessions_are_read_from_redis_every_time() {
         send(&app, "GET", "/peek", Some(&cookie)).await;
     }
     assert_eq!(delta(&server, &before).get("get"), Some(&5));
+}
+
+/// A store in front of a [`CacheSessionStore`] (say, one that audits logouts): forwards
+/// everything, and its record cache only when `forward_cache` is set.
+#[derive(Debug)]
+struct Wrapping {
+    inner: CacheSessionStore,
+    forward_cache: bool,
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Wrapping {
+    async fn load(&self, id: &SessionId) -> Result<Option<Vec<u8>>, SessionError> {
+        self.inner.load(id).await
+    }
+    async fn create(&self, record: Vec<u8>, ttl: Duration) -> Result<SessionId, SessionError> {
+        self.inner.create(record, ttl).await
+    }
+    async fn save(
+        &self,
+        id: &SessionId,
+        record: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, SessionError> {
+        self.inner.save(id, record, ttl).await
+    }
+    async fn touch(&self, id: &SessionId, ttl: Duration) -> Result<bool, SessionError> {
+        self.inner.touch(id, ttl).await
+    }
+    async fn destroy(&self, id: &SessionId) -> Result<bool, SessionError> {
+        self.inner.destroy(id).await
+    }
+    async fn count(&self) -> Result<u64, SessionError> {
+        self.inner.count().await
+    }
+    fn status(&self) -> StoreStatus {
+        self.inner.status()
+    }
+    fn record_cache(&self) -> Option<&RecordCache> {
+        if self.forward_cache {
+            self.inner.record_cache()
+        } else {
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapping_store_keeps_sessions_in_l1_only_when_it_forwards_the_record_cache() {
+    let server = RedisServer::start();
+    for forward_cache in [true, false] {
+        let cache = cache_with(&server, Coherence::Tracking).await;
+        let store = Wrapping {
+            inner: CacheSessionStore::new(cache.clone()),
+            forward_cache,
+        };
+        let app = app(Sessions::new(store, config(&["wrap"])).expect("sessions"));
+        let cookie = send(&app, "POST", "/visit", None).await.cookie();
+        // The first read fills L1 (when it may).
+        send(&app, "GET", "/peek", Some(&cookie)).await;
+        let before = command_calls(&server);
+        for _ in 0..5 {
+            assert_eq!(send(&app, "GET", "/peek", Some(&cookie)).await.body, "1");
+        }
+        let gets = delta(&server, &before).get("get").copied();
+        if forward_cache {
+            assert_eq!(
+                gets, None,
+                "read from L1 through the forwarded record cache"
+            );
+        } else {
+            assert_eq!(gets, Some(5), "no record cache: every read goes to Redis");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,9 @@
 //! `s:{id}.{sig}`, where `sig` is HMAC-SHA256 of the id under the secret, in standard base64
 //! (`+` and `/` kept) without `=` padding, and the whole value URL-encoded the way
 //! JavaScript's `encodeURIComponent` does (`s%3A…`, `%2B`, `%2F`).
+//!
+//! Owns the cookie's value, attributes and secrets. May import: the session id, the date
+//! helpers, the crypto crates. Must not: touch a store, a cache or a record format.
 
 use std::fmt;
 

@@ -1,6 +1,8 @@
 //! The two date formats sessions meet: the HTTP date of `Set-Cookie: Expires=` and the
 //! ISO-8601 UTC string JavaScript's `Date.prototype.toISOString` writes (express-session's
 //! `cookie.expires`). Milliseconds since the Unix epoch in, text out, and back.
+//!
+//! A leaf: imports nothing from the crate.
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] = [

@@ -1,4 +1,7 @@
 //! [`SessionError`]: what can go wrong when storing a session.
+//!
+//! A leaf of the session module: may import only the crate's [`Error`](crate::Error) (the
+//! cache's error it wraps).
 
 /// The error of a session store operation or save.
 ///

@@ -1,4 +1,8 @@
 //! [`Session<T>`]: the typed session a handler extracts, and its rejection.
+//!
+//! A thin handle: reads the request session from the request's extensions and forwards
+//! each call to it. May import: axum-core, http and the request session. Must not: write
+//! the store (the request session's steps do).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +16,7 @@ use serde::Serialize;
 
 use super::error::SessionError;
 use super::id::SessionId;
-use super::layer::{Cell, RequestSession, SessionHandle};
+use super::request::{Cell, RequestSession, SessionHandle};
 
 /// What a session type must be: serde both ways, a default for new sessions, and
 /// shareable across threads. Implemented for every such type.

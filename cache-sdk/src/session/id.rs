@@ -1,11 +1,16 @@
 //! Session ids: 192 bits from the operating system's CSPRNG, written as 32 base64url
 //! characters (the shape express-session's `uid-safe` gives, so both sides accept both).
+//!
+//! May import: only [`SESSION_PREFIX`] from the key leaf (the
+//! store key is that prefix and the id). Must not: log an id.
 
 use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::TryRngCore as _;
+
+use crate::key::SESSION_PREFIX;
 
 /// Random bytes in a new id: 24 bytes, 192 bits.
 const ID_BYTES: usize = 24;
@@ -83,7 +88,7 @@ impl SessionId {
     /// ```
     #[must_use]
     pub fn key(&self) -> String {
-        format!("sess:{}", self.0)
+        format!("{SESSION_PREFIX}{}", self.0)
     }
 }
 

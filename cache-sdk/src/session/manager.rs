@@ -1,6 +1,11 @@
 //! [`Sessions`]: a store, a format and a configuration together: typed load and save,
 //! cookie signing, touch throttling and stats. The layer uses it; so can code outside a
 //! request (an admin task, a test, a migration).
+//!
+//! Owns the typed side of a session: encoding and decoding records in the configured
+//! format, the size limit, touch throttling and stats. May import: the store contract (and
+//! through it the store's [`RecordCache`](super::RecordCache), never a concrete store),
+//! the format, the cookie secrets. Must not: reach the cache or the tiers, or know HTTP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,39 +18,16 @@ use super::config::SessionConfig;
 use super::cookie::{find_cookie, Verified};
 use super::error::SessionError;
 use super::id::SessionId;
-use super::store::{CacheSessionStore, SessionStore, StoreStatus};
-use crate::cache::Cache;
+use super::record_cache::SharedRecord;
+use super::store::{SessionStore, StoreStatus};
 use crate::codec::now_ms;
 use crate::error::ConfigError;
-use crate::tier::coherence::Backed;
 
 /// Most sessions whose last touch this process remembers (for throttling).
 const TOUCH_MEMORY: u64 = 200_000;
 
 /// Subtracted from a record's expiry when deciding how long L1 may keep it.
 const STORE_MARGIN_MS: u64 = 1_000;
-
-/// A decoded record whose data may be shared with L1 (no copy on a hit).
-pub(crate) struct SharedRecord<T> {
-    pub(crate) data: Arc<T>,
-    /// The record as stored.
-    pub(crate) raw: Arc<[u8]>,
-    pub(crate) ttl: Duration,
-    pub(crate) saved_at_ms: Option<u64>,
-    pub(crate) extra: Map<String, Value>,
-}
-
-impl<T> Clone for SharedRecord<T> {
-    fn clone(&self) -> Self {
-        Self {
-            data: self.data.clone(),
-            raw: self.raw.clone(),
-            ttl: self.ttl,
-            saved_at_ms: self.saved_at_ms,
-            extra: self.extra.clone(),
-        }
-    }
-}
 
 /// A session read from the store.
 ///
@@ -108,9 +90,6 @@ pub struct Sessions {
 
 struct Inner {
     store: Arc<dyn SessionStore>,
-    /// The cache under a [`CacheSessionStore`]: with coherence, decoded records are kept
-    /// in its L1.
-    cache: Option<Cache>,
     config: SessionConfig,
     /// Session id → when this process last refreshed its expiry (Unix ms).
     touched: Option<moka::sync::Cache<SessionId, u64>>,
@@ -180,13 +159,9 @@ impl Sessions {
             ttl_secs = config.ttl.as_secs(),
             "sessions ready"
         );
-        let cache = (&store as &dyn std::any::Any)
-            .downcast_ref::<CacheSessionStore>()
-            .map(|s| s.cache().clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 store: Arc::new(store),
-                cache,
                 config,
                 touched,
             }),
@@ -284,7 +259,8 @@ impl Sessions {
     /// Reads a session. A record that does not decode as `T` in the configured format, or
     /// is over the size limit, is `None` (logged as a warning), like a missing one.
     ///
-    /// With a [`CacheSessionStore`] whose cache keeps L1 coherent (see
+    /// With a store that has a [`RecordCache`](super::RecordCache) (a
+    /// [`CacheSessionStore`](super::CacheSessionStore) whose cache keeps L1 coherent, see
     /// [`Stats::coherence`](crate::Stats::coherence)), a record read once is kept decoded in
     /// L1, so reading it again costs no Redis command; a change or deletion by any instance
     /// evicts it everywhere.
@@ -331,44 +307,22 @@ impl Sessions {
     where
         T: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
     {
-        let Some(cache) = &self.inner.cache else {
-            let found = self.inner.store.load(id).await?;
-            return Ok(found.and_then(|bytes| self.decode_shared(bytes.into())));
-        };
-        let key = id.key();
-        if let Some(b) = cache.backed_get(&key) {
-            return Ok(self.record_of(&b));
-        }
-        let ticket = cache.backed_ticket(&key);
-        let raw: Arc<[u8]> = match self.inner.store.load(id).await? {
-            Some(bytes) => bytes.into(),
-            None => {
-                // Redis is lost: a session this instance held keeps working.
-                return Ok(cache.backed_reserve(&key).and_then(|b| self.record_of(&b)));
+        let store = &*self.inner.store;
+        match store.record_cache() {
+            Some(records) => {
+                records
+                    .load(
+                        id,
+                        || store.load(id),
+                        |raw| self.decode_shared(raw),
+                        |r| self.stored_until(id, r),
+                    )
+                    .await
             }
-        };
-        let Some(record) = self.decode_shared::<T>(raw) else {
-            return Ok(None);
-        };
-        if let Some(ticket) = ticket {
-            let backed = Backed {
-                raw: record.raw.clone(),
-                stored_until: self.stored_until(id, &record),
-                value: Arc::new(record.clone()),
-            };
-            cache.backed_insert(&key, Arc::new(backed), ticket);
-        }
-        Ok(Some(record))
-    }
-
-    fn record_of<T>(&self, b: &Backed) -> Option<SharedRecord<T>>
-    where
-        T: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
-    {
-        match b.value.clone().downcast::<SharedRecord<T>>() {
-            Ok(r) => Some((*r).clone()),
-            // Kept as another type (another handler's): decode this one from the record.
-            Err(_) => self.decode_shared(b.raw.clone()),
+            None => {
+                let found = store.load(id).await?;
+                Ok(found.and_then(|bytes| self.decode_shared(bytes.into())))
+            }
         }
     }
 

@@ -12,6 +12,24 @@
 //! | [`SessionLayer`] (feature `axum`) | tower middleware: lazy load, save when changed, cookies |
 //! | [`Session<T>`] (feature `axum`) | the axum extractor handlers use |
 //! | [`SessionFormat`] | native JSON envelope, or express-session's record |
+//! | [`RecordCache`] | decoded records in L1, in front of a [`CacheSessionStore`] |
+//!
+//! # Layout (what may import what)
+//!
+//! ```text
+//! layer.rs ───┐
+//! extract.rs ─┴─► request.rs ─► manager.rs ─┬─► store.rs ─► record_cache.rs ─► crate::cache
+//!                                           └─► format/ (mod ─► native, express), cookie.rs
+//! id.rs, error.rs, date.rs: leaves used by the files above; id.rs uses key::SESSION_PREFIX
+//! ```
+//!
+//! `manager.rs` reaches the record cache only through
+//! [`SessionStore::record_cache`] (no downcast to a concrete store), and the record cache
+//! receives the store's read as a closure, so it does not import the store.
+//!
+//! Arrows only point down: the cache and its tiers never import this module (the record
+//! cache uses the cache's generic hook for values kept with their stored bytes), and the
+//! session prefix is [`SESSION_PREFIX`](crate::key::SESSION_PREFIX) in the key leaf.
 //!
 //! # Quick start
 //!
@@ -58,16 +76,18 @@ mod config;
 pub mod cookie;
 mod date;
 mod error;
-mod express;
 mod format;
 mod id;
 mod manager;
+mod record_cache;
 mod store;
 
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "axum")]
 mod layer;
+#[cfg(feature = "axum")]
+mod request;
 
 pub use config::{
     Environment, SessionConfig, DEFAULT_MAX_RECORD_BYTES, DEFAULT_TOUCH_INTERVAL, DEFAULT_TTL,
@@ -77,6 +97,7 @@ pub use error::SessionError;
 pub use format::SessionFormat;
 pub use id::SessionId;
 pub use manager::{Loaded, SessionStats, Sessions};
+pub use record_cache::RecordCache;
 pub use store::{CacheSessionStore, SessionStore, StoreStatus, MAX_ID_ATTEMPTS};
 
 #[cfg(feature = "axum")]

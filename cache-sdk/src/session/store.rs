@@ -1,5 +1,9 @@
 //! Where session records live: the [`SessionStore`] contract, and [`CacheSessionStore`],
-//! which keeps them in a [`Cache`] (Redis, or its in-memory fallback) under `sess:{id}`.
+//! which keeps them in a [`Cache`] (Redis, or its in-memory fallback) under `sess:{id}`,
+//! with a [`RecordCache`] in front.
+//!
+//! May import: the cache's raw operations, the session id, the record cache. Must not: know
+//! record formats, cookies or requests (the store keeps opaque bytes).
 
 use std::time::Duration;
 
@@ -7,7 +11,9 @@ use serde::Serialize;
 
 use super::error::SessionError;
 use super::id::SessionId;
+use super::record_cache::RecordCache;
 use crate::cache::Cache;
+use crate::key::SESSION_PREFIX;
 use crate::ttl::Ttl;
 
 /// How many fresh ids [`SessionStore::create`] tries before giving up. With 192-bit ids a
@@ -117,6 +123,22 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Where records go now.
     fn status(&self) -> StoreStatus;
+
+    /// The cache of decoded records in front of this store, if it has one: then
+    /// [`Sessions`](crate::session::Sessions) reads records through it, and a hot session
+    /// costs no store command. `None` (the default) reads the store on every load.
+    ///
+    /// Only [`CacheSessionStore`] has one; a store that wraps it may return the inner
+    /// store's, provided its [`load`](Self::load) returns what the inner store holds.
+    ///
+    /// ```
+    /// use cache_sdk::session::{CacheSessionStore, SessionStore};
+    /// let store = CacheSessionStore::new(cache_sdk::Cache::in_memory());
+    /// assert!(store.record_cache().is_some());
+    /// ```
+    fn record_cache(&self) -> Option<&RecordCache> {
+        None
+    }
 }
 
 /// A [`SessionStore`] over a [`Cache`]'s raw operations: records under `sess:{id}` in Redis
@@ -126,9 +148,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 ///
 /// Records are read from Redis on every load, unless the cache keeps its L1 coherent across
 /// instances ([`Stats::coherence`](crate::Stats::coherence) is `"tracking"` or `"pubsub"`):
-/// then [`Sessions`](crate::session::Sessions) keeps each record it read decoded in L1, a
-/// change or deletion by any instance evicts it everywhere, and while Redis is lost the
-/// records held there keep working from the fallback.
+/// then its [`RecordCache`] keeps each record read decoded in L1, a change or deletion by
+/// any instance evicts it everywhere, and while Redis is lost the records held there keep
+/// working from the fallback.
 ///
 /// ```
 /// let store = cache_sdk::session::CacheSessionStore::new(cache_sdk::Cache::in_memory());
@@ -137,13 +159,17 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, Clone)]
 pub struct CacheSessionStore {
     cache: Cache,
+    records: RecordCache,
 }
 
 impl CacheSessionStore {
     /// A store on this cache (clones share everything).
     #[must_use]
     pub fn new(cache: Cache) -> Self {
-        Self { cache }
+        Self {
+            records: RecordCache::new(cache.clone()),
+            cache,
+        }
     }
 
     /// The cache underneath.
@@ -203,8 +229,12 @@ impl SessionStore for CacheSessionStore {
 
     async fn count(&self) -> Result<u64, SessionError> {
         // SCAN may return a key twice while Redis rehashes: count distinct keys.
-        let keys: std::collections::HashSet<String> =
-            self.cache.scan("sess:*").await?.into_iter().collect();
+        let keys: std::collections::HashSet<String> = self
+            .cache
+            .scan(&format!("{SESSION_PREFIX}*"))
+            .await?
+            .into_iter()
+            .collect();
         Ok(keys.len() as u64)
     }
 
@@ -215,5 +245,9 @@ impl SessionStore for CacheSessionStore {
             using_fallback: s.using_fallback,
             in_memory_keys: s.in_memory_keys,
         }
+    }
+
+    fn record_cache(&self) -> Option<&RecordCache> {
+        Some(&self.records)
     }
 }

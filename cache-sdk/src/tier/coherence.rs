@@ -23,13 +23,19 @@
 //! when the connection is closed (about 1 ms), and within [`CHECK_INTERVAL`] plus the
 //! command timeout when it dies silently (a `PING` checks it).
 //!
-//! # Sessions and outages
+//! # Raw-backed entries and outages
 //!
-//! When Redis itself is lost (not only the link), the session records held in L1 are
-//! handed to the in-memory fallback, so logged-in users stay logged in and their changes
-//! are replayed to Redis when it returns. If the link was lost while Redis still answered
-//! (it refused the link again), those records are discarded instead: they may have missed
-//! changes.
+//! When Redis itself is lost (not only the link), the raw-backed entries held in L1 (values
+//! that keep the bytes they were decoded from, see [`RawBacked`](super::local::RawBacked))
+//! are handed to the in-memory fallback, whatever their key, without being marked for
+//! replay (Redis has them). Whoever cached them keeps working from the fallback, and the
+//! changes made there are replayed to Redis when it returns. If the link was lost while
+//! Redis still answered (it refused the link again), those entries are discarded instead:
+//! they may have missed changes.
+//!
+//! This module owns the invalidation link and that hand-over. It may import the other
+//! tiers (`local`, `memory`, `redis`, `remote`) and the configuration; it knows nothing of
+//! what the values mean nor of key patterns beyond the prefixes it is told to track.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -41,7 +47,7 @@ use redis::{
 };
 use tokio::sync::Notify;
 
-use super::local::{AnyValue, Local};
+use super::local::{Backing, Held, Local};
 use super::memory::MemoryStore;
 use super::redis::{classify, Failure};
 use super::remote::Remote;
@@ -426,36 +432,20 @@ impl CoherenceLink {
     }
 
     /// While L1 is suspended and Redis is unavailable: the raw-backed entry L1 held under
-    /// `key` when it was last active. It is put into the fallback, so later changes go
-    /// there and are replayed.
-    pub(crate) fn reserve(&self, key: &str) -> Option<Arc<Backed>> {
+    /// `key` when it was last active, as `T` or as its stored bytes. It is put into the
+    /// fallback, so later changes go there and are replayed.
+    pub(crate) fn reserve<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
         let s = &self.shared;
         if s.remote.is_up() {
             return None;
         }
-        let backed = s.signals.local.reserve(key)?.downcast::<Backed>().ok()?;
-        let memory = s.remote.fallback_store();
-        seed_one(&memory, key, &backed);
-        Some(backed)
+        let (held, backing) = s.signals.local.reserve_backed::<T>(key)?;
+        seed_one(&s.remote.fallback_store(), key, &backing);
+        Some(held)
     }
 }
 
-/// An L1 value that keeps the record it was decoded from, so that it can be handed to the
-/// fallback store when Redis is lost.
-#[derive(Debug)]
-pub(crate) struct Backed {
-    /// The record as stored in Redis.
-    pub(crate) raw: Arc<[u8]>,
-    /// Until when the record surely lives in Redis (a lower bound of its expiry).
-    pub(crate) stored_until: Instant,
-    /// The decoded form.
-    pub(crate) value: AnyValue,
-}
-
-/// Prefix of the records handed to the fallback when Redis is lost.
-const RESERVED_PREFIX: &str = "sess:";
-
-fn seed_one(memory: &MemoryStore, key: &str, b: &Backed) {
+fn seed_one(memory: &MemoryStore, key: &str, b: &Backing) {
     if let Some(left) = b.stored_until.checked_duration_since(Instant::now()) {
         if !left.is_zero() {
             memory.set_nx(key, b.raw.clone(), Some(left));
@@ -463,25 +453,17 @@ fn seed_one(memory: &MemoryStore, key: &str, b: &Backed) {
     }
 }
 
-/// Hands the raw-backed session records L1 holds (or held while active, when suspended)
-/// to the fallback, without marking them for replay: Redis has them.
+/// Hands the raw-backed entries L1 holds (or held while active, when suspended) to the
+/// fallback, without marking them for replay: Redis has them.
 fn seed_fallback(local: &Local, memory: &MemoryStore) {
-    let entries = if local.is_suspended() {
-        local.reserve_with_prefix(RESERVED_PREFIX)
-    } else {
-        local.live_with_prefix(RESERVED_PREFIX)
-    };
-    let mut n = 0u64;
-    for (key, value) in entries {
-        if let Ok(b) = value.downcast::<Backed>() {
-            seed_one(memory, &key, &b);
-            n += 1;
-        }
+    let entries = local.backed_entries();
+    for (key, backing) in &entries {
+        seed_one(memory, key, backing);
     }
-    if n > 0 {
+    if !entries.is_empty() {
         tracing::info!(
-            sessions = n,
-            "redis lost: sessions held in L1 handed to the in-memory fallback"
+            entries = entries.len(),
+            "redis lost: raw-backed L1 entries handed to the in-memory fallback"
         );
     }
 }

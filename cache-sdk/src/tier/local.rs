@@ -1,6 +1,10 @@
 //! L1: typed values in the process. A hit is a hash lookup, one atomic load and an `Arc`
 //! clone: nothing is decoded.
 //!
+//! Owns the moka map, the epoch and per-key tickets, and the *reserve* (what L1 held when it
+//! was last active). May import only the tier's shared `DeadlineExpiry`; it knows nothing of
+//! Redis, of key patterns, or of what the values mean.
+//!
 //! # Staying coherent
 //!
 //! Every entry carries the *epoch* it was read under. A hit counts only when the entry's
@@ -13,6 +17,14 @@
 //! slot. Invalidating a key bumps its slot, then removes it. The insert is skipped when the
 //! slot moved meanwhile, and undone when the slot moved during the insert, so a value read
 //! before an invalidation never outlives it.
+//!
+//! # Raw-backed entries
+//!
+//! A value that implements [`RawBacked`] keeps the exact bytes L2 stores for it, and until
+//! when L2 surely keeps them. Such entries ([`Local::insert_backed`]) are served like any
+//! other, and in addition can be listed with their bytes ([`Local::backed_entries`],
+//! [`Local::reserve_backed`]) so that the outage code can hand them to the fallback store
+//! when Redis is lost, whatever their key. L1 does not know who puts them there.
 
 use std::any::Any;
 use std::hash::{Hash, Hasher};
@@ -26,6 +38,54 @@ use super::{DeadlineExpiry, HasDeadline};
 
 pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
+/// An L1 value that keeps the bytes it was decoded from, exactly as L2 stores them, so
+/// that it can be handed to the fallback store when Redis is lost.
+pub(crate) trait RawBacked: Send + Sync + 'static {
+    /// The bytes as stored in L2.
+    fn raw(&self) -> &Arc<[u8]>;
+    /// Until when the bytes surely live in L2 (a lower bound of their expiry).
+    fn stored_until(&self) -> Instant;
+}
+
+/// The stored bytes of a raw-backed entry (see [`RawBacked`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Backing {
+    /// The bytes as stored in L2.
+    pub(crate) raw: Arc<[u8]>,
+    /// Until when they surely live in L2.
+    pub(crate) stored_until: Instant,
+}
+
+/// What an L1 read of a raw-backed entry found.
+pub(crate) enum Held<T> {
+    /// The value, as the type asked for.
+    Value(Arc<T>),
+    /// A value of another type: only its stored bytes.
+    Raw(Arc<[u8]>),
+}
+
+impl<T: Send + Sync + 'static> Held<T> {
+    /// `value` as `T`, or else the stored bytes of a raw-backed value.
+    fn of(value: AnyValue, backing: Option<BackingOf>) -> Option<Self> {
+        match value.downcast::<T>() {
+            Ok(v) => Some(Held::Value(v)),
+            Err(value) => Some(Held::Raw(backing?(&value)?.raw)),
+        }
+    }
+}
+
+/// Finds the [`Backing`] of a type-erased raw-backed value: a plain function pointer, so an
+/// entry carries it at no cost on the hit path.
+type BackingOf = fn(&AnyValue) -> Option<Backing>;
+
+fn backing_of<R: RawBacked>(value: &AnyValue) -> Option<Backing> {
+    let r = value.downcast_ref::<R>()?;
+    Some(Backing {
+        raw: r.raw().clone(),
+        stored_until: r.stored_until(),
+    })
+}
+
 /// Slots of per-key invalidation generations (a power of two).
 const SLOTS: usize = 1024;
 
@@ -34,6 +94,14 @@ pub(crate) struct L1Entry {
     value: AnyValue,
     expires_at: Instant,
     epoch: u64,
+    /// Set for raw-backed values ([`Local::insert_backed`]).
+    backing: Option<BackingOf>,
+}
+
+impl L1Entry {
+    fn backing(&self) -> Option<Backing> {
+        (self.backing?)(&self.value)
+    }
 }
 
 impl HasDeadline for L1Entry {
@@ -120,6 +188,18 @@ impl Local {
         e.value.downcast::<T>().ok()
     }
 
+    /// One lookup for a raw-backed value: as `T`, or only its stored bytes when L1 holds a
+    /// value of another type under `key`.
+    #[inline]
+    pub(crate) fn get_held<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
+        let e = self.map.as_ref()?.get(key)?;
+        let current = self.guard.epoch.load(Ordering::Acquire);
+        if e.epoch != current && !self.in_reserve(e.epoch, current) {
+            return None;
+        }
+        Held::of(e.value, e.backing)
+    }
+
     /// Whether an entry of `epoch` is in a reserve that may be served now.
     #[cold]
     fn in_reserve(&self, epoch: u64, current: u64) -> bool {
@@ -154,21 +234,45 @@ impl Local {
         if slot.load(Ordering::SeqCst) != ticket.generation {
             return;
         }
-        self.put(key, value, ttl, ticket.epoch, slot, ticket.generation);
+        self.put(key, value, ttl, None, ticket);
+    }
+
+    /// As [`Local::insert`], for a value that keeps its stored bytes: it stays no longer
+    /// than L2 surely keeps them, and the outage code can find it (see the module docs).
+    pub(crate) fn insert_backed<R: RawBacked>(&self, key: &str, value: Arc<R>, ticket: Ticket) {
+        if self.map.is_none() || ticket.epoch & 1 == 1 {
+            return;
+        }
+        let left = value
+            .stored_until()
+            .saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        if self.guard.slots[ticket.slot].load(Ordering::SeqCst) != ticket.generation {
+            return;
+        }
+        let backing: BackingOf = backing_of::<R>;
+        self.put(key, value, Some(left), Some(backing), ticket);
     }
 
     /// Puts the entry for at most `ttl` (capped by the L1 maximum), then takes it out again
-    /// if `slot` left `generation` meanwhile: the invalidation may have run before the entry
-    /// was in the map.
+    /// if the key's slot left the ticket's generation meanwhile: the invalidation may have
+    /// run before the entry was in the map.
     fn put(
         &self,
         key: &str,
         value: AnyValue,
         ttl: Option<Duration>,
-        epoch: u64,
-        slot: &AtomicU64,
-        generation: u64,
+        backing: Option<BackingOf>,
+        ticket: Ticket,
     ) {
+        let Ticket {
+            epoch,
+            slot,
+            generation,
+        } = ticket;
+        let slot = &self.guard.slots[slot];
         let Some(map) = &self.map else { return };
         let ttl = ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl));
         if ttl.is_zero() {
@@ -181,6 +285,7 @@ impl Local {
                 value,
                 expires_at: Instant::now() + ttl,
                 epoch,
+                backing,
             },
         );
         if slot.load(Ordering::SeqCst) != generation {
@@ -212,7 +317,16 @@ impl Local {
             self.invalidate(key);
             return;
         }
-        self.put(key, value, ttl, ticket.epoch, slot, next);
+        self.put(
+            key,
+            value,
+            ttl,
+            None,
+            Ticket {
+                generation: next,
+                ..ticket
+            },
+        );
     }
 
     /// Drops `key`, and makes reads of it that are in flight not fill L1 with what they read.
@@ -272,30 +386,33 @@ impl Local {
         self.in_reserve(e.epoch, current).then_some(e.value)
     }
 
-    /// Every reserve entry whose key starts with `prefix` (see [`Local::reserve`]).
-    pub(crate) fn reserve_with_prefix(&self, prefix: &str) -> Vec<(Arc<String>, AnyValue)> {
+    /// As [`Local::reserve`], for a raw-backed entry: as `T` or as its stored bytes, with
+    /// its [`Backing`].
+    pub(crate) fn reserve_backed<T: Send + Sync + 'static>(
+        &self,
+        key: &str,
+    ) -> Option<(Held<T>, Backing)> {
         let current = self.guard.epoch.load(Ordering::Acquire);
-        let Some(map) = &self.map else {
-            return Vec::new();
-        };
-        if current & 1 == 0 {
-            return Vec::new();
+        let e = self.map.as_ref()?.get(key)?;
+        if !self.in_reserve(e.epoch, current) {
+            return None;
         }
-        map.iter()
-            .filter(|(k, e)| e.epoch == current - 1 && k.starts_with(prefix))
-            .map(|(k, e)| (k, e.value))
-            .collect()
+        let backing = e.backing()?;
+        Some((Held::of(e.value, e.backing)?, backing))
     }
 
-    /// Every entry L1 serves now whose key starts with `prefix`.
-    pub(crate) fn live_with_prefix(&self, prefix: &str) -> Vec<(Arc<String>, AnyValue)> {
+    /// Every raw-backed entry with its [`Backing`]: those L1 serves now, or, while it is
+    /// suspended, those of the reserve (what it held when it was last active).
+    pub(crate) fn backed_entries(&self) -> Vec<(Arc<String>, Backing)> {
         let current = self.guard.epoch.load(Ordering::Acquire);
         let Some(map) = &self.map else {
             return Vec::new();
         };
+        // Active (even): this epoch; suspended (odd): the last active one.
+        let wanted = current & !1;
         map.iter()
-            .filter(|(k, e)| e.epoch == current && k.starts_with(prefix))
-            .map(|(k, e)| (k, e.value))
+            .filter(|(_, e)| e.epoch == wanted)
+            .filter_map(|(k, e)| Some((k, e.backing()?)))
             .collect()
     }
 
@@ -327,28 +444,75 @@ mod tests {
         assert_eq!(l1.get::<u32>("k").as_deref(), Some(&2));
     }
 
+    struct Rec {
+        raw: Arc<[u8]>,
+        n: u32,
+    }
+
+    impl RawBacked for Rec {
+        fn raw(&self) -> &Arc<[u8]> {
+            &self.raw
+        }
+        fn stored_until(&self) -> Instant {
+            Instant::now() + Duration::from_secs(60)
+        }
+    }
+
+    fn rec(n: u32) -> Arc<Rec> {
+        Arc::new(Rec {
+            raw: n.to_string().into_bytes().into(),
+            n,
+        })
+    }
+
     #[test]
     fn suspended_l1_serves_nothing_and_keeps_a_reserve() {
         let l1 = Local::new(100, Duration::from_secs(60));
-        let t = l1.ticket("sess:a");
-        l1.insert("sess:a", v(1), None, t);
+        let t = l1.ticket("a");
+        l1.insert_backed("a", rec(1), t);
+        let t = l1.ticket("plain");
+        l1.insert("plain", v(9), None, t);
         let before = l1.ticket("k");
         assert!(l1.suspend());
         assert!(!l1.suspend());
-        assert!(l1.get::<u32>("sess:a").is_none());
-        assert!(l1.reserve("sess:a").is_none());
+        assert!(l1.get::<Rec>("a").is_none());
+        assert!(l1.reserve_backed::<Rec>("a").is_none());
         l1.serve_reserve(true);
-        assert_eq!(l1.get::<u32>("sess:a").as_deref(), Some(&1));
-        assert!(l1.reserve("sess:a").is_some());
-        assert_eq!(l1.reserve_with_prefix("sess:").len(), 1);
+        assert_eq!(l1.get::<Rec>("a").map(|r| r.n), Some(1));
+        assert!(l1.reserve_backed::<Rec>("a").is_some());
+        assert!(l1.reserve("plain").is_some());
+        assert!(
+            l1.reserve_backed::<u32>("plain").is_none(),
+            "not raw-backed"
+        );
+        let listed = l1.backed_entries();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0.as_str(), "a");
+        assert_eq!(&*listed[0].1.raw, b"1");
         // Reads that started before the suspension, or during it, do not fill L1.
         l1.insert("k", v(3), None, before);
         let during = l1.ticket("k");
         l1.insert("k", v(3), None, during);
         assert!(l1.resume());
         assert!(l1.get::<u32>("k").is_none());
-        assert!(l1.get::<u32>("sess:a").is_none(), "resume starts empty");
-        assert!(l1.reserve("sess:a").is_none());
+        assert!(l1.get::<Rec>("a").is_none(), "resume starts empty");
+        assert!(l1.reserve_backed::<Rec>("a").is_none());
+    }
+
+    #[test]
+    fn raw_backed_entries_answer_another_type_with_their_bytes() {
+        let l1 = Local::new(100, Duration::from_secs(60));
+        let t = l1.ticket("a");
+        l1.insert_backed("a", rec(7), t);
+        assert!(matches!(l1.get_held::<Rec>("a"), Some(Held::Value(r)) if r.n == 7));
+        assert!(matches!(l1.get_held::<u64>("a"), Some(Held::Raw(b)) if &*b == b"7"));
+        let t = l1.ticket("p");
+        l1.insert("p", v(1), None, t);
+        assert!(
+            l1.get_held::<u64>("p").is_none(),
+            "a plain entry has no bytes"
+        );
+        assert_eq!(l1.backed_entries().len(), 1);
     }
 
     #[test]

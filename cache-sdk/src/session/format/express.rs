@@ -13,6 +13,9 @@
 //!   which express-session sets to now + `originalMaxAge` before every save and touch);
 //!   without it, the configured TTL. `cookie.expires` itself is not checked when reading,
 //!   as connect-redis does not check it either: expiry is the Redis key's TTL.
+//!
+//! May import: serde, the cookie attributes, the date helpers and its parent's shared
+//! types. Must not: import the native format.
 
 use std::time::Duration;
 
@@ -20,13 +23,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::cookie::{CookieAttributes, SameSite};
-use super::date::{iso, parse_iso};
-use super::format::{Decoded, FormatError};
+use super::{Decoded, FormatError};
+use crate::session::cookie::{CookieAttributes, SameSite};
+use crate::session::date::{iso, parse_iso};
 
 /// Decodes a record; `Err` for anything express-session itself could not use (not JSON,
 /// not an object, no `cookie` object) or that does not fit `T`.
-pub(crate) fn decode<T: DeserializeOwned + Serialize + Default>(
+pub(super) fn decode<T: DeserializeOwned + Serialize + Default>(
     bytes: &[u8],
 ) -> Result<Decoded<T>, FormatError> {
     let mut map: Map<String, Value> = serde_json::from_slice(bytes)
@@ -99,7 +102,7 @@ fn cookie_json(attrs: &CookieAttributes, ttl: Duration, now_ms: u64) -> String {
 
 /// Encodes a record: the cookie object, the type's fields in their declared order, then
 /// the preserved fields.
-pub(crate) fn encode<T: Serialize>(
+pub(super) fn encode<T: Serialize>(
     data: &T,
     extra: &Map<String, Value>,
     attrs: &CookieAttributes,

@@ -1,16 +1,21 @@
-//! How a session is stored: the native format, or express-session's.
+//! How a session is stored: the [`SessionFormat`] choice and what every format shares
+//! (the decoded record, the format error), with one child per format: `native.rs` (the
+//! SDK's envelope) and `express.rs` (express-session + connect-redis' record).
+//!
+//! May import: serde, the cookie attributes (the express record carries them) and the
+//! date helpers. Must not: touch a store, a cache or a request; the children import only
+//! this parent, never each other.
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::cookie::CookieAttributes;
-use super::express;
 
-/// The native envelope version.
-const VERSION: u8 = 1;
+mod express;
+mod native;
 
 /// How session records are written under `sess:{id}`.
 ///
@@ -99,53 +104,20 @@ pub(crate) struct Decoded<T> {
     pub(crate) extra: Map<String, Value>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EnvelopeOut<'a, T> {
-    v: u8,
-    ttl: u64,
-    saved_at: u64,
-    data: &'a T,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EnvelopeIn<T> {
-    ttl: u64,
-    saved_at: u64,
-    data: T,
-}
-
 impl SessionFormat {
+    /// Decodes a stored record as `T`.
     pub(crate) fn decode<T: DeserializeOwned + Serialize + Default>(
         self,
         bytes: &[u8],
     ) -> Result<Decoded<T>, FormatError> {
         match self {
             SessionFormat::Express => express::decode(bytes),
-            SessionFormat::Native => {
-                // Check the version before the data, so an unknown envelope is named as such.
-                #[derive(Deserialize)]
-                struct Version {
-                    v: u8,
-                }
-                let version: Version = serde_json::from_slice(bytes)
-                    .map_err(|e| FormatError(format!("not a session envelope: {e}")))?;
-                if version.v != VERSION {
-                    return Err(FormatError(format!("envelope version {}", version.v)));
-                }
-                let env: EnvelopeIn<T> = serde_json::from_slice(bytes)
-                    .map_err(|e| FormatError(format!("does not fit the session type: {e}")))?;
-                Ok(Decoded {
-                    data: env.data,
-                    ttl: (env.ttl > 0).then(|| Duration::from_secs(env.ttl)),
-                    saved_at_ms: Some(env.saved_at),
-                    extra: Map::new(),
-                })
-            }
+            SessionFormat::Native => native::decode(bytes),
         }
     }
 
+    /// Encodes a record: `extra` holds stored fields `T` does not account for (express),
+    /// `attrs` the cookie attributes (express writes them into the record).
     pub(crate) fn encode<T: Serialize>(
         self,
         data: &T,
@@ -156,13 +128,7 @@ impl SessionFormat {
     ) -> Result<Vec<u8>, FormatError> {
         match self {
             SessionFormat::Express => express::encode(data, extra, attrs, ttl, now_ms),
-            SessionFormat::Native => serde_json::to_vec(&EnvelopeOut {
-                v: VERSION,
-                ttl: ttl.as_secs(),
-                saved_at: now_ms,
-                data,
-            })
-            .map_err(|e| FormatError(e.to_string())),
+            SessionFormat::Native => native::encode(data, ttl, now_ms),
         }
     }
 }
@@ -171,40 +137,26 @@ impl SessionFormat {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
     struct S {
         n: u32,
     }
 
     #[test]
-    fn native_round_trip_and_shape() {
+    fn each_format_reads_only_its_own_records() {
         let attrs = CookieAttributes::new("sid");
-        let out = SessionFormat::Native
-            .encode(
-                &S { n: 7 },
-                &Map::new(),
-                &attrs,
-                Duration::from_secs(60),
-                1000,
-            )
-            .expect("encodes");
-        assert_eq!(out, br#"{"v":1,"ttl":60,"savedAt":1000,"data":{"n":7}}"#);
-        let d = SessionFormat::Native.decode::<S>(&out).expect("decodes");
-        assert_eq!(d.data, S { n: 7 });
-        assert_eq!(d.ttl, Some(Duration::from_secs(60)));
-        assert_eq!(d.saved_at_ms, Some(1000));
-    }
-
-    #[test]
-    fn native_refuses_other_versions_and_garbage() {
-        for bad in [
-            &br#"{"v":2,"ttl":60,"savedAt":1,"data":{"n":1}}"#[..],
-            br#"{"v":1,"ttl":60,"savedAt":1,"data":{"n":"x"}}"#,
-            br#"{"cookie":{},"n":1}"#,
-            b"\x00\x01garbage",
-            b"",
+        let ttl = Duration::from_secs(60);
+        for (format, other) in [
+            (SessionFormat::Native, SessionFormat::Express),
+            (SessionFormat::Express, SessionFormat::Native),
         ] {
-            assert!(SessionFormat::Native.decode::<S>(bad).is_err());
+            let out = format
+                .encode(&S { n: 7 }, &Map::new(), &attrs, ttl, 1000)
+                .expect("encodes");
+            let d = format.decode::<S>(&out).expect("decodes");
+            assert_eq!(d.data, S { n: 7 });
+            assert_eq!(d.ttl, Some(ttl));
+            assert!(other.decode::<S>(&out).is_err());
         }
     }
 }
