@@ -190,7 +190,11 @@ impl BackendError {
     }
 
     /// An error without a Redis error behind it (a timeout of ours, the fallback store).
-    pub(crate) fn new(kind: BackendErrorKind, code: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        kind: BackendErrorKind,
+        code: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         BackendError {
             kind,
             code: code.map(str::to_owned),

@@ -121,7 +121,11 @@ fn moves_to_the_next_runtime(a: tokio::runtime::Runtime, b: tokio::runtime::Runt
         let s = cache.stats();
         assert!(s.connected && !s.using_fallback, "{s:?}");
         assert_eq!(stat(&cache, "store"), "redis");
-        assert_eq!((s.outages, s.fallback_ops, s.backend_errors), (0, 0, 0), "{s:?}");
+        assert_eq!(
+            (s.outages, s.fallback_ops, s.backend_errors),
+            (0, 0, 0),
+            "{s:?}"
+        );
 
         cache.set("cache:rt:2", &2u32, Ttl::Api).await.expect("set");
         assert!(server.get_raw("cache:rt:2").await.is_some());
@@ -130,7 +134,10 @@ fn moves_to_the_next_runtime(a: tokio::runtime::Runtime, b: tokio::runtime::Runt
         // An invalidation from another cache evicts L1 again.
         assert_eq!(hold(&cache, "cache:rt:1").await, Some(1));
         let other = build(&server).await;
-        other.set("cache:rt:1", &10u32, Ttl::Api).await.expect("set");
+        other
+            .set("cache:rt:1", &10u32, Ttl::Api)
+            .await
+            .expect("set");
         let mut seen = None;
         for _ in 0..(BOUND.as_millis() / 10) {
             seen = cache.get::<u32>("cache:rt:1").await.expect("get");
@@ -171,12 +178,18 @@ fn moving_runtimes_is_not_logged_as_an_outage() {
     tracing::subscriber::with_default(subscriber, || {
         let cache = current_thread().block_on(build(&server));
         current_thread().block_on(async {
-            cache.set("cache:log:1", &1u32, Ttl::Api).await.expect("set");
+            cache
+                .set("cache:log:1", &1u32, Ttl::Api)
+                .await
+                .expect("set");
             assert_eq!(cache.get::<u32>("cache:log:1").await.expect("get"), Some(1));
         });
     });
     let text = logs.text();
-    assert!(text.contains("they now run on the current runtime"), "{text}");
+    assert!(
+        text.contains("they now run on the current runtime"),
+        "{text}"
+    );
     for outage in ["unavailable", "broken pipe", "fallback", "WARN", "ERROR"] {
         assert!(!text.contains(outage), "{outage:?} logged:\n{text}");
     }
@@ -190,7 +203,10 @@ fn redis_lost_after_the_move_comes_back_through_the_new_runtime() {
     current_thread().block_on(async {
         server.kill();
         // A real outage now: the fallback serves and it counts.
-        cache.set("cache:rt:down", &7u32, Ttl::Api).await.expect("set");
+        cache
+            .set("cache:rt:down", &7u32, Ttl::Api)
+            .await
+            .expect("set");
         let s = cache.stats();
         assert!(!s.connected && s.outages == 1, "{s:?}");
         server.restart();
@@ -225,8 +241,14 @@ fn without_a_runtime_calls_fail_clearly() {
     futures::executor::block_on(memory.set("cache:rt:mem", &1u32, Ttl::Api)).expect("set");
     // And the cache still works once a runtime is at hand.
     current_thread().block_on(async {
-        cache.set("cache:rt:none", &3u32, Ttl::Api).await.expect("set");
-        assert_eq!(cache.get::<u32>("cache:rt:none").await.expect("get"), Some(3));
+        cache
+            .set("cache:rt:none", &3u32, Ttl::Api)
+            .await
+            .expect("set");
+        assert_eq!(
+            cache.get::<u32>("cache:rt:none").await.expect("get"),
+            Some(3)
+        );
         assert!(cache.stats().connected);
     });
 }

@@ -239,17 +239,13 @@ impl RedisLink {
     }
 
     fn conn(&self) -> Result<Conn, Failure> {
-        self.conn
-            .load()
-            .as_deref()
-            .cloned()
-            .ok_or_else(|| {
-                Failure::Unavailable(BackendError::new(
-                    BackendErrorKind::Unreachable,
-                    None,
-                    "not connected",
-                ))
-            })
+        self.conn.load().as_deref().cloned().ok_or_else(|| {
+            Failure::Unavailable(BackendError::new(
+                BackendErrorKind::Unreachable,
+                None,
+                "not connected",
+            ))
+        })
     }
 
     /// Runs one command.

@@ -154,10 +154,7 @@ impl Tasks {
     pub(crate) fn restart_here(&self) {
         self.orphaned.store(false, Ordering::Release);
         let kept: Vec<Kept> = lock(&self.kept).clone();
-        for k in kept
-            .iter()
-            .filter(|k| !k.finished.load(Ordering::Acquire))
-        {
+        for k in kept.iter().filter(|k| !k.finished.load(Ordering::Acquire)) {
             self.launch(k);
         }
     }
