@@ -1,5 +1,7 @@
 //! Errors, in layers: a backend-neutral [`Error`] for operations, [`ConfigError`] for
-//! configuration and [`BuildError`] for building a [`Cache`](crate::Cache).
+//! configuration and [`BuildError`] for building a [`Cache`](crate::Cache). What Redis said
+//! is kept in a [`BackendError`]: a [`BackendErrorKind`] to match on, Redis's error code, and
+//! the `redis::RedisError` itself as the [`source`](std::error::Error::source).
 
 use std::time::Duration;
 
@@ -7,7 +9,8 @@ use std::time::Duration;
 ///
 /// Redis being down is **not** an error: operations then run on the in-memory fallback. The
 /// variants below are what remains: bad input from the caller, values that cannot be encoded,
-/// and errors that Redis itself answers (such as `WRONGTYPE` or `OOM`).
+/// errors that Redis itself answers (such as `WRONGTYPE` or `OOM`: [`Error::Backend`]), and
+/// a cache with Redis used outside any Tokio runtime ([`Error::NoRuntime`]).
 ///
 /// ```
 /// use cache_sdk::Error;
@@ -56,9 +59,39 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-    /// Redis answered with an error (other than a lost connection, which falls back).
-    #[error("redis error: {0}")]
-    Backend(String),
+    /// Redis answered with an error about the command (a lost connection is not one: the
+    /// fallback answers instead). [`BackendError::kind`] is
+    /// [`BackendErrorKind::Rejected`], [`BackendError::code`] gives Redis's code
+    /// (`"WRONGTYPE"`, `"OOM"`, `"NOPERM"`, …), and
+    /// [`source()`](std::error::Error::source) is the `redis::RedisError` (absent when the
+    /// fallback store refused, as for an increment that would overflow).
+    ///
+    /// ```
+    /// use cache_sdk::{BackendErrorKind, Error};
+    ///
+    /// fn advice(err: &Error) -> &'static str {
+    ///     match err {
+    ///         Error::Backend(e) if e.code() == Some("WRONGTYPE") => "another program uses this key",
+    ///         Error::Backend(e) if e.code() == Some("OOM") => "Redis is full: raise maxmemory",
+    ///         Error::Backend(e) if e.kind() == BackendErrorKind::Rejected => "Redis refused the command",
+    ///         _ => "see the message",
+    ///     }
+    /// }
+    /// # let _ = advice;
+    /// ```
+    #[error(transparent)]
+    Backend(BackendError),
+    /// A cache with Redis was used outside a Tokio runtime. Its connections and background
+    /// tasks run on Tokio: call it from `#[tokio::main]`, `#[tokio::test]`, a task, or
+    /// `Runtime::block_on`. (A cache built on a runtime that has since shut down is not in
+    /// this case: the next call made on another runtime reconnects there.)
+    ///
+    /// ```
+    /// let err = cache_sdk::Error::NoRuntime;
+    /// assert!(err.to_string().contains("Tokio runtime"));
+    /// ```
+    #[error("a cache with Redis must be used inside a Tokio runtime (#[tokio::main], #[tokio::test] or Runtime::block_on)")]
+    NoRuntime,
 }
 
 impl Error {
@@ -68,6 +101,150 @@ impl Error {
             shown.push('…');
         }
         Error::InvalidKey { key: shown, reason }
+    }
+}
+
+/// What kind of problem Redis had with a call; see [`BackendError::kind`].
+///
+/// Operations only ever return [`Rejected`](BackendErrorKind::Rejected): when Redis is
+/// unavailable they run on the fallback instead. The other kinds say why Redis could not be
+/// reached, in [`BuildError::RedisRequired`].
+///
+/// ```
+/// use cache_sdk::BackendErrorKind;
+/// assert_ne!(BackendErrorKind::Rejected, BackendErrorKind::Timeout);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// Redis answered with an error about this command: a key of another type
+    /// (`WRONGTYPE`), no memory left (`OOM`), an ACL refusal (`NOPERM`), a bad argument or
+    /// a script error (`ERR`, …). [`BackendError::code`] gives the code.
+    Rejected,
+    /// Redis did not answer within the timeout.
+    Timeout,
+    /// Redis could not be reached, or the connection was lost (refused, reset, DNS, TLS,
+    /// an answer that could not be read).
+    Unreachable,
+    /// Redis refused the credentials (`WRONGPASS`, `NOAUTH`).
+    Authentication,
+    /// Redis answers but cannot serve now: loading its data (`LOADING`), a read-only
+    /// replica (`READONLY`), a master or cluster down (`MASTERDOWN`, `CLUSTERDOWN`), a slot
+    /// moving (`TRYAGAIN`, `MOVED`, `ASK`).
+    NotReady,
+}
+
+impl std::fmt::Display for BackendErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendErrorKind::Rejected => "rejected",
+            BackendErrorKind::Timeout => "timeout",
+            BackendErrorKind::Unreachable => "unreachable",
+            BackendErrorKind::Authentication => "authentication",
+            BackendErrorKind::NotReady => "not ready",
+        })
+    }
+}
+
+/// What Redis said (or why it could not be asked): a [`BackendErrorKind`], Redis's error
+/// code, and the `redis::RedisError` as the [`source`](std::error::Error::source).
+///
+/// The message never holds a password: redis-rs does not echo credentials, and servers
+/// answer `WRONGPASS`/`NOAUTH` without them.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use cache_sdk::{BackendErrorKind, Error};
+///
+/// // In memory, an increment past i64::MAX is refused as Redis would refuse it.
+/// let cache = cache_sdk::Cache::in_memory();
+/// cache.incr_by("cache:count:1", i64::MAX).await.unwrap();
+/// match cache.incr_by("cache:count:1", 1).await {
+///     Err(Error::Backend(e)) => {
+///         assert_eq!(e.kind(), BackendErrorKind::Rejected);
+///         assert_eq!(e.code(), Some("ERR"));
+///         assert!(e.to_string().contains("overflow"));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BackendError {
+    kind: BackendErrorKind,
+    code: Option<String>,
+    message: String,
+    source: Option<redis::RedisError>,
+}
+
+impl BackendError {
+    /// From a Redis error, sorted by the caller.
+    pub(crate) fn redis(kind: BackendErrorKind, e: &redis::RedisError) -> Self {
+        BackendError {
+            kind,
+            code: e.code().map(str::to_owned),
+            message: e.to_string(),
+            source: Some(e.clone()),
+        }
+    }
+
+    /// An error without a Redis error behind it (a timeout of ours, the fallback store).
+    pub(crate) fn new(
+        kind: BackendErrorKind,
+        code: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        BackendError {
+            kind,
+            code: code.map(str::to_owned),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// What kind of problem this is.
+    ///
+    /// ```
+    /// use cache_sdk::{BackendErrorKind, Error};
+    /// fn is_refusal(err: &Error) -> bool {
+    ///     matches!(err, Error::Backend(e) if e.kind() == BackendErrorKind::Rejected)
+    /// }
+    /// # let _ = is_refusal;
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> BackendErrorKind {
+        self.kind
+    }
+
+    /// Redis's error code, the first word of its answer (`"WRONGTYPE"`, `"OOM"`,
+    /// `"NOPERM"`, `"ERR"`, …); `None` when Redis did not answer (a timeout, a refused
+    /// connection).
+    ///
+    /// ```
+    /// use cache_sdk::Error;
+    /// fn wrong_type(err: &Error) -> bool {
+    ///     matches!(err, Error::Backend(e) if e.code() == Some("WRONGTYPE"))
+    /// }
+    /// # let _ = wrong_type;
+    /// ```
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis error: {}", self.message)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -122,7 +299,11 @@ pub enum BuildError {
     /// The configuration is not valid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Redis was required (`require_redis(true)`) but could not be reached.
-    #[error("redis is required but could not be reached: {0}")]
-    RedisRequired(String),
+    /// Redis was required (`require_redis(true)`) but could not be reached;
+    /// [`BackendError::kind`] says why (timeout, unreachable, authentication, not ready).
+    #[error("redis is required but could not be reached: {}", .0.message)]
+    RedisRequired(#[source] BackendError),
+    /// The cache has Redis configured but was built outside a Tokio runtime.
+    #[error("a cache with Redis must be built inside a Tokio runtime (#[tokio::main], #[tokio::test] or Runtime::block_on)")]
+    NoRuntime,
 }

@@ -61,7 +61,7 @@ pub mod __private;
 pub use cache::{Cache, CacheBuilder, CacheValue};
 pub use codec::Codec;
 pub use config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
-pub use error::{BuildError, ConfigError, Error, Result};
+pub use error::{BackendError, BackendErrorKind, BuildError, ConfigError, Error, Result};
 pub use global::{global, install};
 pub use key::Key;
 pub use macros::{cache_evict, cache_put, cached};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_sdk::session::{CacheSessionStore, SessionConfig, SessionId, Sessions};
-use cache_sdk::{Cache, Ttl};
+use cache_sdk::{BackendErrorKind, Cache, Ttl};
 use cache_sdk_tests::{wait_until, RedisServer};
 
 /// Generous bound that only catches hangs (timeouts are 100 ms); not a performance claim.
@@ -106,8 +106,9 @@ async fn down_at_start_then_switches_to_redis() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, cache_sdk::BuildError::RedisRequired(_)),
-        "{err}"
+        matches!(err, cache_sdk::BuildError::RedisRequired(ref e)
+            if e.kind() == BackendErrorKind::Unreachable),
+        "{err:?}"
     );
 }
 
@@ -474,7 +475,8 @@ async fn out_of_memory_is_a_typed_error() {
     }
     let err = oom.expect("redis never ran out of memory");
     assert!(
-        matches!(err, cache_sdk::Error::Backend(ref m) if m.contains("OOM")),
+        matches!(err, cache_sdk::Error::Backend(ref e)
+            if e.kind() == BackendErrorKind::Rejected && e.code() == Some("OOM")),
         "{err}"
     );
     // Reads keep working and Redis stays the store.
@@ -498,8 +500,13 @@ async fn wrong_password_falls_back_without_leaking_it() {
         .require_redis(true)
         .build()
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    assert!(
+        matches!(err, cache_sdk::BuildError::RedisRequired(ref e)
+            if e.kind() == BackendErrorKind::Authentication),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(!err.contains("wrong-password"), "{err}");
 
     let good = format!("redis://:right-password@127.0.0.1:{}", server.port());
@@ -532,11 +539,21 @@ async fn wrong_type_in_redis_is_a_typed_error_not_a_fallback() {
     server.cli(&["SET", "cache:wt:text", "not a number"]);
     let err = cache.get::<u32>("cache:wt:list").await.unwrap_err();
     assert!(
-        matches!(err, cache_sdk::Error::Backend(ref m) if m.contains("WRONGTYPE")),
+        matches!(err, cache_sdk::Error::Backend(ref e)
+            if e.kind() == BackendErrorKind::Rejected && e.code() == Some("WRONGTYPE")),
         "{err}"
     );
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    // The Redis error itself is the source, for callers that want all of it.
+    let cause = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<redis::RedisError>())
+        .expect("the redis error is the source");
+    assert_eq!(cause.code(), Some("WRONGTYPE"));
     let err = cache.incr("cache:wt:text").await.unwrap_err();
-    assert!(matches!(err, cache_sdk::Error::Backend(_)), "{err}");
+    assert!(
+        matches!(err, cache_sdk::Error::Backend(ref e) if e.code() == Some("ERR")),
+        "{err}"
+    );
     // A plain string that is not an envelope is a miss.
     assert_eq!(cache.get::<u32>("cache:wt:text").await.unwrap(), None);
     // Redis stays the store: these are answers about the data, not an outage.

@@ -199,6 +199,16 @@ impl Signals {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The runtime that ran the link has shut down and dropped it: no invalidation can
+    /// arrive any more, so L1 stops serving until the link is up again on the runtime of
+    /// the next call. Runs inside the shutdown: only atomics and the L1 epoch.
+    fn runtime_lost(&self) {
+        self.state.store(DOWN, Ordering::SeqCst);
+        if self.local.suspend() {
+            *lock(&self.lost_at) = Some(Instant::now());
+        }
+    }
+
     fn suspend(&self, why: &str) {
         self.state.store(DOWN, Ordering::SeqCst);
         if self.local.suspend() {
@@ -346,7 +356,9 @@ impl CoherenceLink {
             connect_timeout: cfg.connect_timeout,
             max_delay: cfg.probe_interval.max(Duration::from_millis(10)),
         });
-        tokio::spawn(run(Arc::downgrade(&shared)));
+        let weak = Arc::downgrade(&shared);
+        let signals = shared.signals.clone();
+        remote.keep_running(move || run(weak.clone()), move || signals.runtime_lost());
         Some(Self { shared })
     }
 
@@ -480,7 +492,7 @@ impl Shared {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(Failure::Unavailable("no answer in time".into())),
+            Err(_) => Err(Failure::timed_out("no answer in time")),
         }
     }
 
@@ -506,7 +518,7 @@ impl Shared {
         let mut conn = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(connect_failure(&e)),
-            Err(_) => return Err(Failure::Unavailable("connecting timed out".into())),
+            Err(_) => return Err(Failure::timed_out("connecting timed out")),
         };
         let mut name = redis::cmd("CLIENT");
         name.arg("SETNAME").arg(CONNECTION_NAME);
@@ -629,7 +641,7 @@ async fn run(weak: Weak<Shared>) {
                 link
             }
             Err(Failure::Rejected(why)) => {
-                match shared.refused(&why, &mut warned) {
+                match shared.refused(&why.to_string(), &mut warned) {
                     Refused::Retry => continue,
                     Refused::GiveUp => return,
                     Refused::Wait => {}

@@ -8,7 +8,7 @@ use moka::ops::compute::Op;
 use moka::sync::Cache as MokaCache;
 
 use super::{DeadlineExpiry, HasDeadline};
-use crate::error::Error;
+use crate::error::{BackendError, BackendErrorKind, Error};
 use crate::key::glob_match;
 
 #[derive(Debug, Clone)]
@@ -131,7 +131,8 @@ impl MemoryStore {
     /// key's TTL, like Redis `INCRBY`.
     pub(crate) fn incr_by(&self, key: &str, delta: i64) -> Result<(i64, MemEntry), Error> {
         let now = Instant::now();
-        let mut outcome = Err(Error::Backend(String::new()));
+        // Set by the closure, which moka runs exactly once.
+        let mut outcome = None;
         self.map.entry(key.to_owned()).and_compute_with(|existing| {
             let (current, expires_at) = match existing {
                 Some(e) if e.value().live(now) => {
@@ -139,7 +140,7 @@ impl MemoryStore {
                     match parse_int(&e.bytes) {
                         Some(n) => (n, e.expires_at),
                         None => {
-                            outcome = Err(not_an_integer(key));
+                            outcome = Some(Err(not_an_integer(key)));
                             return Op::Nop;
                         }
                     }
@@ -147,19 +148,28 @@ impl MemoryStore {
                 _ => (0, None),
             };
             let Some(next) = current.checked_add(delta) else {
-                outcome = Err(Error::Backend(
-                    "ERR increment or decrement would overflow".into(),
-                ));
+                // What Redis answers in the same case.
+                outcome = Some(Err(Error::Backend(BackendError::new(
+                    BackendErrorKind::Rejected,
+                    Some("ERR"),
+                    "ERR increment or decrement would overflow",
+                ))));
                 return Op::Nop;
             };
             let entry = MemEntry {
                 bytes: Arc::from(next.to_string().into_bytes()),
                 expires_at,
             };
-            outcome = Ok((next, entry.clone()));
+            outcome = Some(Ok((next, entry.clone())));
             Op::Put(entry)
         });
-        outcome
+        outcome.unwrap_or_else(|| {
+            Err(Error::Backend(BackendError::new(
+                BackendErrorKind::Rejected,
+                None,
+                "the increment did not run",
+            )))
+        })
     }
 
     /// Keys matching a Redis glob pattern.
@@ -221,6 +231,22 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(m.incr_by("c", 0).unwrap().0, 4000);
+    }
+
+    #[test]
+    fn an_overflowing_increment_is_refused_as_redis_refuses_it() {
+        let m = MemoryStore::new(1 << 20);
+        m.incr_by("n", i64::MAX).unwrap();
+        match m.incr_by("n", 1) {
+            Err(Error::Backend(e)) => {
+                assert_eq!(e.kind(), BackendErrorKind::Rejected);
+                assert_eq!(e.code(), Some("ERR"));
+                assert!(std::error::Error::source(&e).is_none());
+                assert!(e.to_string().contains("overflow"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.incr_by("n", 0).unwrap().0, i64::MAX);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The tiers below [`Cache`](crate::Cache): the typed in-process L1 ([`local`]), and the
 //! remote L2 ([`remote`]) that talks to Redis or, when Redis is absent, to the in-memory
 //! fallback store ([`memory`]); [`coherence`] keeps the L1 of several instances in step.
+//! [`replay`] brings the outage writes back to Redis, and [`tasks`] keeps the background
+//! tasks on whichever Tokio runtime uses the cache.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,7 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 pub(crate) mod remote;
 pub(crate) mod replay;
+pub(crate) mod tasks;
 
 /// An entry that knows when it expires; moka asks it through [`DeadlineExpiry`].
 pub(crate) trait HasDeadline {

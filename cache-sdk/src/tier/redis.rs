@@ -23,15 +23,42 @@ use redis::{
 };
 
 use crate::config::RedisConfig;
-use crate::error::ConfigError;
+use crate::error::{BackendError, BackendErrorKind, ConfigError};
 
-/// Why a Redis call did not give an answer.
+/// Why a Redis call did not give an answer, sorted by what the caller does about it; the
+/// [`BackendError`] keeps the details (its kind, Redis's code, the Redis error itself).
 #[derive(Debug, Clone)]
 pub(crate) enum Failure {
     /// Redis is unreachable, too slow, restarting, or refuses us: use the fallback.
-    Unavailable(String),
+    Unavailable(BackendError),
     /// Redis answered with an error about this command (WRONGTYPE, OOM, NOPERM, ...).
-    Rejected(String),
+    Rejected(BackendError),
+}
+
+impl Failure {
+    /// No answer within `what`'s own time limit (ours, not redis-rs's).
+    pub(crate) fn timed_out(what: &str) -> Self {
+        Failure::Unavailable(BackendError::new(BackendErrorKind::Timeout, None, what))
+    }
+
+    /// The details, whichever the class.
+    pub(crate) fn error(&self) -> &BackendError {
+        match self {
+            Failure::Unavailable(e) | Failure::Rejected(e) => e,
+        }
+    }
+
+    pub(crate) fn into_error(self) -> BackendError {
+        match self {
+            Failure::Unavailable(e) | Failure::Rejected(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.error(), f)
+    }
 }
 
 /// How to reach Redis: one server, or a cluster.
@@ -205,17 +232,20 @@ impl RedisLink {
                 self.conn.store(Some(std::sync::Arc::new(conn)));
                 Ok(())
             }
-            Ok(Err(e)) => Err(Failure::Unavailable(describe(&e))),
-            Err(_) => Err(Failure::Unavailable("connecting timed out".into())),
+            // Whatever answered, it was not a working connection: unavailable.
+            Ok(Err(e)) => Err(Failure::Unavailable(classify(&e).into_error())),
+            Err(_) => Err(Failure::timed_out("connecting timed out")),
         }
     }
 
     fn conn(&self) -> Result<Conn, Failure> {
-        self.conn
-            .load()
-            .as_deref()
-            .cloned()
-            .ok_or_else(|| Failure::Unavailable("not connected".into()))
+        self.conn.load().as_deref().cloned().ok_or_else(|| {
+            Failure::Unavailable(BackendError::new(
+                BackendErrorKind::Unreachable,
+                None,
+                "not connected",
+            ))
+        })
     }
 
     /// Runs one command.
@@ -307,7 +337,11 @@ impl RedisLink {
                         .rsplit_once(':')
                         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
                         .ok_or_else(|| {
-                            Failure::Unavailable(format!("unreadable cluster node address {addr}"))
+                            Failure::Unavailable(BackendError::new(
+                                BackendErrorKind::Unreachable,
+                                None,
+                                format!("unreadable cluster node address {addr}"),
+                            ))
                         })?;
                     if cursor == 0 {
                         walks.push(futures::future::ready(Ok(keys)).boxed());
@@ -339,7 +373,11 @@ impl RedisLink {
                 None => self.query::<(u64, Vec<String>)>(&cmd).await?,
                 Some((host, port)) => {
                     let Conn::Cluster(mut conn) = self.conn()? else {
-                        return Err(Failure::Unavailable("not connected to the cluster".into()));
+                        return Err(Failure::Unavailable(BackendError::new(
+                            BackendErrorKind::Unreachable,
+                            None,
+                            "not connected to the cluster",
+                        )));
                     };
                     let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                         host: host.clone(),
@@ -454,50 +492,107 @@ fn scan_page(value: Value) -> RedisResult<(u64, Vec<String>)> {
     Ok(redis::from_redis_value(value)?)
 }
 
-fn describe(e: &RedisError) -> String {
-    // The error's text never holds the password: redis-rs does not echo credentials, and
-    // servers answer WRONGPASS/NOAUTH without them.
-    e.to_string()
+/// Sorts a Redis error: unavailable (use the fallback) or rejected (tell the caller), and
+/// why.
+///
+/// The error's text never holds the password: redis-rs does not echo credentials, and
+/// servers answer WRONGPASS/NOAUTH without them.
+pub(crate) fn classify(e: &RedisError) -> Failure {
+    match unavailable_kind(e) {
+        Some(kind) => Failure::Unavailable(BackendError::redis(kind, e)),
+        None => Failure::Rejected(BackendError::redis(BackendErrorKind::Rejected, e)),
+    }
 }
 
-/// Sorts a Redis error.
-pub(crate) fn classify(e: &RedisError) -> Failure {
-    let unavailable = e.is_io_error()
-        || e.is_timeout()
+/// Why Redis cannot serve, or `None` when it answered an error about the command.
+fn unavailable_kind(e: &RedisError) -> Option<BackendErrorKind> {
+    if e.is_timeout() {
+        return Some(BackendErrorKind::Timeout);
+    }
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+    {
+        return Some(BackendErrorKind::Authentication);
+    }
+    if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || matches!(
             e.kind(),
-            ErrorKind::AuthenticationFailed
-                | ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Parse
-                | ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ReadOnly
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::ClusterDown
-                        | ServerErrorKind::Moved
-                        | ServerErrorKind::Ask
-                )
+            ErrorKind::ClusterConnectionNotFound | ErrorKind::Parse
         )
-        || matches!(
-            e.code(),
-            Some(
-                "NOAUTH"
-                    | "WRONGPASS"
-                    | "LOADING"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    | "CLUSTERDOWN"
-                    | "TRYAGAIN"
-                    | "MOVED"
-                    | "ASK"
-            )
+    {
+        return Some(BackendErrorKind::Unreachable);
+    }
+    let not_ready = matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+        )
+    ) || matches!(
+        e.code(),
+        Some("LOADING" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK")
+    );
+    not_ready.then_some(BackendErrorKind::NotReady)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn server(code: &str) -> RedisError {
+        redis::make_extension_error(code.into(), Some("something about the command".into()))
+    }
+
+    #[test]
+    fn answers_about_the_command_are_rejected_and_keep_their_cause() {
+        for code in ["WRONGTYPE", "OOM", "NOPERM"] {
+            let Failure::Rejected(e) = classify(&server(code)) else {
+                panic!("{code} should be rejected");
+            };
+            assert_eq!(e.kind(), BackendErrorKind::Rejected);
+            assert_eq!(e.code(), Some(code));
+            assert!(e.to_string().contains(code), "{e}");
+            let cause = e
+                .source()
+                .and_then(|s| s.downcast_ref::<RedisError>())
+                .expect("the redis error is the source");
+            assert_eq!(cause.code(), Some(code));
+        }
+    }
+
+    #[test]
+    fn unavailable_redis_is_sorted_by_why() {
+        let cases = [
+            (server("LOADING"), BackendErrorKind::NotReady),
+            (server("READONLY"), BackendErrorKind::NotReady),
+            (server("WRONGPASS"), BackendErrorKind::Authentication),
+            (
+                RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                BackendErrorKind::Unreachable,
+            ),
+            (
+                RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                BackendErrorKind::Timeout,
+            ),
+        ];
+        for (error, kind) in cases {
+            match classify(&error) {
+                Failure::Unavailable(e) => assert_eq!(e.kind(), kind, "{error}"),
+                Failure::Rejected(e) => panic!("{e} should be unavailable"),
+            }
+        }
+        assert_eq!(
+            Failure::timed_out("connecting timed out").error().kind(),
+            BackendErrorKind::Timeout
         );
-    if unavailable {
-        Failure::Unavailable(describe(e))
-    } else {
-        Failure::Rejected(describe(e))
     }
 }

@@ -1,42 +1,95 @@
 //! L2: Redis when it answers, the in-memory fallback when it does not.
 //!
-//! States: `Disabled` (no Redis configured: memory only), `Up` (Redis), `Down` (the breaker
-//! is open: every call goes straight to memory, no timeout is paid, and a background task
-//! probes Redis with backoff), `Recovering` (Redis answers again; the writes made during the
-//! outage are being replayed in pipelines, calls still go to memory), `Draining` (the last
-//! replay passes: writes wait, at most the command timeout, for the switch instead of
-//! adding to the log, so the replay cannot be outrun by a busy application). Once the
-//! replay log is empty the state turns `Up` under the log's lock, so no write can slip
-//! between the two stores; the fallback is then cleared and listeners (L1) are told to drop
-//! what they hold.
+//! This file is the state machine and the commands. States ([`State`]): `Disabled` (no
+//! Redis configured: memory only), `Up` (Redis), `Down` (the breaker is open: every call
+//! goes straight to memory, no timeout is paid, and a background task probes Redis with
+//! backoff), `Recovering` (Redis answers again; the writes made during the outage are being
+//! replayed in pipelines, calls still go to memory), `Draining` (the last replay passes:
+//! writes wait, at most the command timeout, for the switch instead of adding to the log, so
+//! the replay cannot be outrun by a busy application). Once the replay log is empty the
+//! state turns `Up` under the log's lock, so no write can slip between the two stores; the
+//! fallback is then cleared and listeners (L1) are told to drop what they hold.
+//!
+//! The probe, the replay and the switch back live beside the log, in
+//! [`replay::driver`](super::replay::driver). The connection and the background tasks
+//! follow the runtime that uses the cache ([`tasks`](super::tasks)): a call made after the
+//! runtime that ran them has shut down reconnects and restarts them on its own runtime
+//! ([`Remote::on_runtime`]).
+//!
+//! May import: the link (`redis.rs`), the fallback (`memory.rs`), the replay log and
+//! driver, the tasks, codec times, config, errors. Must not: know about L1, coherence or
+//! sessions (they listen through [`Remote::on_event`]).
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::memory::{MemEntry, MemoryStore};
 use super::redis::{classify, Failure, RedisLink};
-use super::replay::{Pending, ReplayLog, DEL_SCRIPT, SET_SCRIPT};
+use super::replay::driver::supervise;
+use super::replay::{Pending, ReplayLog};
+use super::tasks::Tasks;
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
-use crate::error::{BuildError, Error};
+use crate::error::{BackendError, BuildError, Error};
 
-const DISABLED: u8 = 0;
-const UP: u8 = 1;
-const DOWN: u8 = 2;
-const RECOVERING: u8 = 3;
-const DRAINING: u8 = 4;
+/// Where the calls of the remote tier go. Kept in one atomic byte ([`StateCell`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum State {
+    /// No Redis configured: memory only, for good.
+    Disabled = 0,
+    /// Calls go to Redis.
+    Up = 1,
+    /// Redis is unavailable: calls go to memory (no timeout is paid), the probe runs.
+    Down = 2,
+    /// Redis answers again: calls still go to memory while the outage writes are replayed.
+    Recovering = 3,
+    /// The replay's last passes: writes wait (at most the timeout) for `Up`; reads use
+    /// memory.
+    Draining = 4,
+}
 
-/// Writes replayed per pipeline.
-const REPLAY_BATCH: usize = 512;
-/// Pipelines in flight at once during a replay.
-const REPLAY_PARALLEL: usize = 4;
-/// Replay passes made while writers still add to the log, before they are held back.
-const CATCH_UP_ROUNDS: u32 = 4;
+/// The [`State`] in an atomic byte; the only place where it is converted.
+pub(crate) struct StateCell(AtomicU8);
+
+impl StateCell {
+    fn new(state: State) -> Self {
+        StateCell(AtomicU8::new(state as u8))
+    }
+
+    pub(crate) fn get(&self) -> State {
+        match self.0.load(Ordering::Acquire) {
+            0 => State::Disabled,
+            1 => State::Up,
+            2 => State::Down,
+            3 => State::Recovering,
+            // Only `set` and `replace` write the byte, always from a `State`.
+            _ => State::Draining,
+        }
+    }
+
+    pub(crate) fn set(&self, state: State) {
+        self.0.store(state as u8, Ordering::Release);
+    }
+
+    /// Moves from `from` to `to`; `false` when the state was not `from`.
+    pub(crate) fn replace(&self, from: State, to: State) -> bool {
+        self.0
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for StateCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
 
 /// What listeners are told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,20 +111,24 @@ pub(crate) struct Counters {
     pub(crate) replay_skipped: AtomicU64,
 }
 
-struct Inner {
-    link: Option<RedisLink>,
-    memory: MemoryStore,
-    state: AtomicU8,
-    log: Mutex<ReplayLog>,
+/// What the state machine and the replay driver share.
+pub(crate) struct Inner {
+    pub(crate) link: Option<RedisLink>,
+    pub(crate) memory: MemoryStore,
+    pub(crate) state: StateCell,
+    pub(crate) log: Mutex<ReplayLog>,
     namespace: Option<String>,
-    wake: Arc<Notify>,
+    /// Wakes the probe: Redis was found unavailable (or the cache is gone).
+    pub(crate) wake: Arc<Notify>,
     /// Woken when a `Draining` state ends.
-    drained: Notify,
+    pub(crate) drained: Notify,
     /// How long a write waits for a drain to end before it goes to the fallback.
     drain_wait: Duration,
     listeners: Mutex<Vec<Listener>>,
-    counters: Counters,
-    probe_interval: Duration,
+    pub(crate) counters: Counters,
+    pub(crate) probe_interval: Duration,
+    /// The probe, and the tasks of the tiers above (the coherence link).
+    tasks: Tasks,
 }
 
 impl Drop for Inner {
@@ -101,12 +158,12 @@ impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Remote")
             .field("link", &self.inner.link)
-            .field("state", &self.inner.state.load(Ordering::Relaxed))
+            .field("state", &self.inner.state.get())
             .finish_non_exhaustive()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent (each critical
     // section is a single map operation), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -130,7 +187,11 @@ impl Remote {
 
     fn with_link(cfg: &CacheConfig, link: Option<RedisLink>) -> Self {
         let inner = Arc::new(Inner {
-            state: AtomicU8::new(if link.is_some() { DOWN } else { DISABLED }),
+            state: StateCell::new(if link.is_some() {
+                State::Down
+            } else {
+                State::Disabled
+            }),
             link,
             memory: MemoryStore::new(cfg.fallback_max_bytes),
             log: Mutex::new(ReplayLog::new(cfg.replay_capacity)),
@@ -141,12 +202,17 @@ impl Remote {
             listeners: Mutex::new(Vec::new()),
             counters: Counters::default(),
             probe_interval: cfg.probe_interval,
+            tasks: Tasks::new(),
         });
         Remote { inner }
     }
 
     /// Makes one attempt to reach Redis, logs which store is in use, and starts the task
     /// that watches Redis.
+    ///
+    /// # Errors
+    /// [`BuildError::RedisRequired`] when Redis must be reachable and is not;
+    /// [`BuildError::NoRuntime`] outside a Tokio runtime (with Redis configured).
     pub(crate) async fn start(&self, cfg: &CacheConfig) -> Result<(), BuildError> {
         let Some(link) = &self.inner.link else {
             tracing::info!(
@@ -155,9 +221,12 @@ impl Remote {
             );
             return Ok(());
         };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BuildError::NoRuntime);
+        }
         match link.connect().await {
             Ok(()) => {
-                self.inner.state.store(UP, Ordering::Release);
+                self.inner.state.set(State::Up);
                 tracing::info!(
                     store = "redis",
                     address = %link.address,
@@ -165,23 +234,82 @@ impl Remote {
                     "cache store: redis"
                 );
             }
-            Err(Failure::Unavailable(why) | Failure::Rejected(why)) => {
+            Err(failure) => {
                 if cfg.require_redis {
-                    return Err(BuildError::RedisRequired(why));
+                    return Err(BuildError::RedisRequired(failure.into_error()));
                 }
                 self.inner.counters.outages.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     store = "memory",
                     address = %link.address,
-                    error = %why,
+                    error = %failure,
                     "cache store: in-memory fallback (Redis unreachable at start); will switch to Redis when it answers"
                 );
             }
         }
-        tokio::spawn(supervise(
-            Arc::downgrade(&self.inner),
-            self.inner.wake.clone(),
-        ));
+        let weak = Arc::downgrade(&self.inner);
+        let wake = self.inner.wake.clone();
+        self.inner
+            .tasks
+            .spawn(move || supervise(weak.clone(), wake.clone()), None);
+        Ok(())
+    }
+
+    /// Runs a background task of a tier above (the coherence link) on the current
+    /// runtime, and again on the runtime of the next call when that one shuts down first
+    /// (see [`tasks`](super::tasks)). `on_lost` runs, inside the shutdown, when the
+    /// runtime drops the task.
+    pub(crate) fn keep_running<F, Fut>(&self, start: F, on_lost: impl Fn() + Send + Sync + 'static)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(start, Some(Arc::new(on_lost)));
+    }
+
+    /// Before a call that may reach Redis: Redis needs a Tokio runtime, and the one that
+    /// ran the connection and the background tasks may have shut down since (the cache
+    /// was built in another `#[tokio::test]`, or in a `LazyLock`). Then the connection is
+    /// opened again and the tasks restarted here, once, under a lock. Not an outage:
+    /// nothing is counted, and the state (and so the replay log) is kept.
+    ///
+    /// # Errors
+    /// [`Error::NoRuntime`] outside a Tokio runtime (with Redis configured).
+    async fn on_runtime(&self) -> Result<(), Error> {
+        let Some(link) = &self.inner.link else {
+            return Ok(());
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        if !self.inner.tasks.orphaned() {
+            return Ok(());
+        }
+        let Some(_restarting) = self.inner.tasks.restarting().await else {
+            return Ok(());
+        };
+        let state = self.state();
+        match state {
+            State::Up => {
+                if let Err(failure) = link.connect().await {
+                    // Redis itself is unavailable now: that is an outage.
+                    self.trip(&failure);
+                }
+            }
+            State::Recovering | State::Draining => {
+                // The replay ran on the old runtime and stopped with it; the probe starts
+                // it again (the writes it had taken went back to the log).
+                self.inner.state.set(State::Down);
+                self.inner.drained.notify_waiters();
+            }
+            State::Down | State::Disabled => {}
+        }
+        self.inner.tasks.restart_here();
+        tracing::info!(
+            address = %link.address,
+            state = ?self.state(),
+            "cache: the Tokio runtime that ran its Redis connection and background tasks has shut down; they now run on the current runtime"
+        );
         Ok(())
     }
 
@@ -194,7 +322,7 @@ impl Remote {
         let log = lock(&self.inner.log);
         RemoteStatus {
             redis_configured: self.inner.link.is_some(),
-            connected: self.state() == UP,
+            connected: self.state() == State::Up,
             in_memory_keys: self.inner.memory.len(),
             replay_pending: log.len(),
             replay_dropped: log.dropped,
@@ -203,7 +331,7 @@ impl Remote {
 
     /// Whether operations go to Redis now.
     pub(crate) fn is_up(&self) -> bool {
-        self.state() == UP
+        self.state() == State::Up
     }
 
     /// A handle on the in-memory fallback store.
@@ -214,13 +342,14 @@ impl Remote {
     /// `PUBLISH` through the data connection when Redis is up; a failure is only logged
     /// (the message is a hint to other instances, not data).
     pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) {
+        if self.on_runtime().await.is_err() {
+            return;
+        }
         let Some(link) = self.up_link() else { return };
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
-        if let Err(Failure::Unavailable(why) | Failure::Rejected(why)) =
-            link.query::<i64>(&cmd).await
-        {
-            tracing::debug!(error = %why, "invalidation message not published");
+        if let Err(failure) = link.query::<i64>(&cmd).await {
+            tracing::debug!(error = %failure, "invalidation message not published");
         }
     }
 
@@ -228,8 +357,8 @@ impl Remote {
         &self.inner.counters
     }
 
-    fn state(&self) -> u8 {
-        self.inner.state.load(Ordering::Acquire)
+    fn state(&self) -> State {
+        self.inner.state.get()
     }
 
     fn rkey<'a>(&self, key: &'a str) -> Cow<'a, str> {
@@ -240,20 +369,16 @@ impl Remote {
     }
 
     fn up_link(&self) -> Option<&RedisLink> {
-        if self.state() == UP {
+        if self.state() == State::Up {
             self.inner.link.as_ref()
         } else {
             None
         }
     }
 
-    fn trip(&self, why: &str) {
-        if self
-            .inner
-            .state
-            .compare_exchange(UP, DOWN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+    /// Opens the breaker: `Up` → `Down`, counted and logged once per outage.
+    fn trip(&self, why: &dyn std::fmt::Display) {
+        if self.inner.state.replace(State::Up, State::Down) {
             self.inner.counters.outages.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 store = "memory",
@@ -265,7 +390,7 @@ impl Remote {
         }
     }
 
-    fn rejected(&self, why: String) -> Error {
+    fn rejected(&self, why: BackendError) -> Error {
         self.inner
             .counters
             .backend_errors
@@ -278,7 +403,7 @@ impl Remote {
         let drained = self.inner.drained.notified();
         tokio::pin!(drained);
         drained.as_mut().enable();
-        if self.state() == DRAINING {
+        if self.state() == State::Draining {
             let _ = tokio::time::timeout(self.inner.drain_wait, drained).await;
         }
     }
@@ -292,6 +417,7 @@ impl Remote {
     where
         Fut: Future<Output = Result<R, Failure>>,
     {
+        self.on_runtime().await?;
         if let Some(link) = self.up_link() {
             match on_redis(link).await {
                 Ok(v) => return Ok(v),
@@ -319,11 +445,12 @@ impl Remote {
     where
         Fut: Future<Output = Result<R, Failure>>,
     {
+        self.on_runtime().await?;
         let mut attempts = 0;
         let mut waited = false;
         loop {
             attempts += 1;
-            if !waited && self.state() == DRAINING {
+            if !waited && self.state() == State::Draining {
                 waited = true;
                 self.wait_for_drain().await;
             }
@@ -339,16 +466,16 @@ impl Remote {
                 .counters
                 .fallback_ops
                 .fetch_add(1, Ordering::Relaxed);
-            if self.state() == DISABLED {
+            if self.state() == State::Disabled {
                 return Ok(on_memory(&self.inner.memory, None));
             }
             let mut log = lock(&self.inner.log);
-            if self.state() == UP {
+            if self.state() == State::Up {
                 if attempts < 3 {
                     continue;
                 }
                 // Flapping: open the breaker ourselves so the probe replays this write.
-                self.trip("redis keeps failing");
+                self.trip(&"redis keeps failing");
             }
             return Ok(on_memory(&self.inner.memory, Some(&mut log)));
         }
@@ -594,7 +721,7 @@ impl Remote {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -643,274 +770,18 @@ fn pending_entry(e: &MemEntry) -> Pending {
 }
 
 impl Inner {
-    fn notify(&self, event: StoreEvent) {
+    pub(crate) fn notify(&self, event: StoreEvent) {
         let listeners: Vec<Listener> = lock(&self.listeners).clone();
         for l in listeners {
             l(event);
         }
     }
 
-    fn rkey(&self, key: &str) -> String {
+    /// The key as Redis knows it (with the namespace).
+    pub(crate) fn rkey(&self, key: &str) -> String {
         match &self.namespace {
             Some(ns) => format!("{ns}:{key}"),
             None => key.to_owned(),
-        }
-    }
-
-    /// Reconnects and replays the outage writes. Returns `true` once back `Up`.
-    ///
-    /// Writers keep writing to the fallback (and the log) while the replay runs, so the
-    /// replay could chase them for ever under load. After [`CATCH_UP_ROUNDS`] passes the
-    /// state turns `Draining`: new writes then wait (at most the command timeout) for the
-    /// switch instead of growing the log, and the replay finishes what is left.
-    async fn recover(&self) -> bool {
-        let Some(link) = &self.link else { return true };
-        if let Err(Failure::Unavailable(why) | Failure::Rejected(why)) = link.connect().await {
-            tracing::debug!(error = %why, "redis still unavailable");
-            return false;
-        }
-        self.state.store(RECOVERING, Ordering::Release);
-        let started = Instant::now();
-        let mut replayed = 0u64;
-        let mut rounds = 0u32;
-        let mut scripts = Scripts::default();
-        loop {
-            if !scripts.loaded {
-                if let Err(why) = scripts.load(link).await {
-                    return self.replay_failed(replayed, &why);
-                }
-            }
-            let batches: Vec<Vec<(String, Pending)>> = {
-                let mut log = lock(&self.log);
-                (0..REPLAY_PARALLEL)
-                    .map(|_| log.take(REPLAY_BATCH))
-                    .filter(|b| !b.is_empty())
-                    .collect()
-            };
-            if batches.is_empty() {
-                let log = lock(&self.log);
-                if !log.is_empty() {
-                    continue;
-                }
-                self.state.store(UP, Ordering::Release);
-                self.memory.clear();
-                drop(log);
-                self.drained.notify_waiters();
-                self.counters
-                    .replayed
-                    .fetch_add(replayed, Ordering::Relaxed);
-                tracing::info!(
-                    store = "redis",
-                    address = %link.address,
-                    replayed,
-                    replay_ms = started.elapsed().as_millis() as u64,
-                    "redis is back: outage writes replayed, cache store is redis again"
-                );
-                self.notify(StoreEvent::Recovered);
-                return true;
-            }
-            rounds += 1;
-            if rounds == CATCH_UP_ROUNDS {
-                self.state.store(DRAINING, Ordering::Release);
-            }
-            // The batches go out at once on the multiplexed connection, so Redis never
-            // waits for the next one.
-            let results = futures::future::join_all(
-                batches
-                    .iter()
-                    .map(|batch| self.replay_batch(link, &scripts, batch)),
-            )
-            .await;
-            let mut failure = None;
-            for (batch, result) in batches.into_iter().zip(results) {
-                match result {
-                    Ok(outcome) => {
-                        replayed += outcome.applied;
-                        if !outcome.retry.is_empty() {
-                            // The server lost the scripts (restarted or flushed): load
-                            // them again and retry these writes.
-                            scripts.loaded = false;
-                            let mut log = lock(&self.log);
-                            for (k, o) in outcome.retry {
-                                log.restore(k, o);
-                            }
-                        }
-                    }
-                    Err(why) => {
-                        let mut log = lock(&self.log);
-                        for (k, o) in batch {
-                            log.restore(k, o);
-                        }
-                        failure = Some(why);
-                    }
-                }
-            }
-            if let Some(why) = failure {
-                return self.replay_failed(replayed, &why);
-            }
-        }
-    }
-
-    fn replay_failed(&self, replayed: u64, why: &str) -> bool {
-        self.state.store(DOWN, Ordering::Release);
-        self.drained.notify_waiters();
-        self.counters
-            .replayed
-            .fetch_add(replayed, Ordering::Relaxed);
-        tracing::warn!(error = %why, "redis failed again during replay");
-        false
-    }
-
-    /// Replays a batch in one pipeline (on a cluster, one per hash slot, sent at once).
-    /// Skipped writes (expired, or Redis holds a newer value) and refused ones are counted;
-    /// writes that met a server without the scripts come back in `retry`. An error means
-    /// Redis is unavailable again; the batch goes back to the log (part of it may have been
-    /// applied: replaying a `SET` or `DEL` twice is harmless, an increment may count twice).
-    async fn replay_batch(
-        &self,
-        link: &RedisLink,
-        scripts: &Scripts,
-        batch: &[(String, Pending)],
-    ) -> Result<BatchOutcome, String> {
-        // One EVALSHA or INCRBY per key: slot-safe on a cluster, where the batch is split
-        // by slot.
-        let mut cmds: Vec<(String, redis::Cmd)> = Vec::with_capacity(batch.len());
-        // Per command sent: its index in the batch, and whether an answer of 0 means
-        // "skipped" (the conditional SET).
-        let mut sent: Vec<(usize, bool)> = Vec::with_capacity(batch.len());
-        let now = Instant::now();
-        for (index, (key, op)) in batch.iter().enumerate() {
-            let rkey = self.rkey(key);
-            let mut cmd = redis::Cmd::new();
-            match op {
-                Pending::Set {
-                    bytes,
-                    expires_at,
-                    written_at_ms,
-                } => {
-                    let px = match expires_at {
-                        None => 0,
-                        Some(t) => match t.checked_duration_since(now) {
-                            Some(d) if !d.is_zero() => millis(d),
-                            _ => {
-                                self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                        },
-                    };
-                    cmd.arg("EVALSHA")
-                        .arg(&scripts.set_sha)
-                        .arg(1)
-                        .arg(&rkey)
-                        .arg(&bytes[..])
-                        .arg(*written_at_ms)
-                        .arg(px);
-                    sent.push((index, true));
-                }
-                Pending::Delete { at_ms } => {
-                    cmd.arg("EVALSHA")
-                        .arg(&scripts.del_sha)
-                        .arg(1)
-                        .arg(&rkey)
-                        .arg(*at_ms);
-                    sent.push((index, false));
-                }
-                Pending::Incr { delta } => {
-                    cmd.arg("INCRBY").arg(&rkey).arg(*delta);
-                    sent.push((index, false));
-                }
-            }
-            cmds.push((rkey, cmd));
-        }
-        let mut outcome = BatchOutcome::default();
-        if sent.is_empty() {
-            return Ok(outcome);
-        }
-        let results: Vec<redis::RedisResult<i64>> = match link.batch(cmds).await {
-            Ok(r) => r,
-            Err(Failure::Unavailable(why) | Failure::Rejected(why)) => return Err(why),
-        };
-        for (result, (index, conditional)) in results.into_iter().zip(sent) {
-            match result {
-                Ok(0) if conditional => {
-                    self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => outcome.applied += 1,
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    if let Some(entry) = batch.get(index) {
-                        outcome.retry.push(entry.clone());
-                    }
-                }
-                Err(e) => {
-                    self.counters.replay_skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "redis refused a replayed write; it stays only in memory");
-                }
-            }
-        }
-        Ok(outcome)
-    }
-}
-
-#[derive(Default)]
-struct BatchOutcome {
-    applied: u64,
-    retry: Vec<(String, Pending)>,
-}
-
-/// The replay scripts, loaded into the server once per recovery and run with `EVALSHA`.
-#[derive(Default)]
-struct Scripts {
-    loaded: bool,
-    set_sha: String,
-    del_sha: String,
-}
-
-impl Scripts {
-    async fn load(&mut self, link: &RedisLink) -> Result<(), String> {
-        // One command each, not a pipeline: on a cluster redis-rs sends `SCRIPT LOAD` to
-        // every node, so `EVALSHA` finds the scripts on whichever master holds a key.
-        let load = |script: &str| {
-            let mut cmd = redis::cmd("SCRIPT");
-            cmd.arg("LOAD").arg(script);
-            cmd
-        };
-        let why = |(Failure::Unavailable(why) | Failure::Rejected(why))| why;
-        let set_sha: String = link.query(&load(SET_SCRIPT)).await.map_err(why)?;
-        let del_sha: String = link.query(&load(DEL_SCRIPT)).await.map_err(why)?;
-        *self = Scripts {
-            loaded: true,
-            set_sha,
-            del_sha,
-        };
-        Ok(())
-    }
-}
-
-/// The background task: while Redis is down, probes it with backoff (and jitter) up to
-/// `probe_interval`, then replays and switches back.
-async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
-    loop {
-        {
-            let Some(inner) = weak.upgrade() else { return };
-            if inner.state.load(Ordering::Acquire) != DOWN {
-                drop(inner);
-                wake.notified().await;
-                continue;
-            }
-        }
-        let mut delay = Duration::from_millis(10);
-        loop {
-            let Some(inner) = weak.upgrade() else { return };
-            if inner.state.load(Ordering::Acquire) != DOWN || inner.recover().await {
-                break;
-            }
-            let max = inner.probe_interval;
-            drop(inner);
-            let jittered = delay.mul_f64(rand::random_range(0.5..=1.0));
-            tokio::time::sleep(jittered).await;
-            delay = (delay * 2).min(max);
         }
     }
 }

@@ -8,10 +8,19 @@
 //!   envelope's `written at` is later) is kept; otherwise the outage write wins.
 //! - Bounded: at most `capacity` keys. A write to a new key beyond that still succeeds on the
 //!   fallback but is not replayed; it is counted in `Stats::replay_dropped` and logged.
+//!
+//! This module holds the log and the Lua scripts the replay runs; [`driver`] holds the
+//! background task that probes Redis while it is down, replays the log and switches the
+//! remote tier back to Redis.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+use super::redis::{Failure, RedisLink};
+use crate::error::BackendError;
+
+pub(crate) mod driver;
 
 /// A write to replay.
 #[derive(Debug, Clone)]
@@ -131,6 +140,40 @@ if ok and cur and string.len(cur) >= 23 and string.byte(cur, 1) == 202 then
 end
 return redis.call('DEL', KEYS[1])
 ";
+
+/// The replay scripts, loaded into the server once per recovery and run with `EVALSHA`.
+#[derive(Debug, Default)]
+pub(crate) struct Scripts {
+    pub(crate) loaded: bool,
+    pub(crate) set_sha: String,
+    pub(crate) del_sha: String,
+}
+
+impl Scripts {
+    pub(crate) async fn load(&mut self, link: &RedisLink) -> Result<(), BackendError> {
+        // One command each, not a pipeline: on a cluster redis-rs sends `SCRIPT LOAD` to
+        // every node, so `EVALSHA` finds the scripts on whichever master holds a key.
+        let load = |script: &str| {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(script);
+            cmd
+        };
+        let set_sha: String = link
+            .query(&load(SET_SCRIPT))
+            .await
+            .map_err(Failure::into_error)?;
+        let del_sha: String = link
+            .query(&load(DEL_SCRIPT))
+            .await
+            .map_err(Failure::into_error)?;
+        *self = Scripts {
+            loaded: true,
+            set_sha,
+            del_sha,
+        };
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
