@@ -12,7 +12,7 @@ use crate::config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
 use crate::error::{BuildError, ConfigError, Error, Result};
 use crate::flight::Flights;
 use crate::key;
-use crate::stats::{bump, read, CacheCounters, Stats};
+use crate::stats::{bump, read, CacheCounters, CoherenceState, Stats, StoreKind};
 use crate::tier::coherence::{Backed, Coherence, CoherenceLink};
 use crate::tier::local::{AnyValue, Local, Ticket};
 use crate::tier::memory::parse_int;
@@ -681,38 +681,37 @@ impl Cache {
                 .inspect_err(|_| bump(&c.load_errors));
         }
 
-        let mut flight = self.inner.flights.join(key);
-        let slot = flight.slot();
-        let mut shared = slot.lock().await;
-        if let Some(v) = shared.as_ref().and_then(|v| v.clone().downcast::<T>().ok()) {
-            return Ok(v);
-        }
-        flight.lead();
+        self.inner
+            .flights
+            .run(
+                key,
+                || self.recheck::<T>(key),
+                || async {
+                    bump(&c.loads);
+                    loader().await.inspect_err(|_| bump(&c.load_errors))
+                },
+                |value| async move {
+                    if let Err(e) = self.set_arc(key, value, ttl).await {
+                        tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
+                    }
+                },
+            )
+            .await
+    }
+
+    /// The single-flight leader's look before loading: L1 (another caller may have filled
+    /// it meanwhile), then L2. An L2 error is logged and counts as nothing found.
+    async fn recheck<T: CacheValue>(&self, key: &str) -> Option<Arc<T>> {
         if let Some(v) = self.inner.local.get::<T>(key) {
-            *shared = Some(v.clone() as AnyValue);
-            return Ok(v);
+            return Some(v);
         }
         match self.l2_get::<T>(key).await {
-            Ok(Some(v)) => {
-                *shared = Some(v.clone() as AnyValue);
-                return Ok(v);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(key = log_key(key), error = %e, "L2 read failed; loading"),
-        }
-        bump(&c.loads);
-        let value = match loader().await {
-            Ok(v) => Arc::new(v),
+            Ok(found) => found,
             Err(e) => {
-                bump(&c.load_errors);
-                return Err(e);
+                tracing::warn!(key = log_key(key), error = %e, "L2 read failed; loading");
+                None
             }
-        };
-        if let Err(e) = self.set_arc(key, value.clone(), ttl).await {
-            tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
         }
-        *shared = Some(value.clone() as AnyValue);
-        Ok(value)
     }
 
     /// Drops a key from this instance's L1 only (L2 untouched). For cross-instance
@@ -749,7 +748,7 @@ impl Cache {
             connected: status.connected,
             using_fallback: !status.connected,
             in_memory_keys: status.in_memory_keys,
-            store: if status.connected { "redis" } else { "memory" },
+            store: StoreKind::current(status.connected),
             redis_configured: status.redis_configured,
             l1_entries: self.inner.local.len(),
             l1_hits: read(&c.l1_hits),
@@ -770,7 +769,7 @@ impl Cache {
                 .inner
                 .coherence
                 .as_ref()
-                .map_or("off", CoherenceLink::state_name),
+                .map_or(CoherenceState::Off, CoherenceLink::state),
             invalidations: self
                 .inner
                 .coherence
