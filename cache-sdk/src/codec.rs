@@ -103,8 +103,11 @@ impl Codec {
 /// Why stored bytes could not be decoded.
 ///
 /// ```
-/// use cache_sdk::codec::{decode, DecodeError};
-/// assert_eq!(decode::<u32>(b"hello", 1024).unwrap_err(), DecodeError::NotAnEnvelope);
+/// use cache_sdk::codec::{decode, DecodeError, TypeTag};
+/// assert_eq!(
+///     decode::<u32>(b"hello", TypeTag::UNTAGGED, 1024).unwrap_err(),
+///     DecodeError::NotAnEnvelope
+/// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
