@@ -215,7 +215,7 @@ const MAX_TYPE_NAME: usize = 128;
 /// assert_eq!(TypeTag::UNTAGGED.value(), 0);
 /// assert!(TypeTag::UNTAGGED.accepts(v2.value()));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TypeTag {
     /// Written in the envelope; 0 when untagged.
     value: u32,
@@ -293,6 +293,13 @@ impl TypeTag {
     #[must_use]
     pub const fn accepts(self, stored: u32) -> bool {
         self.value == 0 || stored == self.value || (stored == 0 && self.accepts_untagged)
+    }
+}
+
+impl Default for TypeTag {
+    /// [`TypeTag::UNTAGGED`].
+    fn default() -> Self {
+        TypeTag::UNTAGGED
     }
 }
 
@@ -544,6 +551,7 @@ mod tests {
     #[test]
     fn the_registry_names_types_once() {
         let mut tags = TypeTags::default();
+        assert_eq!(TypeTag::default(), U);
         assert_eq!(tags.of::<Product>(), U);
         tags.register::<Product>(named("product", 2)).unwrap();
         assert_eq!(tags.of::<Product>(), named("product", 2));
