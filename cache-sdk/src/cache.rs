@@ -7,12 +7,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::{self, Codec, Header};
+use crate::codec::{self, Codec, Header, TypeTag, TypeTags};
 use crate::config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
 use crate::error::{BuildError, ConfigError, Error, Result};
 use crate::flight::Flights;
 use crate::key;
-use crate::stats::{bump, read, CacheCounters, Stats};
+use crate::stats::{bump, read, CacheCounters, CoherenceState, Stats, StoreKind};
 use crate::tier::coherence::{Coherence, CoherenceLink};
 use crate::tier::local::{AnyValue, Local, Ticket};
 /// The generic L1 hook for values kept with their stored bytes (the session record cache
@@ -45,6 +45,40 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {
 /// assert_eq!(name.as_deref(), Some("Desk"));
 /// # Ok(()) }
 /// ```
+///
+/// # Naming cached types
+///
+/// Values in L2 outlive a deploy, and during a rolling deploy old and new code read each
+/// other's values. Each value carries a type tag (see [the codec](crate::codec#type-tags-naming-and-versioning-a-cached-type)),
+/// which depends only on what you state, never on the compiler or module paths:
+///
+/// - By default types are untagged: any stored value is decoded, and a value that does not
+///   decode exactly (bytes missing or left over, malformed JSON) is a miss.
+/// - [`CacheBuilder::value_type`] names a type and gives it a version. That cache then reads
+///   only values written with the same name and version (an untagged value counts as
+///   version 1); any other is a miss, counted in [`Stats::decode_errors`].
+///
+/// The rule for changing a cached type: a change that every reader decodes correctly needs
+/// nothing (renaming the type or moving it to another module; with [`Codec::Json`], adding
+/// a field with `#[serde(default)]` or removing one). Any other change, and with
+/// [`Codec::Bincode`] (the default) any change of fields, bumps the version: older values
+/// are then misses, reloaded by [`Cache::get_or_load`], never decoded as something else.
+///
+/// ```
+/// #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Product { id: u64, name: String, price_cents: u64 } // version 2 added `price_cents`
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = cache_sdk::Cache::builder()
+///     .value_type::<Product>("product", 2)
+///     .build()
+///     .await?;
+/// let desk = Product { id: 42, name: "Desk".into(), price_cents: 19_900 };
+/// cache.set("cache:product:42", &desk, cache_sdk::Ttl::Api).await?;
+/// assert_eq!(cache.get::<Product>("cache:product:42").await?, Some(desk));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
@@ -57,6 +91,8 @@ struct Inner {
     counters: CacheCounters,
     presets: TtlPresets,
     codec: Codec,
+    /// The names of cached types, for the L2 envelope's type tag.
+    types: TypeTags,
     max_value_size: usize,
     coherence: Option<CoherenceLink>,
 }
@@ -91,6 +127,7 @@ impl Cache {
     pub fn builder() -> CacheBuilder {
         CacheBuilder {
             cfg: CacheConfig::default(),
+            types: TypeTags::default(),
             error: None,
         }
     }
@@ -105,10 +142,10 @@ impl Cache {
     pub fn in_memory() -> Self {
         let cfg = CacheConfig::default();
         let remote = Remote::new(&cfg).unwrap_or_else(|_| unreachable_config());
-        Self::assemble(&cfg, remote)
+        Self::assemble(&cfg, remote, TypeTags::default())
     }
 
-    fn assemble(cfg: &CacheConfig, remote: Remote) -> Self {
+    fn assemble(cfg: &CacheConfig, remote: Remote, types: TypeTags) -> Self {
         let local = Local::new(cfg.l1_capacity, cfg.l1_ttl);
         let coherence = CoherenceLink::start(cfg, &local, &remote);
         let l1 = local.clone();
@@ -132,6 +169,7 @@ impl Cache {
                 counters: CacheCounters::default(),
                 presets: cfg.ttl.clone(),
                 codec: cfg.codec,
+                types,
                 max_value_size: cfg.max_value_size,
                 coherence,
             }),
@@ -221,7 +259,11 @@ impl Cache {
             bump(&c.l2_misses);
             return None;
         };
-        match codec::decode::<T>(&bytes, self.inner.max_value_size) {
+        match codec::decode::<T>(
+            &bytes,
+            self.inner.types.of::<T>(),
+            self.inner.max_value_size,
+        ) {
             Ok(value) => {
                 bump(&c.l2_hits);
                 let value = Arc::new(value);
@@ -250,11 +292,13 @@ impl Cache {
     }
 
     fn encode<T: CacheValue>(&self, key: &str, value: &T, ttl: Duration) -> Result<Vec<u8>> {
-        let bytes =
-            codec::encode(value, self.inner.codec, Some(ttl)).map_err(|message| Error::Encode {
+        let tag = self.inner.types.of::<T>();
+        let bytes = codec::encode(value, self.inner.codec, tag, Some(ttl)).map_err(|message| {
+            Error::Encode {
                 key: log_key(key).to_owned(),
                 message,
-            })?;
+            }
+        })?;
         if bytes.len() > self.inner.max_value_size {
             return Err(Error::ValueTooLarge {
                 key: log_key(key).to_owned(),
@@ -684,38 +728,37 @@ impl Cache {
                 .inspect_err(|_| bump(&c.load_errors));
         }
 
-        let mut flight = self.inner.flights.join(key);
-        let slot = flight.slot();
-        let mut shared = slot.lock().await;
-        if let Some(v) = shared.as_ref().and_then(|v| v.clone().downcast::<T>().ok()) {
-            return Ok(v);
-        }
-        flight.lead();
+        self.inner
+            .flights
+            .run(
+                key,
+                || self.recheck::<T>(key),
+                || async {
+                    bump(&c.loads);
+                    loader().await.inspect_err(|_| bump(&c.load_errors))
+                },
+                |value| async move {
+                    if let Err(e) = self.set_arc(key, value, ttl).await {
+                        tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
+                    }
+                },
+            )
+            .await
+    }
+
+    /// The single-flight leader's look before loading: L1 (another caller may have filled
+    /// it meanwhile), then L2. An L2 error is logged and counts as nothing found.
+    async fn recheck<T: CacheValue>(&self, key: &str) -> Option<Arc<T>> {
         if let Some(v) = self.inner.local.get::<T>(key) {
-            *shared = Some(v.clone() as AnyValue);
-            return Ok(v);
+            return Some(v);
         }
         match self.l2_get::<T>(key).await {
-            Ok(Some(v)) => {
-                *shared = Some(v.clone() as AnyValue);
-                return Ok(v);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(key = log_key(key), error = %e, "L2 read failed; loading"),
-        }
-        bump(&c.loads);
-        let value = match loader().await {
-            Ok(v) => Arc::new(v),
+            Ok(found) => found,
             Err(e) => {
-                bump(&c.load_errors);
-                return Err(e);
+                tracing::warn!(key = log_key(key), error = %e, "L2 read failed; loading");
+                None
             }
-        };
-        if let Err(e) = self.set_arc(key, value.clone(), ttl).await {
-            tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
         }
-        *shared = Some(value.clone() as AnyValue);
-        Ok(value)
     }
 
     /// Drops a key from this instance's L1 only (L2 untouched). For cross-instance
@@ -752,7 +795,7 @@ impl Cache {
             connected: status.connected,
             using_fallback: !status.connected,
             in_memory_keys: status.in_memory_keys,
-            store: if status.connected { "redis" } else { "memory" },
+            store: StoreKind::current(status.connected),
             redis_configured: status.redis_configured,
             l1_entries: self.inner.local.len(),
             l1_hits: read(&c.l1_hits),
@@ -773,7 +816,7 @@ impl Cache {
                 .inner
                 .coherence
                 .as_ref()
-                .map_or("off", CoherenceLink::state_name),
+                .map_or(CoherenceState::Off, CoherenceLink::state),
             invalidations: self
                 .inner
                 .coherence
@@ -974,6 +1017,7 @@ fn unreachable_config() -> Remote {
 #[derive(Debug)]
 pub struct CacheBuilder {
     cfg: CacheConfig,
+    types: TypeTags,
     error: Option<ConfigError>,
 }
 
@@ -1114,6 +1158,38 @@ impl CacheBuilder {
         self
     }
 
+    /// Names and versions the cached type `T`: values of `T` written to L2 carry the tag of
+    /// `name@version`, and values read from L2 as `T` must carry it (or be untagged, at
+    /// version 1), else they are a miss. Types not named are untagged. Bump the version when
+    /// `T` changes in a way older values would not decode correctly; see
+    /// [Naming cached types](Cache#naming-cached-types).
+    ///
+    /// An empty name, a name with `@`, whitespace or control characters, version 0, a type
+    /// named twice or two types with one name and version make [`CacheBuilder::build`]
+    /// fail with [`BuildError::Config`].
+    ///
+    /// ```
+    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    /// struct Product { id: u64, name: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
+    /// let cache = cache_sdk::Cache::builder()
+    ///     .value_type::<Product>("product", 2)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache;
+    /// assert!(cache_sdk::Cache::builder().value_type::<Product>("product", 0).build().await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn value_type<T: CacheValue>(mut self, name: &str, version: u32) -> Self {
+        if let Err(e) = TypeTag::named(name, version).and_then(|tag| self.types.register::<T>(tag))
+        {
+            self.error.get_or_insert(e);
+        }
+        self
+    }
+
     /// How L1 is kept in step with other instances (default [`Coherence::Auto`]).
     ///
     /// ```
@@ -1164,7 +1240,7 @@ impl CacheBuilder {
         let remote = Remote::new(&cfg)?;
         remote.start(&cfg).await?;
         let up = remote.is_up();
-        let cache = Cache::assemble(&cfg, remote);
+        let cache = Cache::assemble(&cfg, remote, self.types);
         if let (true, Some(link)) = (up, &cache.inner.coherence) {
             // Redis answered: give the invalidation link as long to come up, so that L1
             // serves from the first call.

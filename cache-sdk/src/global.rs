@@ -40,7 +40,10 @@ static DEFAULT_PRESETS: OnceLock<TtlPresets> = OnceLock::new();
 pub fn install(cache: Cache) -> Result<(), Cache> {
     let result = INSTALLED.set(cache);
     if result.is_ok() {
-        let store = INSTALLED.get().map_or("memory", |c| c.stats().store);
+        let store = INSTALLED
+            .get()
+            .map_or(crate::StoreKind::Memory, |c| c.stats().store)
+            .as_str();
         tracing::info!(store, "global cache installed");
         if DEFAULT.get().is_some() {
             tracing::warn!(

@@ -65,6 +65,6 @@ pub use error::{BackendError, BackendErrorKind, BuildError, ConfigError, Error, 
 pub use global::{global, install};
 pub use key::Key;
 pub use macros::{cache_evict, cache_put, cached};
-pub use stats::Stats;
+pub use stats::{CoherenceState, Stats, StoreKind};
 pub use tier::coherence::Coherence;
 pub use ttl::{Ttl, TtlPresets, MAX_TTL};

@@ -5,15 +5,14 @@
 //! Cache trouble never fails a function: reads degrade to running the body (as
 //! [`Cache::get_or_load`] does), and writes or evictions that Redis refuses are logged.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::{self, Display};
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::cache::{log_key, CacheValue};
-use crate::flight::Flights;
+use crate::flight::{Flights, SyncFlights};
 use crate::key;
 use crate::tier::local::{AnyValue, Local};
 use crate::ttl::{TtlPresets, MAX_TTL};
@@ -325,11 +324,9 @@ pub fn local() -> &'static LocalTier {
     LOCAL.get_or_init(|| LocalTier {
         values: Local::new(LOCAL_CAPACITY, MAX_TTL),
         flights: Flights::default(),
-        sync_flights: Mutex::new(HashMap::new()),
+        sync_flights: SyncFlights::default(),
     })
 }
-
-type SyncSlot = Arc<Mutex<()>>;
 
 /// Values kept in this process only, shared by every `tier = "l1"` function; TTL presets
 /// come from the installed global cache (or the defaults).
@@ -337,11 +334,11 @@ type SyncSlot = Arc<Mutex<()>>;
 pub struct LocalTier {
     values: Local,
     flights: Flights,
-    sync_flights: Mutex<HashMap<String, SyncSlot>>,
+    sync_flights: SyncFlights,
 }
 
 impl LocalTier {
-    /// Read-through for async functions, with single-flight.
+    /// Read-through for async functions, with single-flight (one engine for every caller, in `flight.rs`).
     pub async fn cached<M, R, F, Fut>(&self, key: &str, spec: TtlSpec, jitter: f64, loader: F) -> R
     where
         M: Mode<R>,
@@ -356,31 +353,23 @@ impl LocalTier {
             tracing::error!(key = log_key(key), error = %e, "cannot cache this key; running the function without the cache");
             return loader().await;
         }
-        let mut flight = self.flights.join(key);
-        let slot = flight.slot();
-        let mut shared = slot.lock().await;
-        if let Some(v) = shared
-            .as_ref()
-            .and_then(|v| v.clone().downcast::<M::Value>().ok())
-        {
-            return M::join(Ok((*v).clone()));
-        }
-        flight.lead();
-        if let Some(v) = self.values.get::<M::Value>(key) {
-            *shared = Some(v.clone() as AnyValue);
-            return M::join(Ok((*v).clone()));
-        }
-        let value = match M::split(loader().await) {
-            Ok(v) => Arc::new(v),
-            Err(e) => return M::join(Err(e)),
-        };
-        self.store(key, value.clone() as AnyValue, spec, jitter);
-        *shared = Some(value.clone() as AnyValue);
-        M::join(Ok((*value).clone()))
+        let result = self
+            .flights
+            .run(
+                key,
+                || std::future::ready(self.values.get::<M::Value>(key)),
+                || async move { M::split(loader().await) },
+                |v| {
+                    self.store(key, v as AnyValue, spec, jitter);
+                    std::future::ready(())
+                },
+            )
+            .await;
+        M::join(result.map(|v| (*v).clone()))
     }
 
     /// Read-through for sync functions, with single-flight (callers of one key wait for
-    /// the first; a failed call lets the next one try).
+    /// the first; a failed or panicking call lets the next one try).
     pub fn cached_sync<M, R, F>(&self, key: &str, spec: TtlSpec, jitter: f64, loader: F) -> R
     where
         M: Mode<R>,
@@ -394,35 +383,13 @@ impl LocalTier {
             tracing::error!(key = log_key(key), error = %e, "cannot cache this key; running the function without the cache");
             return loader();
         }
-        let slot = self
-            .sync_flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.to_owned())
-            .or_default()
-            .clone();
-        let result = {
-            let _turn = slot.lock().unwrap_or_else(PoisonError::into_inner);
-            match self.values.get::<M::Value>(key) {
-                Some(v) => M::join(Ok((*v).clone())),
-                None => {
-                    let ret = loader();
-                    if let Some(v) = M::success(&ret) {
-                        self.store(key, Arc::new(v.clone()) as AnyValue, spec, jitter);
-                    }
-                    ret
-                }
-            }
-        };
-        let mut map = self
-            .sync_flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // The last caller of this flight removes it.
-        if map.get(key).is_some_and(|s| Arc::ptr_eq(s, &slot)) && Arc::strong_count(&slot) == 2 {
-            map.remove(key);
-        }
-        result
+        let result = self.sync_flights.run(
+            key,
+            || self.values.get::<M::Value>(key),
+            || M::split(loader()),
+            |v| self.store(key, v as AnyValue, spec, jitter),
+        );
+        M::join(result.map(|v| (*v).clone()))
     }
 
     /// `#[cache_put(tier = "l1")]`.
@@ -504,6 +471,6 @@ mod tests {
             tier.cached_sync::<OptionMode, _, _>(key, TtlSpec::Api, 0.0, || load(Some(5))),
             Some(5)
         );
-        assert!(tier.sync_flights.lock().unwrap().is_empty());
+        assert!(tier.sync_flights.is_empty());
     }
 }

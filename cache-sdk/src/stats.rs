@@ -1,5 +1,6 @@
-//! Counters and the [`Stats`] snapshot.
+//! Counters and the [`Stats`] snapshot, with its [`StoreKind`] and [`CoherenceState`].
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -20,6 +21,15 @@ use serde::Serialize;
 /// assert_eq!(json["coherence"], "off");
 /// # }
 /// ```
+///
+/// In Rust, the state fields are enums:
+///
+/// ```
+/// use cache_sdk::{CoherenceState, StoreKind};
+/// let stats = cache_sdk::Cache::in_memory().stats();
+/// assert_eq!(stats.store, StoreKind::Memory);
+/// assert_eq!(stats.coherence, CoherenceState::Off);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -30,8 +40,8 @@ pub struct Stats {
     pub using_fallback: bool,
     /// Keys held by the in-memory store.
     pub in_memory_keys: u64,
-    /// `"redis"` or `"memory"`: where operations go now.
-    pub store: &'static str,
+    /// Where operations go now (serialized as `"redis"` or `"memory"`).
+    pub store: StoreKind,
     /// Whether Redis is configured at all.
     pub redis_configured: bool,
     /// Entries in L1.
@@ -64,16 +74,107 @@ pub struct Stats {
     pub replay_pending: u64,
     /// Outage writes to new keys not kept for replay because the log was full.
     pub replay_dropped: u64,
-    /// How L1 is kept in step with other instances now: `"tracking"` (Redis
-    /// `CLIENT TRACKING`: writes by any client evict L1), `"pubsub"` (writes made through
-    /// the SDK are published), `"down"` (the invalidation link is being re-established: L1
-    /// is suspended and reads go to L2), or `"off"` (no Redis, no L1, or
-    /// [`Coherence::Off`](crate::Coherence::Off): L1 entries live at most the L1 TTL).
-    pub coherence: &'static str,
+    /// How L1 is kept in step with other instances now (serialized as `"tracking"`,
+    /// `"pubsub"`, `"down"` or `"off"`; see [`CoherenceState`]).
+    pub coherence: CoherenceState,
     /// L1 entries evicted on word from Redis or another instance (a flush counts once).
     pub invalidations: u64,
     /// Times L1 was suspended because the invalidation link was lost.
     pub l1_resets: u64,
+}
+
+/// Where operations go now: Redis, or the in-memory store (Redis not configured, or
+/// unreachable). Serialized in lowercase, as its [`Display`](fmt::Display) form.
+///
+/// ```
+/// use cache_sdk::StoreKind;
+/// assert_eq!(serde_json::to_value(StoreKind::Redis).unwrap(), "redis");
+/// assert_eq!(StoreKind::Memory.to_string(), "memory");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// Redis (one server or a cluster).
+    Redis,
+    /// The in-memory store of this process.
+    Memory,
+}
+
+impl StoreKind {
+    /// Redis when it is connected, else memory.
+    pub(crate) fn current(connected: bool) -> Self {
+        if connected {
+            StoreKind::Redis
+        } else {
+            StoreKind::Memory
+        }
+    }
+
+    /// The serialized name: `"redis"` or `"memory"`.
+    ///
+    /// ```
+    /// assert_eq!(cache_sdk::StoreKind::Redis.as_str(), "redis");
+    /// ```
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Redis => "redis",
+            StoreKind::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How L1 is kept in step with other instances now. Serialized in lowercase, as its
+/// [`Display`](fmt::Display) form.
+///
+/// ```
+/// use cache_sdk::CoherenceState;
+/// assert_eq!(serde_json::to_value(CoherenceState::PubSub).unwrap(), "pubsub");
+/// assert_eq!(CoherenceState::Tracking.to_string(), "tracking");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum CoherenceState {
+    /// Redis `CLIENT TRACKING`: writes by any client evict L1.
+    Tracking,
+    /// Writes made through the SDK are published on a channel and evict L1 elsewhere.
+    PubSub,
+    /// The invalidation link is being re-established: L1 is suspended and reads go to L2.
+    Down,
+    /// No coherence: no Redis, no L1, or [`Coherence::Off`](crate::Coherence::Off) (or
+    /// Redis refused every mechanism). L1 entries live at most the L1 TTL.
+    Off,
+}
+
+impl CoherenceState {
+    /// The serialized name: `"tracking"`, `"pubsub"`, `"down"` or `"off"`.
+    ///
+    /// ```
+    /// assert_eq!(cache_sdk::CoherenceState::Down.as_str(), "down");
+    /// ```
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CoherenceState::Tracking => "tracking",
+            CoherenceState::PubSub => "pubsub",
+            CoherenceState::Down => "down",
+            CoherenceState::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for CoherenceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -95,4 +196,25 @@ pub(crate) fn bump(c: &AtomicU64) {
 #[inline]
 pub(crate) fn read(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_serialize_as_their_names() {
+        for s in [StoreKind::Redis, StoreKind::Memory] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for s in [
+            CoherenceState::Tracking,
+            CoherenceState::PubSub,
+            CoherenceState::Down,
+            CoherenceState::Off,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(s.to_string(), s.as_str());
+        }
+    }
 }

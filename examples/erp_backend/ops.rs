@@ -4,19 +4,41 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use cache_sdk::session::SessionStats;
-use cache_sdk::Stats;
+use cache_sdk::{Stats, StoreKind};
 use serde::Serialize;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 
+/// The session stats answer: the library's [`SessionStats`] with the Node backend's
+/// `"success": true` in front.
+#[derive(Debug, Serialize)]
+pub struct SessionStatsResponse {
+    /// Always `true`, as the Node backend answered.
+    success: bool,
+    /// `store`, `totalSessions`, `redisStats`.
+    #[serde(flatten)]
+    stats: SessionStats,
+}
+
 /// `GET /api/session/stats`:
 /// `{"success":true,"store":"redis"|"memory","totalSessions":n,"redisStats":{"connected":b,"usingFallback":b,"inMemoryKeys":n}}`.
-pub async fn session_stats(State(state): State<AppState>) -> Result<Json<SessionStats>, ApiError> {
-    state.sessions.stats().await.map(Json).map_err(|e| {
-        tracing::error!(error = %e, "session stats: the store could not be read");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable")
-    })
+pub async fn session_stats(
+    State(state): State<AppState>,
+) -> Result<Json<SessionStatsResponse>, ApiError> {
+    match state.sessions.stats().await {
+        Ok(stats) => Ok(Json(SessionStatsResponse {
+            success: true,
+            stats,
+        })),
+        Err(e) => {
+            tracing::error!(error = %e, "session stats: the store could not be read");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Session store unavailable",
+            ))
+        }
+    }
 }
 
 /// The cache's stats, plus how many queries reached the demo database.
@@ -47,7 +69,7 @@ pub struct Health {
     /// `"ok"`, or `"degraded"` while a configured Redis is unreachable.
     status: &'static str,
     /// Where cache entries and sessions go now: `"redis"` or `"memory"`.
-    store: &'static str,
+    store: StoreKind,
     /// Whether Redis is configured.
     redis_configured: bool,
     /// What the status means.

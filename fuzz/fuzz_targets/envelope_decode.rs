@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use cache_sdk::codec::{self, Header};
+use cache_sdk::codec::{self, Header, TypeTag};
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
 
@@ -18,12 +18,16 @@ struct Product {
 }
 
 const LIMIT: usize = 64 * 1024;
+const ANY: TypeTag = TypeTag::UNTAGGED;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Header::parse(data).map(|h| h.remaining());
-    let _ = codec::decode::<u64>(data, LIMIT);
-    let _ = codec::decode::<String>(data, LIMIT);
-    let _ = codec::decode::<Vec<u8>>(data, LIMIT);
-    let _ = codec::decode::<Product>(data, LIMIT);
-    let _ = codec::decode::<(u8, Option<Vec<Product>>)>(data, LIMIT);
+    let _ = codec::decode::<u64>(data, ANY, LIMIT);
+    let _ = codec::decode::<String>(data, ANY, LIMIT);
+    let _ = codec::decode::<Vec<u8>>(data, ANY, LIMIT);
+    let _ = codec::decode::<Product>(data, ANY, LIMIT);
+    let _ = codec::decode::<(u8, Option<Vec<Product>>)>(data, ANY, LIMIT);
+    if let Ok(named) = TypeTag::named("product", 1) {
+        let _ = codec::decode::<Product>(data, named, LIMIT);
+    }
 });

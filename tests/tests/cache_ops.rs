@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cache_sdk::codec::{Header, TypeTag};
 use cache_sdk::{Cache, Codec, Key, Ttl};
 use cache_sdk_tests::{RedisServer, RedisTarget};
 use serde::{Deserialize, Serialize};
@@ -421,7 +422,8 @@ async fn corrupt_bytes_in_redis_are_a_miss() {
         .build()
         .await
         .unwrap();
-    let good = cache_sdk::codec::encode(&product(1), Codec::Bincode, None).unwrap();
+    let good =
+        cache_sdk::codec::encode(&product(1), Codec::Bincode, TypeTag::UNTAGGED, None).unwrap();
     let cases: Vec<Vec<u8>> = vec![
         b"garbage".to_vec(),
         vec![],
@@ -490,4 +492,107 @@ async fn namespace_prefixes_redis_keys() {
         cache.scan("cache:product:*").await.unwrap(),
         vec!["cache:product:1"]
     );
+}
+
+/// A cache on `server` that names `Product` at `version` (or leaves it untagged).
+async fn cache_naming_product(server: &RedisServer, version: Option<u32>) -> Cache {
+    let mut b = Cache::builder().redis_url(server.url()).require_redis(true);
+    if let Some(version) = version {
+        b = b.value_type::<Product>("product", version);
+    }
+    b.build().await.unwrap()
+}
+
+async fn stored_tag(server: &RedisServer, key: &str) -> u32 {
+    let raw = server.get_raw(key).await.unwrap();
+    Header::parse(&raw).unwrap().type_tag
+}
+
+#[tokio::test]
+async fn a_type_version_bump_turns_older_values_into_misses() {
+    let server = RedisServer::start();
+    let untagged = cache_naming_product(&server, None).await;
+    let v1 = cache_naming_product(&server, Some(1)).await;
+    let v2 = cache_naming_product(&server, Some(2)).await;
+
+    v1.set("cache:product:1", &product(1), Ttl::Api)
+        .await
+        .unwrap();
+    untagged
+        .set("cache:product:2", &product(2), Ttl::Api)
+        .await
+        .unwrap();
+    let tag_v1 = TypeTag::named("product", 1).unwrap().value();
+    assert_eq!(stored_tag(&server, "cache:product:1").await, tag_v1);
+    assert_eq!(stored_tag(&server, "cache:product:2").await, 0);
+
+    // A reader expecting version 2: both are misses, counted as decode errors.
+    assert_eq!(v2.get::<Product>("cache:product:1").await.unwrap(), None);
+    assert_eq!(v2.get::<Product>("cache:product:2").await.unwrap(), None);
+    assert_eq!(v2.stats().decode_errors, 2);
+
+    // Version 1 and untagged readers read both: untagged values survive naming a type at
+    // version 1, and an untagged reader lets the decode decide.
+    for reader in [&v1, &untagged] {
+        reader.clear_local();
+        assert_eq!(
+            reader.get::<Product>("cache:product:1").await.unwrap(),
+            Some(product(1))
+        );
+        assert_eq!(
+            reader.get::<Product>("cache:product:2").await.unwrap(),
+            Some(product(2))
+        );
+        assert_eq!(reader.stats().decode_errors, 0);
+    }
+
+    // The version 2 reader reloads and overwrites; version 1 then misses on that value.
+    let loaded = v2
+        .get_or_load("cache:product:1", Ttl::Api, || async {
+            Ok::<_, ()>(product(11))
+        })
+        .await
+        .unwrap();
+    assert_eq!(loaded, product(11));
+    assert_eq!(v2.stats().loads, 1);
+    assert_eq!(
+        stored_tag(&server, "cache:product:1").await,
+        TypeTag::named("product", 2).unwrap().value()
+    );
+    v1.clear_local();
+    assert_eq!(v1.get::<Product>("cache:product:1").await.unwrap(), None);
+    untagged.clear_local();
+    assert_eq!(
+        untagged.get::<Product>("cache:product:1").await.unwrap(),
+        Some(product(11))
+    );
+}
+
+#[tokio::test]
+async fn invalid_type_names_fail_the_build() {
+    let builders = [
+        Cache::builder().value_type::<Product>("", 1),
+        Cache::builder().value_type::<Product>("product", 0),
+        Cache::builder().value_type::<Product>("pro@duct", 1),
+        Cache::builder()
+            .value_type::<Product>("product", 1)
+            .value_type::<Product>("item", 1),
+        Cache::builder()
+            .value_type::<Product>("product", 1)
+            .value_type::<u64>("product", 1),
+    ];
+    for (i, b) in builders.into_iter().enumerate() {
+        assert!(
+            matches!(b.build().await, Err(cache_sdk::BuildError::Config(_))),
+            "case {i}"
+        );
+    }
+    // Distinct names, or versions, are fine.
+    Cache::builder()
+        .value_type::<Product>("product", 1)
+        .value_type::<u64>("count", 1)
+        .value_type::<String>("label", 3)
+        .build()
+        .await
+        .unwrap();
 }

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use cache_sdk::session::{
     CacheSessionStore, RecordCache, SessionError, SessionId, SessionStore, Sessions, StoreStatus,
 };
-use cache_sdk::{Cache, Coherence, Ttl};
+use cache_sdk::{Cache, Coherence, CoherenceState, Ttl};
 use cache_sdk_tests::{wait_until, RedisServer};
 use common::*;
 
@@ -30,17 +30,16 @@ async fn cache_with(server: &RedisServer, coherence: Coherence) -> Cache {
         .await
         .expect("cache");
     let want = match coherence {
-        Coherence::PubSub => "pubsub",
-        Coherence::Off => "off",
-        _ => "tracking",
+        Coherence::PubSub => CoherenceState::PubSub,
+        Coherence::Off => CoherenceState::Off,
+        _ => CoherenceState::Tracking,
     };
     linked(&cache, want).await;
     cache
 }
 
-async fn linked(cache: &Cache, want: &str) {
+async fn linked(cache: &Cache, want: CoherenceState) {
     let c = cache.clone();
-    let want = want.to_owned();
     assert!(
         wait_until(Duration::from_secs(5), move || c.stats().coherence == want)
             .await
@@ -131,7 +130,7 @@ async fn a_write_on_one_instance_evicts_the_others_l1() {
     sees(&b, key, None).await;
 
     let s = b.stats();
-    assert_eq!(s.coherence, "tracking");
+    assert_eq!(s.coherence, CoherenceState::Tracking);
     assert!(s.invalidations >= 200, "{s:?}");
     assert!(s.connected && !s.using_fallback);
     let json = serde_json::to_value(&s).expect("json");
@@ -209,7 +208,7 @@ async fn a_namespace_is_tracked_as_a_whole_and_stripped() {
             .build()
             .await
             .expect("cache");
-        linked(&c, "tracking").await;
+        linked(&c, CoherenceState::Tracking).await;
         c
     };
     let (a, b) = (build().await, build().await);
@@ -263,7 +262,7 @@ async fn a_killed_invalidation_link_suspends_l1_until_it_is_back() {
     ctl_cmd(&mut ctl, &["CLIENT", "KILL", "ID", &ids[0]]).await;
     writer.set(key, &2u64, Ttl::Api).await.expect("set");
     assert_eq!(b.get::<u64>(key).await.expect("get"), Some(2));
-    linked(&b, "tracking").await;
+    linked(&b, CoherenceState::Tracking).await;
     assert!(b.stats().l1_resets >= 1);
     assert_eq!(hold(&b, key).await, Some(2));
     writer.set(key, &3u64, Ttl::Api).await.expect("set");
@@ -275,7 +274,7 @@ async fn a_killed_invalidation_link_suspends_l1_until_it_is_back() {
     ctl_cmd(&mut ctl, &["CONFIG", "SET", "maxclients", "1"]).await;
     let ids = link_ids(&mut ctl).await;
     ctl_cmd(&mut ctl, &["CLIENT", "KILL", "ID", &ids[0]]).await;
-    linked(&b, "down").await;
+    linked(&b, CoherenceState::Down).await;
     for i in 10..20u64 {
         writer.set(key, &i, Ttl::Api).await.expect("set");
         assert_eq!(b.get::<u64>(key).await.expect("get"), Some(i));
@@ -287,7 +286,7 @@ async fn a_killed_invalidation_link_suspends_l1_until_it_is_back() {
     let back = {
         let b = b.clone();
         wait_until(Duration::from_secs(5), move || {
-            b.stats().coherence == "tracking"
+            b.stats().coherence == CoherenceState::Tracking
         })
         .await
         .expect("link back")
@@ -344,8 +343,8 @@ async fn pubsub_mode_evicts_on_sdk_writes_and_survives_a_killed_subscriber() {
     assert_eq!(killed, "2", "two subscribers");
     a.set("cache:order:1", &11u64, Ttl::Api).await.expect("set");
     sees(&b, "cache:order:1", Some(11)).await;
-    linked(&b, "pubsub").await;
-    linked(&a, "pubsub").await;
+    linked(&b, CoherenceState::PubSub).await;
+    linked(&a, CoherenceState::PubSub).await;
     assert_eq!(hold(&b, "cache:order:1").await, Some(11));
     a.set("cache:order:1", &12u64, Ttl::Api).await.expect("set");
     sees(&b, "cache:order:1", Some(12)).await;
@@ -370,14 +369,14 @@ async fn auto_uses_pubsub_where_tracking_is_refused() {
         .build()
         .await
         .expect("cache");
-    linked(&b, "pubsub").await;
+    linked(&b, CoherenceState::PubSub).await;
     let c = Cache::builder()
         .redis_url(server.url())
         .require_redis(true)
         .build()
         .await
         .expect("cache");
-    linked(&c, "pubsub").await;
+    linked(&c, CoherenceState::PubSub).await;
     c.set("cache:x:1", &1u64, Ttl::Api).await.expect("set");
     sees(&b, "cache:x:1", Some(1)).await;
     assert_eq!(hold(&b, "cache:x:1").await, Some(1));
@@ -390,8 +389,8 @@ async fn auto_uses_pubsub_where_tracking_is_refused() {
 async fn off_keeps_the_l1_ttl_bound_and_reports_off() {
     let server = RedisServer::start();
     let a = cache_with(&server, Coherence::Off).await;
-    assert_eq!(a.stats().coherence, "off");
-    assert_eq!(Cache::in_memory().stats().coherence, "off");
+    assert_eq!(a.stats().coherence, CoherenceState::Off);
+    assert_eq!(Cache::in_memory().stats().coherence, CoherenceState::Off);
     let mut ctl = server.conn().await;
     assert!(link_ids(&mut ctl).await.is_empty());
 }
@@ -400,7 +399,7 @@ async fn off_keeps_the_l1_ttl_bound_and_reports_off() {
 
 async fn session_app(server: &RedisServer) -> (Cache, axum::Router) {
     let cache = cache_on(Some(server)).await;
-    linked(&cache, "tracking").await;
+    linked(&cache, CoherenceState::Tracking).await;
     let app = app(sessions(&cache, config(&["coh-secret"])));
     (cache, app)
 }
@@ -494,8 +493,8 @@ async fn express_sessions_are_cached_and_evicted_too() {
     };
     let ca = cache_on(Some(&server)).await;
     let cb = cache_on(Some(&server)).await;
-    linked(&ca, "tracking").await;
-    linked(&cb, "tracking").await;
+    linked(&ca, CoherenceState::Tracking).await;
+    linked(&cb, CoherenceState::Tracking).await;
     let (a, b) = (mk(&ca), mk(&cb));
     let login = send(&a, "POST", "/login?user=9&name=erin", None).await;
     let cookie = login.cookie();
@@ -569,7 +568,7 @@ async fn a_session_held_in_l1_survives_an_outage_and_its_changes_are_replayed() 
     let key = format!("sess:{}", id_of(&cookie));
     let raw = String::from_utf8(server.get_raw(&key).await.expect("replayed")).expect("utf8");
     assert!(raw.contains("\"visits\":2"), "{raw}");
-    linked(&cache, "tracking").await;
+    linked(&cache, CoherenceState::Tracking).await;
     assert_eq!(send(&app, "GET", "/peek", Some(&cookie)).await.body, "2");
     // And it is coherent again: a logout by another client is seen.
     assert_eq!(server.cli(&["DEL", &key]), "1");
@@ -678,7 +677,7 @@ async fn on_a_cluster_writes_on_one_instance_evict_the_others_l1() {
             .build()
             .await
             .expect("cache on the cluster");
-        linked(&cache, "pubsub").await;
+        linked(&cache, CoherenceState::PubSub).await;
         cache
     };
     let (a, b) = (on_cluster().await, on_cluster().await);

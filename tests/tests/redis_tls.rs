@@ -99,7 +99,7 @@ async fn client_certificate_when_the_server_asks_for_one() {
     // The invalidation link uses the same TLS settings as the data connection.
     let c = cache.clone();
     cache_sdk_tests::wait_until(Duration::from_secs(5), move || {
-        c.stats().coherence == "tracking"
+        c.stats().coherence == cache_sdk::CoherenceState::Tracking
     })
     .await
     .expect("the invalidation link comes up over TLS");

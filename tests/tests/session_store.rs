@@ -215,7 +215,6 @@ async fn stats_have_the_seed_shape(env: Env) {
     assert_eq!(
         json,
         serde_json::json!({
-            "success": true,
             "store": if redis { "redis" } else { "memory" },
             "totalSessions": 1,
             "redisStats": {

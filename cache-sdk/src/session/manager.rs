@@ -22,6 +22,7 @@ use super::record_cache::SharedRecord;
 use super::store::{SessionStore, StoreStatus};
 use crate::codec::now_ms;
 use crate::error::ConfigError;
+use crate::stats::StoreKind;
 
 /// Most sessions whose last touch this process remembers (for throttling).
 const TOUCH_MEMORY: u64 = 200_000;
@@ -104,8 +105,9 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// The session stats endpoint's answer, in the seed's shape:
-/// `{"success":true,"store":"redis"|"memory","totalSessions":n,"redisStats":{…}}`.
+/// The session stats, serialized in the seed's shape:
+/// `{"store":"redis"|"memory","totalSessions":n,"redisStats":{…}}` (an endpoint that must
+/// answer the seed's `"success":true` as well adds it to its own response).
 ///
 /// ```
 /// use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
@@ -115,7 +117,7 @@ impl std::fmt::Debug for Sessions {
 /// let json = serde_json::to_string(&sessions.stats().await?)?;
 /// assert_eq!(
 ///     json,
-///     r#"{"success":true,"store":"memory","totalSessions":0,"redisStats":{"connected":false,"usingFallback":true,"inMemoryKeys":0}}"#
+///     r#"{"store":"memory","totalSessions":0,"redisStats":{"connected":false,"usingFallback":true,"inMemoryKeys":0}}"#
 /// );
 /// # Ok(()) }
 /// ```
@@ -123,10 +125,8 @@ impl std::fmt::Debug for Sessions {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct SessionStats {
-    /// Always `true` (the seed's shape).
-    pub success: bool,
-    /// `"redis"` or `"memory"`: where sessions are kept now.
-    pub store: &'static str,
+    /// Where sessions are kept now (serialized as `"redis"` or `"memory"`).
+    pub store: StoreKind,
     /// Live sessions in that store.
     pub total_sessions: u64,
     /// The store's state.
@@ -523,15 +523,14 @@ impl Sessions {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
-    /// assert_eq!(sessions.stats().await?.store, "memory");
+    /// assert_eq!(sessions.stats().await?.store, cache_sdk::StoreKind::Memory);
     /// # Ok(()) }
     /// ```
     pub async fn stats(&self) -> Result<SessionStats, SessionError> {
         let total_sessions = self.count().await?;
         let status = self.inner.store.status();
         Ok(SessionStats {
-            success: true,
-            store: if status.connected { "redis" } else { "memory" },
+            store: StoreKind::current(status.connected),
             total_sessions,
             redis_stats: status,
         })

@@ -52,6 +52,7 @@ use super::memory::MemoryStore;
 use super::redis::{classify, Failure};
 use super::remote::Remote;
 use crate::config::{CacheConfig, RedisConfig};
+use crate::stats::CoherenceState;
 
 /// How the L1 of several app instances is kept in step (see [`CacheConfig::coherence`]).
 ///
@@ -268,7 +269,7 @@ pub(crate) struct CoherenceLink {
 impl std::fmt::Debug for CoherenceLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CoherenceLink")
-            .field("state", &self.state_name())
+            .field("state", &self.state())
             .finish_non_exhaustive()
     }
 }
@@ -379,13 +380,13 @@ impl CoherenceLink {
         }
     }
 
-    /// `"tracking"`, `"pubsub"`, `"down"` (L1 suspended) or `"off"`.
-    pub(crate) fn state_name(&self) -> &'static str {
+    /// Tracking, pub/sub, down (L1 suspended) or off.
+    pub(crate) fn state(&self) -> CoherenceState {
         match self.shared.signals.state.load(Ordering::Acquire) {
-            TRACKING => "tracking",
-            PUBSUB => "pubsub",
-            OFF => "off",
-            _ => "down",
+            TRACKING => CoherenceState::Tracking,
+            PUBSUB => CoherenceState::PubSub,
+            OFF => CoherenceState::Off,
+            _ => CoherenceState::Down,
         }
     }
 
