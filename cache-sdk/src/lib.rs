@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod cache;
 pub mod codec;
 mod config;
@@ -58,13 +59,13 @@ mod ttl;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use cache::{Cache, CacheBuilder, CacheValue};
+pub use builder::CacheBuilder;
+pub use cache::{Cache, CacheValue};
 pub use codec::Codec;
-pub use config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
+pub use config::{CacheConfig, Coherence, RedisConfig, MAX_VALUE_SIZE_LIMIT};
 pub use error::{BuildError, ConfigError, Error, Result};
 pub use global::{global, install};
 pub use key::Key;
 pub use macros::{cache_evict, cache_put, cached};
 pub use stats::Stats;
-pub use tier::coherence::Coherence;
 pub use ttl::{Ttl, TtlPresets, MAX_TTL};

@@ -24,6 +24,7 @@ use super::replay::{Pending, ReplayLog, DEL_SCRIPT, SET_SCRIPT};
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
 use crate::error::{BuildError, Error};
+use crate::tls::TlsMaterial;
 
 const DISABLED: u8 = 0;
 const UP: u8 = 1;
@@ -114,11 +115,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Remote {
     /// Builds the tier; Redis (when configured) is not contacted until [`Remote::start`].
-    pub(crate) fn new(cfg: &CacheConfig) -> Result<Self, BuildError> {
+    /// `tls` is the material the configuration's validation loaded.
+    pub(crate) fn new(cfg: &CacheConfig, tls: &TlsMaterial) -> Result<Self, BuildError> {
         let link = cfg
             .redis
             .as_ref()
-            .map(|r| RedisLink::new(r, cfg.timeout, cfg.connect_timeout))
+            .map(|r| RedisLink::new(r, tls, cfg.timeout, cfg.connect_timeout))
             .transpose()?;
         Ok(Self::with_link(cfg, link))
     }
