@@ -34,7 +34,9 @@
 //!
 //! With Redis, a write or delete on one instance (or by any Redis client) evicts the key
 //! from every instance's L1 within one push from Redis ([`Coherence`]; `CLIENT TRACKING`,
-//! or a pub/sub channel where tracking is refused). While that link is down, L1 is not
+//! or a pub/sub channel where tracking is refused). Every key the SDK writes is covered:
+//! the namespace when one is set, every key otherwise; [`CacheConfig::coherence_prefixes`]
+//! narrows it. While that link is down, L1 is not
 //! used. [`Stats::coherence`] says which mechanism is in use.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
