@@ -50,8 +50,8 @@ impl CacheBuilder {
 
     /// Merges the process environment into what the builder holds: only the variables that
     /// are set override (see [the variables](crate::CacheConfig#variables) and
-    /// [how the Redis address merges](crate::config)). No `.env` file is read: see
-    /// [`CacheBuilder::from_env_and_dotenv`].
+    /// [how they merge](crate::CacheConfig#where-the-values-come-from)). No `.env` file is
+    /// read: see [`CacheBuilder::from_env_and_dotenv`].
     ///
     /// # Errors
     /// [`ConfigError`] naming the variable with a bad value.

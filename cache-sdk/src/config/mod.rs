@@ -423,7 +423,9 @@ fn apply_ttl_env(presets: &mut TtlPresets, env: &EnvReader) -> Result<(), Config
         presets.set_jitter_unchecked(fraction);
     }
     for (name, value) in env.with_prefix("CACHE_TTL_") {
-        let preset = &name["CACHE_TTL_".len()..];
+        let Some(preset) = name.strip_prefix("CACHE_TTL_") else {
+            continue;
+        };
         if matches!(preset, "JITTER" | "SESSION") || value.trim().is_empty() {
             continue;
         }
