@@ -6,7 +6,7 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart   # with Redis
 //! ```
 //!
-//! The configuration comes from the environment (and a `.env` file) through
+//! The configuration comes from the process environment through
 //! [`CacheConfig::from_env`]: without `REDIS_URL` / `REDIS_HOST` / `REDIS_ENABLED=true` the
 //! cache runs in memory. With Redis, every key is written under the `quickstart:` namespace
 //! (unless `CACHE_NAMESPACE` says otherwise) and deleted at the end.

@@ -1,4 +1,4 @@
-//! [`Cache`]: the typed two-tier cache, and its [`CacheBuilder`].
+//! [`Cache`]: the typed two-tier cache (built by the [`CacheBuilder`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,19 +7,21 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::{self, Codec, Header, TypeTag, TypeTags};
-use crate::config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
-use crate::error::{BuildError, ConfigError, Error, Result};
+use crate::builder::CacheBuilder;
+use crate::codec::{self, Codec, Header, TypeTags};
+use crate::config::CacheConfig;
+use crate::error::{BuildError, Error, Result};
 use crate::flight::Flights;
 use crate::key;
 use crate::stats::{bump, read, CacheCounters, CoherenceState, Stats, StoreKind};
-use crate::tier::coherence::{Coherence, CoherenceLink};
+use crate::tier::coherence::CoherenceLink;
 use crate::tier::local::{AnyValue, Local, Ticket};
 /// The generic L1 hook for values kept with their stored bytes (the session record cache
 /// uses it).
 pub(crate) use crate::tier::local::{Held, RawBacked};
 use crate::tier::memory::parse_int;
 use crate::tier::remote::{Remote, StoreEvent};
+use crate::tls::TlsMaterial;
 use crate::ttl::{Ttl, TtlPresets};
 
 /// What a cached value must be: serde both ways, shareable across threads.
@@ -125,11 +127,7 @@ impl Cache {
     /// # let _ = builder;
     /// ```
     pub fn builder() -> CacheBuilder {
-        CacheBuilder {
-            cfg: CacheConfig::default(),
-            types: TypeTags::default(),
-            error: None,
-        }
+        CacheBuilder::new()
     }
 
     /// A cache in memory only, with default settings; needs no runtime to create.
@@ -141,13 +139,33 @@ impl Cache {
     #[must_use]
     pub fn in_memory() -> Self {
         let cfg = CacheConfig::default();
-        let remote = Remote::new(&cfg).unwrap_or_else(|_| unreachable_config());
-        Self::assemble(&cfg, remote, TypeTags::default())
+        let remote = Remote::memory_only(&cfg);
+        Self::assemble(&cfg, &TlsMaterial::default(), remote, TypeTags::default())
     }
 
-    fn assemble(cfg: &CacheConfig, remote: Remote, types: TypeTags) -> Self {
+    /// The rest of [`CacheBuilder::build`], after the configuration was validated (`tls`
+    /// is what the validation loaded): makes one attempt to reach Redis, starts the tiers'
+    /// tasks, and waits for the invalidation link when Redis answered.
+    pub(crate) async fn start(
+        cfg: CacheConfig,
+        tls: TlsMaterial,
+        types: TypeTags,
+    ) -> std::result::Result<Cache, BuildError> {
+        let remote = Remote::new(&cfg, &tls)?;
+        remote.start(&cfg).await?;
+        let up = remote.is_up();
+        let cache = Cache::assemble(&cfg, &tls, remote, types);
+        if let (true, Some(link)) = (up, &cache.inner.coherence) {
+            // Redis answered: give the invalidation link as long to come up, so that L1
+            // serves from the first call.
+            link.settle(cfg.connect_timeout).await;
+        }
+        Ok(cache)
+    }
+
+    fn assemble(cfg: &CacheConfig, tls: &TlsMaterial, remote: Remote, types: TypeTags) -> Self {
         let local = Local::new(cfg.l1_capacity, cfg.l1_ttl);
-        let coherence = CoherenceLink::start(cfg, &local, &remote);
+        let coherence = CoherenceLink::start(cfg, tls, &local, &remote);
         let l1 = local.clone();
         let on_data = coherence
             .as_ref()
@@ -985,267 +1003,5 @@ impl Cache {
             });
         }
         self.resolve(ttl)
-    }
-}
-
-fn unreachable_config() -> Remote {
-    // The default configuration has no Redis, so building its remote tier cannot fail;
-    // this keeps `in_memory()` infallible without an `unwrap`.
-    Remote::memory_only(&CacheConfig::default())
-}
-
-/// Builds a [`Cache`]. Every setter is optional; [`CacheBuilder::build`] connects to Redis
-/// when configured and falls back to memory when it cannot.
-///
-/// ```
-/// use cache_sdk::{Cache, Codec};
-/// use std::time::Duration;
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let cache = Cache::builder()
-///     .l1_capacity(5_000)
-///     .l1_ttl(Duration::from_secs(10))
-///     .codec(Codec::Json)
-///     .namespace("erp")
-///     .ttl_preset("reports", Duration::from_secs(3600))
-///     .build()
-///     .await?;
-/// # let _ = cache;
-/// # Ok(()) }
-/// ```
-#[must_use]
-#[derive(Debug)]
-pub struct CacheBuilder {
-    cfg: CacheConfig,
-    types: TypeTags,
-    error: Option<ConfigError>,
-}
-
-impl CacheBuilder {
-    /// Replaces the configuration with the one read from the environment (and `.env`).
-    ///
-    /// # Errors
-    /// [`ConfigError`] naming the variable with a bad value.
-    ///
-    /// ```
-    /// let b = cache_sdk::Cache::builder().from_env().unwrap();
-    /// # let _ = b;
-    /// ```
-    pub fn from_env(mut self) -> std::result::Result<Self, ConfigError> {
-        self.cfg = CacheConfig::from_env()?;
-        Ok(self)
-    }
-
-    /// Replaces the configuration.
-    pub fn config(mut self, cfg: CacheConfig) -> Self {
-        self.cfg = cfg;
-        self
-    }
-
-    /// Uses Redis as configured.
-    pub fn redis(mut self, redis: RedisConfig) -> Self {
-        self.cfg.redis = Some(redis);
-        self
-    }
-
-    /// Uses Redis at this URL (`redis://…` or `rediss://…`).
-    pub fn redis_url(self, url: impl Into<String>) -> Self {
-        self.redis(RedisConfig::url(url))
-    }
-
-    /// Uses a Redis Cluster reached through these seed nodes (`host:port`), as
-    /// `REDIS_CLUSTER_NODES` does. For credentials or TLS, pass a
-    /// [`RedisConfig::cluster`] with them to [`CacheBuilder::redis`] instead.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
-    /// let cache = cache_sdk::Cache::builder()
-    ///     .redis_cluster(["10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"])
-    ///     .build()
-    ///     .await?;
-    /// # let _ = cache;
-    /// # Ok(()) }
-    /// ```
-    pub fn redis_cluster<S: Into<String>>(self, nodes: impl IntoIterator<Item = S>) -> Self {
-        self.redis(RedisConfig::cluster(nodes))
-    }
-
-    /// Runs in memory only.
-    pub fn no_redis(mut self) -> Self {
-        self.cfg.redis = None;
-        self
-    }
-
-    /// L1 capacity in entries (0 disables L1).
-    pub fn l1_capacity(mut self, entries: u64) -> Self {
-        self.cfg.l1_capacity = entries;
-        self
-    }
-
-    /// The longest an entry stays in L1 (see [`CacheConfig::l1_ttl`]).
-    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
-        self.cfg.l1_ttl = ttl;
-        self
-    }
-
-    /// Bound on every Redis call (default 100 ms).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.cfg.timeout = timeout;
-        self
-    }
-
-    /// Bound on connecting to Redis (default 500 ms).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.cfg.connect_timeout = timeout;
-        self
-    }
-
-    /// The longest wait between two attempts to reach Redis while it is down (default
-    /// 100 ms).
-    pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.cfg.probe_interval = interval;
-        self
-    }
-
-    /// Prefix for every Redis key.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.cfg.namespace = Some(namespace.into());
-        self
-    }
-
-    /// The codec for values.
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.cfg.codec = codec;
-        self
-    }
-
-    /// The largest encoded value accepted (at most 64 MiB).
-    pub fn max_value_size(mut self, bytes: usize) -> Self {
-        self.cfg.max_value_size = bytes;
-        self
-    }
-
-    /// Memory the in-memory fallback may use.
-    pub fn fallback_max_bytes(mut self, bytes: u64) -> Self {
-        self.cfg.fallback_max_bytes = bytes;
-        self
-    }
-
-    /// Most keys kept for replay after an outage.
-    pub fn replay_capacity(mut self, keys: usize) -> Self {
-        self.cfg.replay_capacity = keys;
-        self
-    }
-
-    /// Defines or overrides a TTL preset.
-    pub fn ttl_preset(mut self, name: &str, ttl: Duration) -> Self {
-        if let Err(e) = self.cfg.ttl.define(name, ttl) {
-            self.error.get_or_insert(ConfigError::Invalid {
-                name: "ttl_preset",
-                value: format!("{name}={ttl:?}"),
-                reason: e.to_string(),
-            });
-        }
-        self
-    }
-
-    /// ± fraction of jitter applied to TTLs (0.0 ..= 0.5).
-    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
-        if let Err(e) = self.cfg.ttl.set_jitter(fraction) {
-            self.error.get_or_insert(e);
-        }
-        self
-    }
-
-    /// Names and versions the cached type `T`: values of `T` written to L2 carry the tag of
-    /// `name@version`, and values read from L2 as `T` must carry it (or be untagged, at
-    /// version 1), else they are a miss. Types not named are untagged. Bump the version when
-    /// `T` changes in a way older values would not decode correctly; see
-    /// [Naming cached types](Cache#naming-cached-types).
-    ///
-    /// An empty name, a name with `@`, whitespace or control characters, version 0, a type
-    /// named twice or two types with one name and version make [`CacheBuilder::build`]
-    /// fail with [`BuildError::Config`].
-    ///
-    /// ```
-    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
-    /// struct Product { id: u64, name: String }
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
-    /// let cache = cache_sdk::Cache::builder()
-    ///     .value_type::<Product>("product", 2)
-    ///     .build()
-    ///     .await?;
-    /// # let _ = cache;
-    /// assert!(cache_sdk::Cache::builder().value_type::<Product>("product", 0).build().await.is_err());
-    /// # Ok(()) }
-    /// ```
-    pub fn value_type<T: CacheValue>(mut self, name: &str, version: u32) -> Self {
-        if let Err(e) = TypeTag::named(name, version).and_then(|tag| self.types.register::<T>(tag))
-        {
-            self.error.get_or_insert(e);
-        }
-        self
-    }
-
-    /// How L1 is kept in step with other instances (default [`Coherence::Auto`]).
-    ///
-    /// ```
-    /// let b = cache_sdk::Cache::builder().coherence(cache_sdk::Coherence::PubSub);
-    /// # let _ = b;
-    /// ```
-    pub fn coherence(mut self, coherence: Coherence) -> Self {
-        self.cfg.coherence = coherence;
-        self
-    }
-
-    /// Fail `build()` when Redis is configured but unreachable, instead of falling back.
-    pub fn require_redis(mut self, required: bool) -> Self {
-        self.cfg.require_redis = required;
-        self
-    }
-
-    /// Builds the cache: checks the configuration, makes one attempt to reach Redis
-    /// (bounded by the connect timeout), starts the task that watches Redis, and, when
-    /// Redis answered, waits (bounded by the connect timeout as well) for the invalidation
-    /// link that keeps L1 coherent.
-    /// Must run inside a Tokio runtime.
-    ///
-    /// # Errors
-    /// [`BuildError::Config`] for an invalid configuration; [`BuildError::RedisRequired`]
-    /// when `require_redis(true)` and Redis cannot be reached.
-    pub async fn build(self) -> std::result::Result<Cache, BuildError> {
-        if let Some(e) = self.error {
-            return Err(e.into());
-        }
-        let cfg = self.cfg;
-        if cfg.max_value_size == 0 || cfg.max_value_size > MAX_VALUE_SIZE_LIMIT {
-            return Err(ConfigError::Invalid {
-                name: "max_value_size",
-                value: cfg.max_value_size.to_string(),
-                reason: "must be between 1 byte and 64 MiB".into(),
-            }
-            .into());
-        }
-        if cfg.timeout.is_zero() || cfg.connect_timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: "timeout",
-                value: format!("{:?}/{:?}", cfg.timeout, cfg.connect_timeout),
-                reason: "timeouts must be above zero".into(),
-            }
-            .into());
-        }
-        let remote = Remote::new(&cfg)?;
-        remote.start(&cfg).await?;
-        let up = remote.is_up();
-        let cache = Cache::assemble(&cfg, remote, self.types);
-        if let (true, Some(link)) = (up, &cache.inner.coherence) {
-            // Redis answered: give the invalidation link as long to come up, so that L1
-            // serves from the first call.
-            link.settle(cfg.connect_timeout).await;
-        }
-        Ok(cache)
     }
 }

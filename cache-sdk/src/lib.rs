@@ -34,12 +34,15 @@
 //!
 //! With Redis, a write or delete on one instance (or by any Redis client) evicts the key
 //! from every instance's L1 within one push from Redis ([`Coherence`]; `CLIENT TRACKING`,
-//! or a pub/sub channel where tracking is refused). While that link is down, L1 is not
+//! or a pub/sub channel where tracking is refused). Every key the SDK writes is covered:
+//! the namespace when one is set, every key otherwise; [`CacheConfig::coherence_prefixes`]
+//! narrows it. While that link is down, L1 is not
 //! used. [`Stats::coherence`] says which mechanism is in use.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod cache;
 pub mod codec;
 mod config;
@@ -58,13 +61,13 @@ mod ttl;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use cache::{Cache, CacheBuilder, CacheValue};
+pub use builder::CacheBuilder;
+pub use cache::{Cache, CacheValue};
 pub use codec::Codec;
-pub use config::{CacheConfig, RedisConfig, MAX_VALUE_SIZE_LIMIT};
+pub use config::{CacheConfig, Coherence, RedisConfig, MAX_VALUE_SIZE_LIMIT};
 pub use error::{BackendError, BackendErrorKind, BuildError, ConfigError, Error, Result};
 pub use global::{global, install};
 pub use key::Key;
 pub use macros::{cache_evict, cache_put, cached};
 pub use stats::{CoherenceState, Stats, StoreKind};
-pub use tier::coherence::Coherence;
 pub use ttl::{Ttl, TtlPresets, MAX_TTL};

@@ -1,36 +1,81 @@
 //! TLS material for Redis connections: the CA and client-certificate files read and checked
-//! (a bad file is a [`ConfigError`] naming its variable), and the rustls crypto provider.
+//! once, when the configuration is validated at build time (a bad file is a [`ConfigError`]
+//! naming its variable), then handed to both links (the data link and the invalidation
+//! link); and the rustls crypto provider.
 
+use std::fmt;
 use std::path::Path;
 
-use redis::{ClientTlsConfig, TlsCertificates};
+use redis::cluster::ClusterClientBuilder;
+use redis::{ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::RedisConfig;
 use crate::error::ConfigError;
 
-/// The certificates to hand to redis-rs, or `None` when the defaults do (no TLS, or TLS with
-/// the system's roots and no client certificate).
-pub(crate) fn certificates(cfg: &RedisConfig) -> Result<Option<TlsCertificates>, ConfigError> {
-    let root_cert = cfg
-        .tls_ca_file
-        .as_deref()
-        .map(|path| read_certs("REDIS_TLS_CA_FILE", path))
-        .transpose()?;
-    let client_tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
-        (Some(cert), Some(key)) => Some(ClientTlsConfig {
-            client_cert: read_certs("REDIS_TLS_CERT_FILE", cert)?,
-            client_key: read_key("REDIS_TLS_KEY_FILE", key)?,
-        }),
-        _ => None,
-    };
-    Ok(
-        (root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
+/// The certificates read from the configured files, ready for redis-rs; empty when the
+/// defaults do (no TLS, or TLS with the system's roots and no client certificate). Cheap to
+/// clone; `Debug` shows which parts are present, never their bytes.
+#[derive(Clone, Default)]
+pub(crate) struct TlsMaterial {
+    certs: Option<TlsCertificates>,
+}
+
+impl TlsMaterial {
+    /// Reads and checks the CA file (`REDIS_TLS_CA_FILE`) and the client certificate and
+    /// key files (`REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`); errors name the variable.
+    pub(crate) fn load(
+        ca: Option<&Path>,
+        client: Option<(&Path, &Path)>,
+    ) -> Result<Self, ConfigError> {
+        let root_cert = ca
+            .map(|path| read_certs("REDIS_TLS_CA_FILE", path))
+            .transpose()?;
+        let client_tls = match client {
+            Some((cert, key)) => Some(ClientTlsConfig {
+                client_cert: read_certs("REDIS_TLS_CERT_FILE", cert)?,
+                client_key: read_key("REDIS_TLS_KEY_FILE", key)?,
+            }),
+            None => None,
+        };
+        let certs = (root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
             client_tls,
             root_cert,
-        }),
-    )
+        });
+        Ok(Self { certs })
+    }
+
+    /// A client for `info` (a URL or connection info) with this material.
+    pub(crate) fn client<T: IntoConnectionInfo>(
+        &self,
+        info: T,
+    ) -> redis::RedisResult<redis::Client> {
+        match &self.certs {
+            Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+            None => redis::Client::open(info),
+        }
+    }
+
+    /// A cluster client builder with this material.
+    pub(crate) fn cluster(&self, builder: ClusterClientBuilder) -> ClusterClientBuilder {
+        match &self.certs {
+            Some(certs) => builder.certs(certs.clone()),
+            None => builder,
+        }
+    }
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let certs = self.certs.as_ref();
+        f.debug_struct("TlsMaterial")
+            .field("ca", &certs.is_some_and(|c| c.root_cert.is_some()))
+            .field(
+                "client_cert",
+                &certs.is_some_and(|c| c.client_tls.is_some()),
+            )
+            .finish()
+    }
 }
 
 /// Makes *ring* the process's rustls crypto provider unless the application installed one.
@@ -91,11 +136,13 @@ mod tests {
         path
     }
 
+    fn ca(path: &Path) -> Result<TlsMaterial, String> {
+        TlsMaterial::load(Some(path), None).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn bad_files_name_their_variable() {
-        let base = RedisConfig::url("rediss://127.0.0.1:6380");
-        let missing = base.clone().with_tls_ca_file("/nonexistent/ca.pem");
-        let err = certificates(&missing).unwrap_err().to_string();
+        let err = ca(Path::new("/nonexistent/ca.pem")).unwrap_err();
         assert!(
             err.starts_with("REDIS_TLS_CA_FILE=\"/nonexistent/ca.pem\""),
             "{err}"
@@ -103,9 +150,7 @@ mod tests {
         assert!(err.contains("cannot be read"), "{err}");
 
         let not_pem = temp("not.pem", b"hello");
-        let err = certificates(&base.clone().with_tls_ca_file(&not_pem))
-            .unwrap_err()
-            .to_string();
+        let err = ca(&not_pem).unwrap_err();
         assert!(
             err.contains("REDIS_TLS_CA_FILE") && err.contains("no PEM certificate"),
             "{err}"
@@ -115,15 +160,13 @@ mod tests {
             "broken.pem",
             b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
         );
-        let err = certificates(&base.clone().with_tls_ca_file(&broken))
-            .unwrap_err()
-            .to_string();
+        let err = ca(&broken).unwrap_err();
         assert!(
             err.contains("REDIS_TLS_CA_FILE") && err.contains("not valid PEM"),
             "{err}"
         );
 
-        let err = certificates(&base.clone().with_client_cert(&broken, &not_pem))
+        let err = TlsMaterial::load(None, Some((&broken, &not_pem)))
             .unwrap_err()
             .to_string();
         assert!(err.contains("REDIS_TLS_CERT_FILE"), "{err}");
@@ -131,8 +174,12 @@ mod tests {
 
     #[test]
     fn no_files_means_the_defaults() {
-        assert!(certificates(&RedisConfig::url("rediss://h:1"))
-            .unwrap()
-            .is_none());
+        let m = TlsMaterial::load(None, None).unwrap();
+        assert!(m.certs.is_none());
+        assert_eq!(
+            format!("{m:?}"),
+            "TlsMaterial { ca: false, client_cert: false }"
+        );
+        assert!(m.client("rediss://h:1").is_ok());
     }
 }

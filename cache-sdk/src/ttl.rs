@@ -2,7 +2,7 @@
 //!
 //! | preset | default | env override |
 //! |---|---|---|
-//! | [`Ttl::Session`] | 24 h (86 400 s) | `CACHE_TTL_SESSION` |
+//! | [`Ttl::Session`] | 24 h (86 400 s) | `CACHE_TTL_SESSION` (also the web session lifetime; `SESSION_TTL_SECS` is its deprecated alias) |
 //! | [`Ttl::Api`] | 10 min (600 s) | `CACHE_TTL_API` |
 //! | [`Ttl::UserPreferences`] | 7 days (604 800 s) | `CACHE_TTL_USER_PREFERENCES` |
 //! | [`Ttl::Named`] | set with [`TtlPresets::define`] | `CACHE_TTL_<NAME>` |
@@ -136,18 +136,10 @@ impl TtlPresets {
     /// ```
     pub fn define(&mut self, name: &str, ttl: Duration) -> Result<(), Error> {
         let ttl = check(ttl)?;
-        let name = normalize(name);
-        if name.is_empty() {
-            return Err(Error::invalid_key(&name, "a preset name must not be empty"));
+        if normalize(name).is_empty() {
+            return Err(Error::invalid_key(name, "a preset name must not be empty"));
         }
-        match Ttl::named(&name) {
-            Ttl::Session => self.session = ttl,
-            Ttl::Api => self.api = ttl,
-            Ttl::UserPreferences => self.user_preferences = ttl,
-            _ => {
-                self.named.insert(name, ttl);
-            }
-        }
+        self.define_unchecked(name, ttl);
         Ok(())
     }
 
@@ -165,11 +157,7 @@ impl TtlPresets {
     /// ```
     pub fn set_jitter(&mut self, fraction: f64) -> Result<(), ConfigError> {
         if !(0.0..=0.5).contains(&fraction) {
-            return Err(ConfigError::Invalid {
-                name: "CACHE_TTL_JITTER",
-                value: fraction.to_string(),
-                reason: "jitter must be a fraction between 0 and 0.5".into(),
-            });
+            return Err(jitter_error(fraction));
         }
         self.jitter = fraction;
         Ok(())
@@ -218,41 +206,59 @@ impl TtlPresets {
         Ok(jittered.clamp(Duration::from_secs(1), MAX_TTL))
     }
 
-    /// Reads `CACHE_TTL_<NAME>=<seconds>` and `CACHE_TTL_JITTER=<fraction>` from the
-    /// given variables.
-    pub(crate) fn apply_env<'a>(
-        &mut self,
-        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<(), ConfigError> {
-        for (name, value) in vars {
-            let Some(preset) = name.strip_prefix("CACHE_TTL_") else {
-                continue;
-            };
-            if preset == "JITTER" {
-                let fraction = value
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| ConfigError::Invalid {
-                        name: "CACHE_TTL_JITTER",
-                        value: value.into(),
-                        reason: "not a number (expected a fraction such as 0.1)".into(),
-                    })?;
-                self.set_jitter(fraction)?;
-                continue;
+    /// Stores a preset without checking it; [`TtlPresets::check`] reports it at build time.
+    /// The builder's setters use this so that every setting is checked in one place.
+    pub(crate) fn define_unchecked(&mut self, name: &str, ttl: Duration) {
+        let name = normalize(name);
+        match Ttl::named(&name) {
+            Ttl::Session => self.session = ttl,
+            Ttl::Api => self.api = ttl,
+            Ttl::UserPreferences => self.user_preferences = ttl,
+            _ => {
+                self.named.insert(name, ttl);
             }
-            let invalid = |reason: &str| ConfigError::Invalid {
-                name: "CACHE_TTL_<NAME>",
-                value: format!("{name}={value}"),
-                reason: reason.into(),
+        }
+    }
+
+    /// Stores the jitter without checking it (see [`TtlPresets::define_unchecked`]).
+    pub(crate) fn set_jitter_unchecked(&mut self, fraction: f64) {
+        self.jitter = fraction;
+    }
+
+    /// Checks every preset (1 s ..= 365 days, a name) and the jitter (0 ..= 0.5).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        let builtin = [
+            ("session", self.session),
+            ("api", self.api),
+            ("user_preferences", self.user_preferences),
+        ];
+        let named = self.named.iter().map(|(n, d)| (n.as_str(), *d));
+        for (name, ttl) in builtin.into_iter().chain(named) {
+            let reason = if name.is_empty() {
+                "a preset name must not be empty"
+            } else if check(ttl).is_err() {
+                "a TTL must be between 1 and 31536000 seconds"
+            } else {
+                continue;
             };
-            let secs = value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| invalid("not a whole number of seconds"))?;
-            self.define(preset, Duration::from_secs(secs))
-                .map_err(|_| invalid("a TTL must be between 1 and 31536000 seconds"))?;
+            return Err(ConfigError::Invalid {
+                name: "CACHE_TTL_<NAME>",
+                value: format!("{name}={ttl:?}"),
+                reason: reason.into(),
+            });
+        }
+        if !(0.0..=0.5).contains(&self.jitter) {
+            return Err(jitter_error(self.jitter));
         }
         Ok(())
+    }
+}
+
+fn jitter_error(fraction: f64) -> ConfigError {
+    ConfigError::Invalid {
+        name: "CACHE_TTL_JITTER",
+        value: fraction.to_string(),
+        reason: "jitter must be a fraction between 0 and 0.5".into(),
     }
 }
 
@@ -281,19 +287,22 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_presets_and_defines_named_ones() {
+    fn unchecked_values_are_caught_by_check() {
         let mut p = TtlPresets::default();
-        p.apply_env([("CACHE_TTL_API", "900"), ("CACHE_TTL_REPORTS", "60")])
-            .unwrap();
-        assert_eq!(p.base(&Ttl::Api).unwrap(), Duration::from_secs(900));
-        assert_eq!(
-            p.base(&Ttl::named("reports")).unwrap(),
-            Duration::from_secs(60)
-        );
-        let err = p.apply_env([("CACHE_TTL_API", "soon")]).unwrap_err();
-        assert!(err.to_string().contains("CACHE_TTL_API=soon"));
-        assert!(p.apply_env([("CACHE_TTL_API", "0")]).is_err());
-        assert!(p.apply_env([("CACHE_TTL_JITTER", "0.9")]).is_err());
+        assert!(p.check().is_ok());
+        p.define_unchecked("reports", Duration::ZERO);
+        let err = p.check().unwrap_err().to_string();
+        assert!(err.contains("reports=0ns"), "{err}");
+        let mut p = TtlPresets::default();
+        p.define_unchecked(" ", Duration::from_secs(5));
+        assert!(p.check().unwrap_err().to_string().contains("empty"));
+        let mut p = TtlPresets::default();
+        p.set_jitter_unchecked(f64::NAN);
+        assert!(p
+            .check()
+            .unwrap_err()
+            .to_string()
+            .starts_with("CACHE_TTL_JITTER"));
     }
 
     #[test]

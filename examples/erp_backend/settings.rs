@@ -28,7 +28,10 @@ pub struct Settings {
 }
 
 /// The process environment over the variables of a `.env` file in the current directory or
-/// a parent (variables already set win, as with `dotenv` in Node).
+/// a parent (variables already set win, as with `dotenv` in Node). The library reads only
+/// the process environment unless asked (`from_env_and_dotenv`); this server asks, as the
+/// Node backend it mirrors did, and reads the file once for every setting (address, cache,
+/// sessions).
 ///
 /// # Errors
 /// A message when the `.env` file exists but cannot be read or parsed.
@@ -147,6 +150,37 @@ mod tests {
     fn production_needs_a_secret() {
         let err = Settings::from_vars(&vars(&[("APP_ENV", "production")])).unwrap_err();
         assert!(err.starts_with("SESSION_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn sessions_and_the_session_preset_share_one_lifetime() {
+        let s = Settings::from_vars(&vars(&[("CACHE_TTL_SESSION", "7200")])).unwrap();
+        assert_eq!(s.session.ttl.as_secs(), 7200);
+        assert_eq!(
+            s.cache
+                .ttl
+                .base(&cache_sdk::Ttl::Session)
+                .unwrap()
+                .as_secs(),
+            7200
+        );
+        // The deprecated alias still works, and must agree.
+        let s = Settings::from_vars(&vars(&[("SESSION_TTL_SECS", "600")])).unwrap();
+        assert_eq!(s.session.ttl.as_secs(), 600);
+        assert_eq!(
+            s.cache
+                .ttl
+                .base(&cache_sdk::Ttl::Session)
+                .unwrap()
+                .as_secs(),
+            600
+        );
+        let err = Settings::from_vars(&vars(&[
+            ("CACHE_TTL_SESSION", "7200"),
+            ("SESSION_TTL_SECS", "600"),
+        ]))
+        .unwrap_err();
+        assert!(err.starts_with("SESSION_TTL_SECS"), "{err}");
     }
 
     #[test]

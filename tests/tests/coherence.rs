@@ -221,6 +221,81 @@ async fn a_namespace_is_tracked_as_a_whole_and_stripped() {
     assert_eq!(a.get::<u64>("inventory:5").await.expect("get"), None);
 }
 
+/// A key outside the usual prefixes (`report:daily`), written through the SDK on A or by
+/// another client, is evicted from B's L1: tracking covers every key the SDK writes, with a
+/// namespace (`<ns>:`) and without one (every key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_under_any_prefix_is_evicted_everywhere() {
+    let server = RedisServer::start();
+    for namespace in [None, Some("erp")] {
+        let build = || async {
+            let mut b = Cache::builder()
+                .redis_url(server.url())
+                .coherence(Coherence::Tracking)
+                .require_redis(true);
+            if let Some(ns) = namespace {
+                b = b.namespace(ns);
+            }
+            let c = b.build().await.expect("cache");
+            linked(&c, CoherenceState::Tracking).await;
+            c
+        };
+        let (a, b) = (build().await, build().await);
+        let key = "report:daily";
+        let stored = match namespace {
+            Some(ns) => format!("{ns}:{key}"),
+            None => key.to_owned(),
+        };
+
+        a.set(key, &1u64, Ttl::Api).await.expect("set");
+        sees(&b, key, Some(1)).await;
+        assert_eq!(hold(&b, key).await, Some(1), "namespace {namespace:?}");
+        // B holds 1 in L1 (for the 30 s L1 TTL): only an eviction lets it see 2 in time.
+        a.set(key, &2u64, Ttl::Api).await.expect("set");
+        sees(&b, key, Some(2)).await;
+
+        // Another client's write too.
+        assert_eq!(hold(&b, key).await, Some(2));
+        assert_eq!(server.cli(&["DEL", &stored]), "1");
+        sees(&b, key, None).await;
+        sees(&a, key, None).await;
+    }
+}
+
+/// Restricting the tracked prefixes leaves other keys to the L1 TTL, as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_prefixes_track_only_those_keys() {
+    let server = RedisServer::start();
+    let build = || async {
+        let c = Cache::builder()
+            .redis_url(server.url())
+            .coherence(Coherence::Tracking)
+            .coherence_prefixes(["cache:"])
+            .require_redis(true)
+            .build()
+            .await
+            .expect("cache");
+        linked(&c, CoherenceState::Tracking).await;
+        c
+    };
+    let (a, b) = (build().await, build().await);
+    for key in ["cache:x", "report:daily"] {
+        a.set(key, &1u64, Ttl::Api).await.expect("set");
+        sees(&b, key, Some(1)).await;
+        assert_eq!(hold(&b, key).await, Some(1));
+    }
+    assert_eq!(server.cli(&["DEL", "cache:x"]), "1");
+    sees(&b, "cache:x", None).await;
+    assert_eq!(server.cli(&["DEL", "report:daily"]), "1");
+    // Not tracked: B keeps serving its L1 copy (for up to the L1 TTL).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        b.get::<u64>("report:daily").await.expect("get"),
+        Some(1),
+        "an untracked key stays in L1"
+    );
+}
+
 /// The ids of the invalidation links connected to `server`.
 async fn link_ids(ctl: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
     let list: String = redis::cmd("CLIENT")

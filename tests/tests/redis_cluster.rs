@@ -98,6 +98,7 @@ async fn sessions_are_counted_across_masters() {
 async fn a_database_other_than_0_is_rejected_on_a_cluster() {
     let err =
         CacheConfig::from_vars([("REDIS_CLUSTER_NODES", "127.0.0.1:7000"), ("REDIS_DB", "3")])
+            .and_then(|cfg| cfg.validate())
             .expect_err("db 3 on a cluster");
     assert!(err.to_string().starts_with("REDIS_DB=\"3\""), "{err}");
     assert!(err.to_string().contains("only database 0"), "{err}");

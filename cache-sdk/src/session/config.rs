@@ -1,14 +1,14 @@
 //! [`SessionConfig`]: cookie, lifetime, format and secrets, from code or the environment.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use super::cookie::{valid_cookie_name, CookieAttributes, SameSite, SessionSecrets};
 use super::format::SessionFormat;
-use crate::config::{env_with_dotenv, invalid, parse_bool, parse_num};
+use crate::config::env::{invalid, EnvReader, SESSION_TTL};
+use crate::config::MAX_VALUE_SIZE_LIMIT;
 use crate::error::ConfigError;
-use crate::ttl::MAX_TTL;
+use crate::ttl::{Ttl, TtlPresets, MAX_TTL};
 
 /// The default lifetime: the 24 h session preset.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
@@ -67,7 +67,10 @@ pub struct SessionConfig {
     pub format: SessionFormat,
     /// The cookie's name and attributes.
     pub cookie: CookieAttributes,
-    /// How long a session lives without activity (1 s ..= 365 days).
+    /// How long a session lives without activity (1 s ..= 365 days): the
+    /// [`Ttl::Session`](crate::Ttl::Session) preset. From the environment it is
+    /// `CACHE_TTL_SESSION`, the variable that also sets the cache's preset; in code, take
+    /// it from the cache's presets with [`SessionConfig::ttl_from`].
     pub ttl: Duration,
     /// The least time between two expiry extensions ("touches") of one session by this
     /// process; zero touches on every request that reads the session.
@@ -183,6 +186,31 @@ impl SessionConfig {
         self
     }
 
+    /// Sets the lifetime to the [`Ttl::Session`](crate::Ttl::Session) preset of these
+    /// presets, so that sessions live as long as the cache's session preset says
+    /// (`Cache::ttl_presets()`, or a [`CacheConfig`](crate::CacheConfig)'s `ttl`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
+    /// use std::time::Duration;
+    /// let cache = cache_sdk::Cache::builder()
+    ///     .ttl_preset("session", Duration::from_secs(2 * 3600))
+    ///     .build()
+    ///     .await?;
+    /// let cfg = cache_sdk::session::SessionConfig::development().ttl_from(cache.ttl_presets());
+    /// assert_eq!(cfg.ttl.as_secs(), 7200);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn ttl_from(self, presets: &TtlPresets) -> Self {
+        match presets.base(&Ttl::Session) {
+            Ok(ttl) => self.ttl(ttl),
+            // The session preset always has a duration.
+            Err(_) => self,
+        }
+    }
+
     /// Sets the least time between two touches of one session.
     ///
     /// ```
@@ -243,7 +271,7 @@ impl SessionConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ttl < Duration::from_secs(1) || self.ttl > MAX_TTL {
             return Err(invalid(
-                "SESSION_TTL_SECS",
+                SESSION_TTL,
                 &self.ttl.as_secs().to_string(),
                 "must be between 1 and 31536000 seconds",
             ));
@@ -285,7 +313,8 @@ impl SessionConfig {
         Ok(())
     }
 
-    /// Reads the configuration from the process environment, after a `.env` file:
+    /// Reads the configuration from the process environment (no `.env` file: see
+    /// [`SessionConfig::from_env_and_dotenv`]):
     ///
     /// | variable | meaning | default |
     /// |---|---|---|
@@ -294,7 +323,7 @@ impl SessionConfig {
     /// | `SESSION_SECRET_PREVIOUS` | more previous secrets, comma-separated | none |
     /// | `SESSION_FORMAT` | `native` or `express` | `native` |
     /// | `SESSION_COOKIE_NAME` | cookie name | `sid` (native), `connect.sid` (express) |
-    /// | `SESSION_TTL_SECS` | session lifetime, extended by activity | `86400` (the session preset) |
+    /// | `CACHE_TTL_SESSION` | session lifetime in seconds, extended by activity; the same variable sets the cache's [`Ttl::Session`](crate::Ttl::Session) preset. `SESSION_TTL_SECS` is a deprecated alias (a warning; an error when both are set and disagree) | `86400` |
     /// | `SESSION_TOUCH_INTERVAL_SECS` | the least time between two expiry extensions of one session (0: every request) | `60` |
     /// | `SESSION_SECURE` | `Secure` cookie attribute | `true` in production, `false` in development |
     /// | `SESSION_SAME_SITE` | `lax`, `strict` or `none` | `lax` |
@@ -310,7 +339,22 @@ impl SessionConfig {
     /// # Ok::<(), cache_sdk::ConfigError>(())
     /// ```
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&env_with_dotenv()?)
+        Self::from_reader(&EnvReader::process())
+    }
+
+    /// As [`SessionConfig::from_env`], after the variables of a `.env` file in the current
+    /// directory or its parents (a variable set in the process wins over the file).
+    ///
+    /// # Errors
+    /// As [`SessionConfig::from_env`]; [`ConfigError::DotEnv`] when the `.env` file exists
+    /// but cannot be read or parsed.
+    ///
+    /// ```no_run
+    /// let cfg = cache_sdk::session::SessionConfig::from_env_and_dotenv()?;
+    /// # Ok::<(), cache_sdk::ConfigError>(())
+    /// ```
+    pub fn from_env_and_dotenv() -> Result<Self, ConfigError> {
+        Self::from_reader(&EnvReader::process_and_dotenv()?)
     }
 
     /// Reads the configuration from the given variables only.
@@ -323,58 +367,46 @@ impl SessionConfig {
     /// let cfg = SessionConfig::from_vars([
     ///     ("SESSION_SECRET", "new-secret,old-secret"),
     ///     ("SESSION_FORMAT", "express"),
+    ///     ("CACHE_TTL_SESSION", "3600"),
     /// ]).unwrap();
     /// assert_eq!(cfg.secrets.len(), 2);
     /// assert_eq!(cfg.cookie.name, "connect.sid");
+    /// assert_eq!(cfg.ttl.as_secs(), 3600);
     ///
     /// let err = SessionConfig::from_vars([("APP_ENV", "production")]).unwrap_err();
     /// assert!(err.to_string().starts_with("SESSION_SECRET"));
-    /// let err = SessionConfig::from_vars([("APP_ENV", "dev"), ("SESSION_TTL_SECS", "soon")]).unwrap_err();
-    /// assert!(err.to_string().starts_with("SESSION_TTL_SECS=\"soon\" is invalid"));
+    /// let err = SessionConfig::from_vars([("APP_ENV", "dev"), ("CACHE_TTL_SESSION", "soon")]).unwrap_err();
+    /// assert!(err.to_string().starts_with("CACHE_TTL_SESSION=\"soon\" is invalid"));
     /// ```
     pub fn from_vars<K: Into<String>, V: Into<String>>(
         vars: impl IntoIterator<Item = (K, V)>,
     ) -> Result<Self, ConfigError> {
-        let map = vars
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
-        Self::from_map(&map)
+        Self::from_reader(&EnvReader::from_pairs(vars))
     }
 
-    fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-
-        let env_var = if get("APP_ENV").is_some() {
+    fn from_reader(env: &EnvReader) -> Result<Self, ConfigError> {
+        let env_var = if env.is_set("APP_ENV") {
             "APP_ENV"
         } else {
             "NODE_ENV"
         };
-        let environment = match get(env_var) {
-            None => Environment::Production,
-            Some(v) => v
-                .parse::<Environment>()
-                .map_err(|reason| invalid(env_var, v, &reason))?,
-        };
+        let environment = env.parse::<Environment>(env_var)?.unwrap_or_default();
 
         // Secrets are used exactly as given (no trimming: spaces may be part of them).
         let mut secrets: Vec<&str> = Vec::new();
         for name in ["SESSION_SECRET", "SESSION_SECRET_PREVIOUS"] {
-            if let Some(v) = vars.get(name).filter(|v| !v.is_empty()) {
-                for s in v.split(',') {
-                    if s.is_empty() {
-                        return Err(invalid(
-                            name,
-                            "<redacted>",
-                            "holds an empty secret (check the commas)",
-                        ));
-                    }
-                    secrets.push(s);
+            for s in env.raw(name).into_iter().flat_map(|v| v.split(',')) {
+                if s.is_empty() {
+                    return Err(invalid(
+                        name,
+                        "<redacted>",
+                        "holds an empty secret (check the commas)",
+                    ));
                 }
+                secrets.push(s);
             }
         }
-        let has_current = vars.get("SESSION_SECRET").is_some_and(|v| !v.is_empty());
-        let mut cfg = if has_current {
+        let mut cfg = if env.raw("SESSION_SECRET").is_some() {
             if environment == Environment::Production
                 && secrets.first().is_some_and(|s| s.len() < 32)
             {
@@ -397,64 +429,43 @@ impl SessionConfig {
         };
         cfg.cookie.secure = environment == Environment::Production;
 
-        if let Some(v) = get("SESSION_FORMAT") {
-            cfg = cfg.format(
-                v.parse()
-                    .map_err(|reason: String| invalid("SESSION_FORMAT", v, &reason))?,
-            );
+        if let Some(format) = env.parse("SESSION_FORMAT")? {
+            cfg = cfg.format(format);
         }
-        if let Some(v) = get("SESSION_COOKIE_NAME") {
-            cfg.cookie.name = v.to_owned();
+        if let Some(name) = env.str("SESSION_COOKIE_NAME") {
+            cfg.cookie.name = name.to_owned();
         }
-        if let Some(v) = get("SESSION_TTL_SECS") {
-            cfg.ttl = Duration::from_secs(parse_num(
-                "SESSION_TTL_SECS",
-                v,
-                1,
-                MAX_TTL.as_secs(),
-                "not a number of seconds (1-31536000)",
-            )?);
+        if let Some(ttl) = env.session_ttl()? {
+            cfg.ttl = ttl;
         }
-        if let Some(v) = get("SESSION_TOUCH_INTERVAL_SECS") {
-            cfg.touch_interval = Duration::from_secs(parse_num(
-                "SESSION_TOUCH_INTERVAL_SECS",
-                v,
-                0,
-                MAX_TTL.as_secs(),
-                "not a number of seconds (0-31536000)",
-            )?);
+        if let Some(t) = env.secs("SESSION_TOUCH_INTERVAL_SECS", 0..=MAX_TTL.as_secs())? {
+            cfg.touch_interval = t;
         }
-        if let Some(v) = get("SESSION_SECURE") {
-            cfg.cookie.secure = parse_bool("SESSION_SECURE", v)?;
+        if let Some(secure) = env.bool("SESSION_SECURE")? {
+            cfg.cookie.secure = secure;
         }
-        if let Some(v) = get("SESSION_SAME_SITE") {
-            cfg.cookie.same_site = match v.to_ascii_lowercase().as_str() {
-                "lax" => SameSite::Lax,
-                "strict" => SameSite::Strict,
-                "none" => SameSite::None,
-                _ => {
-                    return Err(invalid(
-                        "SESSION_SAME_SITE",
-                        v,
-                        "expected lax, strict or none",
-                    ))
-                }
-            };
+        if let Some(same_site) = env.choice(
+            "SESSION_SAME_SITE",
+            &[
+                ("lax", SameSite::Lax),
+                ("strict", SameSite::Strict),
+                ("none", SameSite::None),
+            ],
+        )? {
+            cfg.cookie.same_site = same_site;
         }
-        if let Some(v) = get("SESSION_COOKIE_DOMAIN") {
-            cfg.cookie.domain = Some(v.to_owned());
+        if let Some(domain) = env.str("SESSION_COOKIE_DOMAIN") {
+            cfg.cookie.domain = Some(domain.to_owned());
         }
-        if let Some(v) = get("SESSION_COOKIE_PATH") {
-            cfg.cookie.path = v.to_owned();
+        if let Some(path) = env.str("SESSION_COOKIE_PATH") {
+            cfg.cookie.path = path.to_owned();
         }
-        if let Some(v) = get("SESSION_MAX_BYTES") {
-            cfg.max_record_bytes = parse_num(
-                "SESSION_MAX_BYTES",
-                v,
-                1,
-                crate::config::MAX_VALUE_SIZE_LIMIT,
-                "not a size in bytes (1-67108864)",
-            )?;
+        if let Some(n) = env.number(
+            "SESSION_MAX_BYTES",
+            1..=MAX_VALUE_SIZE_LIMIT,
+            "a size in bytes",
+        )? {
+            cfg.max_record_bytes = n;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -499,6 +510,7 @@ mod tests {
         let base = [("APP_ENV", "development")];
         for (name, value) in [
             ("SESSION_FORMAT", "xml"),
+            ("CACHE_TTL_SESSION", "0"),
             ("SESSION_TTL_SECS", "0"),
             ("SESSION_TOUCH_INTERVAL_SECS", "-1"),
             ("SESSION_SECURE", "maybe"),
@@ -518,5 +530,44 @@ mod tests {
             SessionConfig::from_vars([("APP_ENV", "development"), ("SESSION_SAME_SITE", "none")])
                 .unwrap_err();
         assert!(err.to_string().starts_with("SESSION_SAME_SITE"));
+    }
+
+    #[test]
+    fn sessions_live_as_long_as_the_session_preset() {
+        let dev = ("APP_ENV", "development");
+        let ttl = |vars: &[(&str, &str)]| {
+            let mut all = vec![dev];
+            all.extend_from_slice(vars);
+            SessionConfig::from_vars(all).map(|c| c.ttl.as_secs())
+        };
+        assert_eq!(ttl(&[]).unwrap(), 86_400);
+        assert_eq!(ttl(&[("CACHE_TTL_SESSION", "7200")]).unwrap(), 7200);
+        // The deprecated alias still works, and agrees or fails.
+        assert_eq!(ttl(&[("SESSION_TTL_SECS", "600")]).unwrap(), 600);
+        assert_eq!(
+            ttl(&[("SESSION_TTL_SECS", "600"), ("CACHE_TTL_SESSION", "600")]).unwrap(),
+            600
+        );
+        let err = ttl(&[("SESSION_TTL_SECS", "600"), ("CACHE_TTL_SESSION", "7200")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("SESSION_TTL_SECS=") && err.contains("CACHE_TTL_SESSION"),
+            "{err}"
+        );
+
+        // The cache and the sessions read the same variables to the same lifetime.
+        let vars = [dev, ("CACHE_TTL_SESSION", "7200")];
+        let cache = crate::CacheConfig::from_vars(vars).unwrap();
+        let session = SessionConfig::from_vars(vars).unwrap();
+        assert_eq!(cache.ttl.base(&Ttl::Session).unwrap(), session.ttl);
+
+        // In code, from the cache's presets.
+        let mut presets = TtlPresets::default();
+        presets.define("session", Duration::from_secs(900)).unwrap();
+        assert_eq!(
+            SessionConfig::development().ttl_from(&presets).ttl,
+            Duration::from_secs(900)
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! Each [`Cache`](crate::Cache) with Redis and L1 keeps one extra connection, the
 //! *invalidation link*, named `cache-sdk-coherence` in `CLIENT LIST`:
 //!
-//! - **tracking** (preferred): a RESP3 connection with `CLIENT TRACKING ON BCAST PREFIX …`
-//!   on the SDK's key prefixes. Redis pushes the name of every key written under them, by
+//! - **tracking** (preferred): a RESP3 connection with `CLIENT TRACKING ON BCAST` on every
+//!   key the SDK writes (`PREFIX <namespace>:`, or no prefix at all without a namespace; see
+//!   [`CacheConfig::coherence_prefixes`]). Redis pushes the name of every key written there, by
 //!   any client (this app, another language, `redis-cli`), and a null for
 //!   `FLUSHDB`/`FLUSHALL`. The link makes no writes of its own, so the instance also hears
 //!   about its own writes; that only costs it one refill read.
@@ -51,49 +52,9 @@ use super::local::{Backing, Held, Local};
 use super::memory::MemoryStore;
 use super::redis::{classify, Failure};
 use super::remote::Remote;
-use crate::config::{CacheConfig, RedisConfig};
+use crate::config::{CacheConfig, Coherence, RedisConfig};
 use crate::stats::CoherenceState;
-
-/// How the L1 of several app instances is kept in step (see [`CacheConfig::coherence`]).
-///
-/// ```
-/// use cache_sdk::Coherence;
-/// assert_eq!("tracking".parse::<Coherence>(), Ok(Coherence::Tracking));
-/// assert_eq!("pubsub".parse::<Coherence>(), Ok(Coherence::PubSub));
-/// assert_eq!(Coherence::default(), Coherence::Auto);
-/// assert!("sometimes".parse::<Coherence>().is_err());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Coherence {
-    /// Tracking when Redis accepts it, else pub/sub; pub/sub on Redis Cluster. Nothing
-    /// without Redis.
-    #[default]
-    Auto,
-    /// Redis server-assisted client-side caching (`CLIENT TRACKING … BCAST`): writes by any
-    /// client evict L1. Needs Redis 6 or later.
-    Tracking,
-    /// A pub/sub channel the SDK publishes its writes on: only writes made through the SDK
-    /// evict L1.
-    PubSub,
-    /// None: an entry may be served for up to [`CacheConfig::l1_ttl`] after another
-    /// instance changed it.
-    Off,
-}
-
-impl std::str::FromStr for Coherence {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Coherence::Auto),
-            "tracking" => Ok(Coherence::Tracking),
-            "pubsub" | "pub/sub" | "pub-sub" => Ok(Coherence::PubSub),
-            "off" | "none" | "false" => Ok(Coherence::Off),
-            _ => Err("expected `auto`, `tracking`, `pubsub` or `off`".into()),
-        }
-    }
-}
+use crate::tls::TlsMaterial;
 
 /// The name the invalidation link gives itself (`CLIENT SETNAME`).
 pub(crate) const CONNECTION_NAME: &str = "cache-sdk-coherence";
@@ -249,7 +210,7 @@ struct Shared {
     /// `Auto`: may move from tracking to pub/sub, and from there to off.
     auto: bool,
     mode: Mutex<Mode>,
-    /// Redis-level prefixes tracked.
+    /// Redis-level prefixes tracked; empty tracks every key.
     prefixes: Vec<String>,
     channel: String,
     /// Whether SDK writes are published on the channel.
@@ -282,25 +243,27 @@ fn link_address(r: &RedisConfig) -> String {
     }
 }
 
-/// A RESP3 client for the link, with the same TLS settings as the data connection.
-fn link_client(r: &RedisConfig) -> redis::RedisResult<redis::Client> {
+/// A RESP3 client for the link, with the TLS material the data connection uses (read once,
+/// when the configuration was validated).
+fn link_client(r: &RedisConfig, tls: &TlsMaterial) -> redis::RedisResult<redis::Client> {
     let info = link_address(r).as_str().into_connection_info()?;
     let resp3 = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    let info = info.set_redis_settings(resp3);
-    match crate::tls::certificates(r) {
-        Ok(Some(certs)) => redis::Client::build_with_tls(info, certs),
-        // The data link already reported a bad TLS file as a configuration error.
-        Ok(None) | Err(_) => redis::Client::open(info),
-    }
+    tls.client(info.set_redis_settings(resp3))
 }
 
 impl CoherenceLink {
     /// Starts the link when coherence applies (Redis configured, L1 enabled, not `Off`);
-    /// L1 stays suspended until the link is up. Must run inside a Tokio runtime.
-    pub(crate) fn start(cfg: &CacheConfig, local: &Local, remote: &Remote) -> Option<Self> {
+    /// L1 stays suspended until the link is up. `tls` is the material the configuration's
+    /// validation loaded. Must run inside a Tokio runtime.
+    pub(crate) fn start(
+        cfg: &CacheConfig,
+        tls: &TlsMaterial,
+        local: &Local,
+        remote: &Remote,
+    ) -> Option<Self> {
         let redis = cfg.redis.as_ref()?;
         if cfg.coherence == Coherence::Off || !local.enabled() {
             return None;
@@ -317,7 +280,7 @@ impl CoherenceLink {
             _ if cluster => Mode::PubSub,
             _ => Mode::Tracking,
         };
-        let client = match link_client(redis) {
+        let client = match link_client(redis, tls) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e.category(), "cache coherence: no usable address; L1 is not coherent");
@@ -325,10 +288,8 @@ impl CoherenceLink {
             }
         };
         let ns = cfg.namespace.as_ref().map(|ns| format!("{ns}:"));
-        let prefixes = match &ns {
-            Some(ns) => vec![ns.clone()],
-            None => cfg.coherence_prefixes.clone(),
-        };
+        // Empty: every key (`BCAST` without `PREFIX`).
+        let prefixes = cfg.tracked_prefixes();
         local.suspend();
         let signals = Arc::new(Signals {
             local: local.clone(),

@@ -24,6 +24,7 @@ use redis::{
 
 use crate::config::RedisConfig;
 use crate::error::{BackendError, BackendErrorKind, ConfigError};
+use crate::tls::TlsMaterial;
 
 /// Why a Redis call did not give an answer, sorted by what the caller does about it; the
 /// [`BackendError`] keeps the details (its kind, Redis's code, the Redis error itself).
@@ -126,13 +127,14 @@ impl std::fmt::Debug for RedisLink {
 }
 
 impl RedisLink {
+    /// A link to the server(s) `cfg` names, with the TLS material the configuration's
+    /// validation loaded (the configuration is checked before this is called).
     pub(crate) fn new(
         cfg: &RedisConfig,
+        tls: &TlsMaterial,
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        cfg.check()?;
-        let certs = crate::tls::certificates(cfg)?;
         if cfg.uses_tls() {
             crate::tls::install_crypto_provider();
         }
@@ -143,7 +145,7 @@ impl RedisLink {
         };
         let client = if cfg.is_cluster() {
             let nodes: Vec<String> = cfg.cluster_nodes.iter().map(|n| cfg.node_url(n)).collect();
-            let mut builder = ClusterClientBuilder::new(nodes)
+            let builder = ClusterClientBuilder::new(nodes)
                 .connection_timeout(connect_timeout)
                 .response_timeout(timeout)
                 // Redirections (MOVED/ASK) and reconnections are retried quickly; the call as
@@ -153,11 +155,8 @@ impl RedisLink {
                 .retries(3)
                 .min_retry_wait(5)
                 .max_retry_wait(50);
-            if let Some(certs) = certs {
-                builder = builder.certs(certs);
-            }
             LinkClient::Cluster(
-                builder
+                tls.cluster(builder)
                     .build()
                     .map_err(|e| address_error("REDIS_CLUSTER_NODES", e))?,
             )
@@ -167,11 +166,7 @@ impl RedisLink {
             } else {
                 "REDIS_HOST"
             };
-            let url = cfg.connection_url();
-            let client = match certs {
-                Some(certs) => redis::Client::build_with_tls(url, certs),
-                None => redis::Client::open(url),
-            };
+            let client = tls.client(cfg.connection_url());
             LinkClient::Single(client.map_err(|e| address_error(name, e))?)
         };
         Ok(Self {

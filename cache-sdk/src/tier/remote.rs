@@ -36,6 +36,7 @@ use super::tasks::Tasks;
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
 use crate::error::{BackendError, BuildError, Error};
+use crate::tls::TlsMaterial;
 
 /// Where the calls of the remote tier go. Kept in one atomic byte ([`StateCell`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,11 +172,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Remote {
     /// Builds the tier; Redis (when configured) is not contacted until [`Remote::start`].
-    pub(crate) fn new(cfg: &CacheConfig) -> Result<Self, BuildError> {
+    /// `tls` is the material the configuration's validation loaded.
+    pub(crate) fn new(cfg: &CacheConfig, tls: &TlsMaterial) -> Result<Self, BuildError> {
         let link = cfg
             .redis
             .as_ref()
-            .map(|r| RedisLink::new(r, cfg.timeout, cfg.connect_timeout))
+            .map(|r| RedisLink::new(r, tls, cfg.timeout, cfg.connect_timeout))
             .transpose()?;
         Ok(Self::with_link(cfg, link))
     }
