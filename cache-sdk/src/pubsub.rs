@@ -61,6 +61,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, Stream, StreamExt};
 use redis::cluster::ClusterClientBuilder;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{broadcast, Notify};
 
@@ -491,10 +492,12 @@ impl Shared {
                     .push_sender(sender);
                 let client = link.tls.cluster(builder).build()?;
                 let mut conn = client.get_async_connection().await?;
-                let info: String = redis::cmd("INFO")
-                    .arg("server")
-                    .query_async(&mut conn)
-                    .await?;
+                // One node is enough: the nodes of a cluster run one version.
+                let mut cmd = redis::cmd("INFO");
+                cmd.arg("server");
+                let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                let info: String =
+                    redis::from_redis_value(conn.route_command(cmd, random).await?)?;
                 Ok::<_, redis::RedisError>((Conn::Cluster(conn), server_major(&info) >= 7))
             } else {
                 let info = r.connection_url().as_str().into_connection_info()?;
