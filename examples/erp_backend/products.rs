@@ -25,6 +25,7 @@ use cache_sdk::{cache_evict, cache_put, cached};
 use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::ws::Event;
 use crate::db::{Database, DbError, Product};
 use crate::error::{ApiError, JsonBody, ProductId};
 
@@ -137,6 +138,7 @@ pub async fn put_product(
     let product = input.into_product(id)?;
     let saved = state.catalog.update_product(product).await?;
     tracing::info!(product_id = id, "product updated");
+    state.realtime.publish(Event::ProductUpdated(id)).await;
     Ok(Json(saved))
 }
 
@@ -147,5 +149,6 @@ pub async fn delete_product(
 ) -> Result<StatusCode, ApiError> {
     state.catalog.delete_product(id).await?;
     tracing::info!(product_id = id, "product deleted");
+    state.realtime.publish(Event::ProductDeleted(id)).await;
     Ok(StatusCode::NO_CONTENT)
 }
