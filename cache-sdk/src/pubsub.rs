@@ -62,7 +62,9 @@ use std::time::Duration;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
 use tokio::sync::{broadcast, Notify};
 
 use crate::cache::{Cache, CacheValue};
@@ -357,7 +359,10 @@ impl PubSub {
         }
         {
             let mut task = lock(&s.task);
-            if task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+            if task
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
+            {
                 s.state.store(IDLE, Ordering::SeqCst);
                 *task = Some(tokio::spawn(run(Arc::downgrade(s))));
             }
@@ -387,12 +392,13 @@ impl PubSub {
     async fn publish<T: CacheValue>(&self, channel: &str, message: &T) -> Result<()> {
         let name = self.channel_name(channel)?;
         let s = &self.shared;
-        let envelope = codec::encode(message, s.codec, s.types.of::<T>(), None).map_err(
-            |message| Error::Encode {
-                key: channel.to_owned(),
-                message,
-            },
-        )?;
+        let envelope =
+            codec::encode(message, s.codec, s.types.of::<T>(), None).map_err(|message| {
+                Error::Encode {
+                    key: channel.to_owned(),
+                    message,
+                }
+            })?;
         if envelope.len() > s.max_value_size {
             return Err(Error::ValueTooLarge {
                 key: channel.to_owned(),
@@ -496,8 +502,7 @@ impl Shared {
                 let mut cmd = redis::cmd("INFO");
                 cmd.arg("server");
                 let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-                let info: String =
-                    redis::from_redis_value(conn.route_command(cmd, random).await?)?;
+                let info: String = redis::from_redis_value(conn.route_command(cmd, random).await?)?;
                 Ok::<_, redis::RedisError>((Conn::Cluster(conn), server_major(&info) >= 7))
             } else {
                 let info = r.connection_url().as_str().into_connection_info()?;
@@ -550,7 +555,10 @@ impl Shared {
         };
         let sharded = self.sharded.load(Ordering::Relaxed);
         for channel in to_add {
-            match self.subscribe_on(conn.clone(), &channel, sharded, true).await {
+            match self
+                .subscribe_on(conn.clone(), &channel, sharded, true)
+                .await
+            {
                 Ok(()) => {
                     lock(&self.subscribed).insert(channel);
                     self.changed.notify_waiters();
@@ -674,7 +682,9 @@ async fn run(weak: Weak<Shared>) {
             lock(&shared.subscribed).clear();
             shared.set_state(DOWN);
         }
-        tracing::warn!("pub/sub link to Redis lost; messages reach this instance only until it is back");
+        tracing::warn!(
+            "pub/sub link to Redis lost; messages reach this instance only until it is back"
+        );
     }
 }
 
@@ -908,8 +918,8 @@ mod tests {
             .router
             .on_message("c", &write_frame(1, b"\xCA\x01garbage"));
         // A frame from another instance with a string, not a u32... then a good one.
-        let text = codec::encode(&"x".to_string(), Codec::Json, Default::default(), None)
-            .expect("encode");
+        let text =
+            codec::encode(&"x".to_string(), Codec::Json, Default::default(), None).expect("encode");
         ps.shared.router.on_message("c", &write_frame(1, &text));
         let good = codec::encode(&5u32, Codec::Bincode, Default::default(), None).expect("encode");
         ps.shared.router.on_message("c", &write_frame(1, &good));

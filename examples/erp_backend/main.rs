@@ -45,8 +45,7 @@ async fn main() -> ExitCode {
     let vars = settings::read_environment();
     init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
     tracing::info!("starting erp_backend");
-    let configured =
-        vars.and_then(|v| Ok((Settings::from_vars(&v)?, DbConfig::from_vars(&v)?, v)));
+    let configured = vars.and_then(|v| Ok((Settings::from_vars(&v)?, DbConfig::from_vars(&v)?, v)));
     let (settings, database, vars) = match configured {
         Ok(s) => s,
         Err(e) => {

@@ -25,9 +25,9 @@ use cache_sdk::{cache_evict, cache_put, cached};
 use serde::Deserialize;
 
 use crate::app::AppState;
-use crate::ws::Event;
 use crate::db::{Database, DbError, Product};
 use crate::error::{ApiError, JsonBody, ProductId};
+use crate::ws::Event;
 
 /// The longest product name accepted, in characters.
 const MAX_NAME_CHARS: usize = 200;

@@ -73,11 +73,7 @@ impl Event {
 /// as a cookie.
 pub fn session_hash(id: &SessionId) -> String {
     let digest = Sha256::digest(format!("erp-ws-session:{}", id.as_str()).as_bytes());
-    digest
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// WebSocket settings (environment variables).
@@ -146,15 +142,13 @@ impl WsConfig {
         if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
             return true;
         }
-        let hostname = authority
-            .rsplit_once(':')
-            .map_or(authority, |(h, port)| {
-                if port.chars().all(|c| c.is_ascii_digit()) {
-                    h
-                } else {
-                    authority
-                }
-            });
+        let hostname = authority.rsplit_once(':').map_or(authority, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        });
         self.development && matches!(hostname, "localhost" | "127.0.0.1" | "[::1]")
     }
 }

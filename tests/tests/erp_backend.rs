@@ -1357,7 +1357,9 @@ async fn websockets_need_a_session_and_an_allowed_origin() {
     // No session: 401, with or without an origin.
     assert_eq!(ws_connect(&client, None).await.err(), Some(401));
     assert_eq!(
-        ws_connect(&client, Some("http://localhost:5173")).await.err(),
+        ws_connect(&client, Some("http://localhost:5173"))
+            .await
+            .err(),
         Some(401)
     );
     let login = client.login("alice").await;
@@ -1367,7 +1369,9 @@ async fn websockets_need_a_session_and_an_allowed_origin() {
     assert_eq!(profile.header("cache-control"), Some("no-store"));
     // A foreign origin: 403 even with a session.
     assert_eq!(
-        ws_connect(&client, Some("https://evil.example.com")).await.err(),
+        ws_connect(&client, Some("https://evil.example.com"))
+            .await
+            .err(),
         Some(403)
     );
     // The same host, and localhost in development: upgraded.
@@ -1397,7 +1401,9 @@ async fn websockets_need_a_session_and_an_allowed_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn product_events_cross_instances_and_logout_closes_the_socket() {
     let redis = RedisServer::start();
-    let env = redis_env(&redis);
+    let mut env = redis_env(&redis);
+    // One secret, so that both instances accept the cookie.
+    env.push(("SESSION_SECRET", "demo-secret".into()));
     let a = Backend::start(&pairs(&env)).await;
     let b = Backend::start(&pairs(&env)).await;
     let mut on_a = a.client();
@@ -1432,5 +1438,9 @@ async fn product_events_cross_instances_and_logout_closes_the_socket() {
             None => panic!("the socket is still open 1 s after the logout"),
         }
     }
-    assert!(closed.elapsed() < Duration::from_secs(1), "{:?}", closed.elapsed());
+    assert!(
+        closed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        closed.elapsed()
+    );
 }
