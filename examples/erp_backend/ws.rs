@@ -131,7 +131,7 @@ impl WsConfig {
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
         if !self.allowed_origins.is_empty() {
-            return self.allowed_origins.iter().any(|o| *o == origin);
+            return self.allowed_origins.contains(&origin);
         }
         let Some((scheme, authority)) = origin.split_once("://") else {
             return false;
