@@ -13,6 +13,7 @@ use crate::config::CacheConfig;
 use crate::error::{BuildError, Error, Result};
 use crate::flight::Flights;
 use crate::key;
+use crate::pubsub::PubSub;
 use crate::stats::{bump, read, CacheCounters, CoherenceState, Stats, StoreKind};
 use crate::tier::coherence::CoherenceLink;
 use crate::tier::local::{AnyValue, Local, Ticket};
@@ -97,6 +98,7 @@ struct Inner {
     types: TypeTags,
     max_value_size: usize,
     coherence: Option<CoherenceLink>,
+    pubsub: PubSub,
 }
 
 impl std::fmt::Debug for Cache {
@@ -179,6 +181,7 @@ impl Cache {
                 f(event == StoreEvent::Lost);
             }
         });
+        let pubsub = PubSub::new(cfg, tls, &types);
         Cache {
             inner: Arc::new(Inner {
                 local,
@@ -190,8 +193,14 @@ impl Cache {
                 types,
                 max_value_size: cfg.max_value_size,
                 coherence,
+                pubsub,
             }),
         }
+    }
+
+    /// Publish/subscribe (`pubsub.rs` adds the public methods).
+    pub(crate) fn pubsub(&self) -> &PubSub {
+        &self.inner.pubsub
     }
 
     /// The TTL presets in force.

@@ -14,6 +14,8 @@
 //! - [`Stats`]: what [`Cache::stats`] reports.
 //! - [`cached`], [`cache_evict`], [`cache_put`]: attributes that cache a function's result,
 //!   and evict or write keys when a writer runs; [`install`] sets the cache they use.
+//! - [`Cache::publish`] and [`Cache::subscribe`]: typed messages across instances
+//!   ([`pubsub`]: delivery rules, outages, bounded buffers).
 //! - [`session`]: typed web sessions (signed cookies, `sess:{id}` records, the axum
 //!   extractor and tower layer, express-session compatibility).
 //!
@@ -51,6 +53,7 @@ mod flight;
 mod global;
 pub mod key;
 mod macros;
+pub mod pubsub;
 pub mod session;
 mod stats;
 mod tier;
@@ -69,5 +72,6 @@ pub use error::{BackendError, BackendErrorKind, BuildError, ConfigError, Error, 
 pub use global::{global, install};
 pub use key::Key;
 pub use macros::{cache_evict, cache_put, cached};
+pub use pubsub::{Lagged, PubSubStats, Subscription};
 pub use stats::{CoherenceState, Stats, StoreKind};
 pub use ttl::{Ttl, TtlPresets, MAX_TTL};

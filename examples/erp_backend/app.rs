@@ -13,7 +13,8 @@ use cache_sdk::Cache;
 
 use crate::db::Database;
 use crate::products::Catalog;
-use crate::{admin, auth, error, ops, products};
+use crate::ws::Realtime;
+use crate::{admin, auth, error, ops, products, ws};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -26,17 +27,26 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Development mode: the origin control (`/api/admin/origin`) is served.
     pub origin_control: bool,
+    /// Live updates: the WebSockets of this instance and the events between instances.
+    pub realtime: Realtime,
 }
 
 impl AppState {
     /// The state over a cache, sessions and the product database; `origin_control` in
     /// development mode only.
-    pub fn new(cache: Cache, sessions: Sessions, db: Database, origin_control: bool) -> Self {
+    pub fn new(
+        cache: Cache,
+        sessions: Sessions,
+        db: Database,
+        origin_control: bool,
+        realtime: Realtime,
+    ) -> Self {
         Self {
             cache,
             sessions,
             catalog: Arc::new(Catalog::new(db)),
             origin_control,
+            realtime,
         }
     }
 }
@@ -53,10 +63,29 @@ pub fn router(state: AppState) -> Router {
         );
     }
     routes
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/logout", post(auth::logout))
-        .route("/api/user/profile", get(auth::profile))
-        .route("/api/session/stats", get(ops::session_stats))
+        .route(
+            "/api/auth/login",
+            post(auth::login).layer(middleware::map_response(no_store)),
+        )
+        .route(
+            "/api/auth/logout",
+            post(auth::logout)
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    ws::after_logout,
+                ))
+                .layer(middleware::map_response(no_store)),
+        )
+        .route("/api/ws", get(ws::upgrade))
+        .route("/api/ws/stats", get(ws::stats))
+        .route(
+            "/api/user/profile",
+            get(auth::profile).layer(middleware::map_response(no_store)),
+        )
+        .route(
+            "/api/session/stats",
+            get(ops::session_stats).layer(middleware::map_response(no_store)),
+        )
         .route(
             "/api/products/{id}",
             get(products::get_product)
@@ -72,6 +101,16 @@ pub fn router(state: AppState) -> Router {
         // when a handler extracts `Session`, and written after it when the session changed.
         .layer(sessions)
         .layer(middleware::from_fn(log_request))
+}
+
+/// `Cache-Control: no-store` on answers that carry session data or set the session cookie,
+/// so that no browser or proxy cache keeps them.
+async fn no_store(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    res
 }
 
 /// One log line per request: method, path, status, time.

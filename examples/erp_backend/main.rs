@@ -24,6 +24,7 @@ mod error;
 mod ops;
 mod products;
 mod settings;
+mod ws;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,15 +45,15 @@ async fn main() -> ExitCode {
     let vars = settings::read_environment();
     init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
     tracing::info!("starting erp_backend");
-    let configured = vars.and_then(|v| Ok((Settings::from_vars(&v)?, DbConfig::from_vars(&v)?)));
-    let (settings, database) = match configured {
+    let configured = vars.and_then(|v| Ok((Settings::from_vars(&v)?, DbConfig::from_vars(&v)?, v)));
+    let (settings, database, vars) = match configured {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("configuration error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match run(settings, database).await {
+    match run(settings, database, &vars).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -73,7 +74,11 @@ fn init_tracing(filter: Option<&String>) {
         .init();
 }
 
-async fn run(settings: Settings, database: DbConfig) -> Result<(), String> {
+async fn run(
+    settings: Settings,
+    database: DbConfig,
+    vars: &std::collections::HashMap<String, String>,
+) -> Result<(), String> {
     // The product database first: a file that cannot be used stops the server at once.
     let db = Database::open(database).await?;
 
@@ -102,7 +107,10 @@ async fn run(settings: Settings, database: DbConfig) -> Result<(), String> {
             "origin control at /api/admin/origin (development mode): slow down or fail this instance's product database"
         );
     }
-    let state = AppState::new(cache.clone(), sessions, db, development);
+    // Live updates: one SDK subscription per instance, fanned out to the WebSockets.
+    let ws_config = ws::WsConfig::from_vars(vars, development)?;
+    let realtime = ws::Realtime::start(cache.clone(), ws_config).await?;
+    let state = AppState::new(cache.clone(), sessions, db, development, realtime);
     let router = app::router(state);
 
     let (host, port) = &settings.addr;

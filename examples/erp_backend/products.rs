@@ -27,6 +27,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::db::{Database, DbError, Product};
 use crate::error::{ApiError, JsonBody, ProductId};
+use crate::ws::Event;
 
 /// The longest product name accepted, in characters.
 const MAX_NAME_CHARS: usize = 200;
@@ -137,6 +138,7 @@ pub async fn put_product(
     let product = input.into_product(id)?;
     let saved = state.catalog.update_product(product).await?;
     tracing::info!(product_id = id, "product updated");
+    state.realtime.publish(Event::ProductUpdated(id)).await;
     Ok(Json(saved))
 }
 
@@ -147,5 +149,6 @@ pub async fn delete_product(
 ) -> Result<StatusCode, ApiError> {
     state.catalog.delete_product(id).await?;
     tracing::info!(product_id = id, "product deleted");
+    state.realtime.publish(Event::ProductDeleted(id)).await;
     Ok(StatusCode::NO_CONTENT)
 }

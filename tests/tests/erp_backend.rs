@@ -1220,3 +1220,227 @@ async fn a_bad_database_setting_stops_the_server_with_a_clear_message() {
         assert!(!logs.contains("panicked"), "{logs}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// WebSockets (`GET /api/ws`): a minimal RFC 6455 client over a raw socket.
+
+/// An open WebSocket: reads server frames (text, ping, close).
+struct WsClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// What the server sent.
+#[derive(Debug, PartialEq)]
+enum WsFrame {
+    Text(String),
+    Ping,
+    Close,
+}
+
+/// Opens `GET /api/ws` with the client's cookie and `origin`: the socket on a 101, the
+/// status otherwise.
+async fn ws_connect(client: &Client, origin: Option<&str>) -> Result<WsClient, u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", client.port))
+        .await
+        .expect("connect");
+    let mut head = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        client.port
+    );
+    if let Some(c) = &client.cookie {
+        head.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    if let Some(o) = origin {
+        head.push_str(&format!("Origin: {o}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("an answer to the upgrade")
+            .expect("read");
+        assert!(n > 0, "closed before answering the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let status: u16 = String::from_utf8_lossy(&buf[..end])
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    if status != 101 {
+        return Err(status);
+    }
+    buf.drain(..end);
+    Ok(WsClient { stream, buf })
+}
+
+impl WsClient {
+    /// The next frame within `within`, or `None` when nothing came (or the socket closed
+    /// without a close frame: `Some(Close)`).
+    async fn next(&mut self, within: Duration) -> Option<WsFrame> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(frame) = self.parse() {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(WsFrame::Close),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn parse(&mut self) -> Option<WsFrame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let opcode = b[0] & 0x0f;
+        let (len, start) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => (
+                usize::try_from(u64::from_be_bytes(b[2..10].try_into().unwrap())).unwrap(),
+                10,
+            ),
+            126 | 127 => return None,
+            n => (usize::from(n), 2),
+        };
+        if b.len() < start + len {
+            return None;
+        }
+        let payload = b[start..start + len].to_vec();
+        self.buf.drain(..start + len);
+        Some(match opcode {
+            1 => WsFrame::Text(String::from_utf8(payload).expect("utf-8")),
+            8 => WsFrame::Close,
+            9 => WsFrame::Ping,
+            other => panic!("unexpected opcode {other}"),
+        })
+    }
+
+    /// The next text frame (pings skipped), as JSON.
+    async fn event(&mut self, within: Duration) -> Value {
+        loop {
+            match self.next(within).await {
+                Some(WsFrame::Text(t)) => return serde_json::from_str(&t).expect("json"),
+                Some(WsFrame::Ping) => {}
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a masked text frame.
+    async fn send_text(&mut self, text: &str) {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | u8::try_from(text.len()).expect("short")];
+        frame.extend_from_slice(&mask);
+        frame.extend(text.bytes().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.expect("send");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_need_a_session_and_an_allowed_origin() {
+    let redis = RedisServer::start();
+    let env = redis_env(&redis);
+    let server = Backend::start(&pairs(&env)).await;
+    let mut client = server.client();
+    // No session: 401, with or without an origin.
+    assert_eq!(ws_connect(&client, None).await.err(), Some(401));
+    assert_eq!(
+        ws_connect(&client, Some("http://localhost:5173"))
+            .await
+            .err(),
+        Some(401)
+    );
+    let login = client.login("alice").await;
+    assert_eq!(login.header("cache-control"), Some("no-store"));
+    login.expect(200);
+    let profile = client.get("/api/user/profile").await;
+    assert_eq!(profile.header("cache-control"), Some("no-store"));
+    // A foreign origin: 403 even with a session.
+    assert_eq!(
+        ws_connect(&client, Some("https://evil.example.com"))
+            .await
+            .err(),
+        Some(403)
+    );
+    // The same host, and localhost in development: upgraded.
+    let port = client.port;
+    let mut ws = ws_connect(&client, Some(&format!("http://127.0.0.1:{port}")))
+        .await
+        .expect("upgraded");
+    let _local = ws_connect(&client, Some("http://localhost:5173"))
+        .await
+        .expect("upgraded");
+    ws.send_text("hello").await;
+    let stats = wait_for_json(&mut client, "/api/ws/stats", Duration::from_secs(3), |v| {
+        v["messagesReceived"] == 1
+    })
+    .await;
+    assert_eq!(stats["connections"], 2, "{stats}");
+    assert_eq!(stats["messagesReceived"], 1, "{stats}");
+    assert!(stats["subscribers"].as_u64() >= Some(1), "{stats}");
+    // At most 5 sockets per session.
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(ws_connect(&client, None).await.expect("upgraded"));
+    }
+    assert_eq!(ws_connect(&client, None).await.err(), Some(429));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_events_cross_instances_and_logout_closes_the_socket() {
+    let redis = RedisServer::start();
+    let mut env = redis_env(&redis);
+    // One secret, so that both instances accept the cookie.
+    env.push(("SESSION_SECRET", "demo-secret".into()));
+    let a = Backend::start(&pairs(&env)).await;
+    let b = Backend::start(&pairs(&env)).await;
+    let mut on_a = a.client();
+    on_a.login("alice").await.expect(200);
+    let mut ws = ws_connect(&on_a.to(&b), None).await.expect("upgraded on b");
+
+    // A PUT and a DELETE on A reach the socket on B.
+    let started = Instant::now();
+    let desk = json!({"id": 1, "name": "Standing Desk", "priceCents": 49_900, "stock": 3});
+    on_a.put_json("/api/products/1", &desk).await.expect(200);
+    let event = ws.event(Duration::from_secs(3)).await;
+    println!("event from A on B after {:?}", started.elapsed());
+    assert_eq!(event, json!({"type": "product.updated", "id": 1}));
+    let r = on_a.send("DELETE", "/api/products/1", None, b"").await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        ws.event(Duration::from_secs(3)).await,
+        json!({"type": "product.deleted", "id": 1})
+    );
+    let stats = on_a.to(&b).get("/api/ws/stats").await.expect(200);
+    assert_eq!(stats["messagesSent"], 2, "{stats}");
+
+    // Logout on A closes the socket on B within a second.
+    on_a.send("POST", "/api/auth/logout", None, b"")
+        .await
+        .expect(200);
+    let closed = Instant::now();
+    loop {
+        match ws.next(Duration::from_secs(1)).await {
+            Some(WsFrame::Close) => break,
+            Some(WsFrame::Ping | WsFrame::Text(_)) => {}
+            None => panic!("the socket is still open 1 s after the logout"),
+        }
+    }
+    assert!(
+        closed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        closed.elapsed()
+    );
+}
