@@ -74,6 +74,7 @@
 
 mod config;
 pub mod cookie;
+mod count;
 mod date;
 mod error;
 mod format;

@@ -250,6 +250,11 @@ impl RequestSession {
         Ok(cell)
     }
 
+    /// The configuration's session lifetime.
+    pub(crate) fn configured_ttl(&self) -> Duration {
+        self.sessions.config().ttl
+    }
+
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut StateView<'_>) -> R) -> R {
         let mut st = lock(&self.state);
         f(&mut StateView(&mut st))
@@ -449,8 +454,15 @@ impl StateView<'_> {
     pub(crate) fn destroy(&mut self) {
         self.0.destroy = true;
     }
-    pub(crate) fn regenerate(&mut self) {
+    /// Marks the session for a new id and starts its record clean: fields the session type
+    /// does not know (an express record's `csrfSecret`, `passport`, …, possibly planted
+    /// before a login) are dropped, and the lifetime goes back to `ttl` (the configured
+    /// one); a later [`set_ttl`](Self::set_ttl) in the same request still applies.
+    pub(crate) fn regenerate(&mut self, ttl: Duration) {
         self.0.regenerate = true;
+        self.0.extra.clear();
+        self.0.ttl = ttl;
+        self.0.generation += 1;
     }
     pub(crate) fn ttl(&self) -> Duration {
         self.0.ttl
