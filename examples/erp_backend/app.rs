@@ -6,14 +6,14 @@ use std::time::Instant;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use cache_sdk::session::{SessionLayer, Sessions};
 use cache_sdk::Cache;
 
 use crate::db::Database;
 use crate::products::Catalog;
-use crate::{admin, auth, error, ops, products};
+use crate::{admin, auth, error, ops, products, session_api};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -56,6 +56,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/user/profile", get(auth::profile))
+        .route("/api/session", get(session_api::get_session))
+        .route(
+            "/api/user/preferences/{key}",
+            put(session_api::put_preference),
+        )
+        .route("/api/cart/items", post(session_api::add_cart_item))
         .route("/api/session/stats", get(ops::session_stats))
         .route(
             "/api/products/{id}",

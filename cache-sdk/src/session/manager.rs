@@ -20,7 +20,7 @@ use super::count::SessionCount;
 use super::error::SessionError;
 use super::id::SessionId;
 use super::record_cache::SharedRecord;
-use super::store::{SessionStore, StoreStatus};
+use super::store::{SaveIf, SessionStore, StoreStatus};
 use crate::codec::now_ms;
 use crate::error::ConfigError;
 use crate::stats::StoreKind;
@@ -457,6 +457,23 @@ impl Sessions {
         }
         self.remember_touch(id, now);
         Ok(())
+    }
+
+    /// Replaces the record only over `expected` (see [`SessionStore::save_if`]).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) async fn save_if_raw(
+        &self,
+        id: &SessionId,
+        expected: &[u8],
+        record: Vec<u8>,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<SaveIf, SessionError> {
+        let outcome = self.inner.store.save_if(id, expected, record, ttl).await?;
+        if outcome == SaveIf::Saved {
+            self.remember_touch(id, now);
+        }
+        Ok(outcome)
     }
 
     /// Extends a session's expiry to `ttl` from now without rewriting it; returns whether
