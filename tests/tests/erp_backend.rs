@@ -1271,7 +1271,18 @@ async fn concurrent_changes_on_two_instances_are_all_kept() {
     }
 
     for client in [&mut on_a.clone(), &mut on_b.clone()] {
-        let s = client.get("/api/session").await.expect(200);
+        let r = client.get("/api/session").await;
+        let id = client.session_id();
+        let stored = redis.get_raw(&format!("sess:{id}")).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{}: {:?}\n{}",
+            r.text(),
+            stored.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            a.logs()
+        );
+        let s = r.json();
         assert_eq!(s["userId"], 1);
         assert_eq!(s["username"], "alice");
         let prefs = s["preferences"].as_object().expect("preferences");
