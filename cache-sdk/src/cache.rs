@@ -1,5 +1,7 @@
 //! [`Cache`]: the typed two-tier cache (built by the [`CacheBuilder`]).
 
+mod cas;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use cache_sdk::session::{SessionLayer, Sessions};
 use cache_sdk::Cache;
@@ -14,7 +14,7 @@ use cache_sdk::Cache;
 use crate::db::Database;
 use crate::products::Catalog;
 use crate::ws::Realtime;
-use crate::{admin, auth, error, ops, products, ws};
+use crate::{admin, auth, error, ops, products, session_api, ws};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -76,6 +76,15 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .layer(middleware::map_response(no_store)),
         )
+        .route(
+            "/api/session",
+            get(session_api::get_session).layer(middleware::map_response(no_store)),
+        )
+        .route(
+            "/api/user/preferences/{key}",
+            put(session_api::put_preference),
+        )
+        .route("/api/cart/items", post(session_api::add_cart_item))
         .route("/api/ws", get(ws::upgrade))
         .route("/api/ws/stats", get(ws::stats))
         .route(

@@ -7,6 +7,8 @@
 
 use axum::Json;
 use cache_sdk::session::Session;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -22,6 +24,23 @@ pub struct UserSession {
     /// The logged-in user's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The user's preferences (`PUT /api/user/preferences/{key}`), kept out of the record
+    /// while empty so that a record stays what express-session writes for a login.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub preferences: BTreeMap<String, Value>,
+    /// The cart (`POST /api/cart/items`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cart: Vec<CartLine>,
+}
+
+/// A cart line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CartLine {
+    /// The product.
+    pub product_id: u64,
+    /// How many.
+    pub quantity: u32,
 }
 
 /// A user of the demo user table.
@@ -104,6 +123,7 @@ pub async fn login(
     session.replace(UserSession {
         user_id: Some(user.id),
         username: Some(user.username.to_owned()),
+        ..UserSession::default()
     });
     // Saved now rather than after the handler, so that a store failure is an error the
     // client sees instead of a login that silently did not stick.

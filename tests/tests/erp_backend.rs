@@ -1443,4 +1443,83 @@ async fn product_events_cross_instances_and_logout_closes_the_socket() {
         "{:?}",
         closed.elapsed()
     );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_on_two_instances_are_all_kept() {
+    let redis = RedisServer::start();
+    let mut env = redis_env(&redis);
+    env.push(("SESSION_SECRET", "demo-secret".into()));
+    let a = Backend::start(&pairs(&env)).await;
+    let b = Backend::start(&pairs(&env)).await;
+
+    let mut on_a = a.client();
+    assert_eq!(on_a.get("/api/session").await.status, 401);
+    on_a.login("alice").await.expect(200);
+    let on_b = on_a.to(&b);
+
+    // 50 requests at once with one cookie: 25 preferences, 25 cart lines, half on each
+    // instance.
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        let mut client = if i % 2 == 0 {
+            on_a.clone()
+        } else {
+            on_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = if i < 25 {
+                client
+                    .put_json(
+                        &format!("/api/user/preferences/key{i}"),
+                        &json!({"value": {"n": i}}),
+                    )
+                    .await
+            } else {
+                client
+                    .post_json("/api/cart/items", &json!({"productId": i, "quantity": 1}))
+                    .await
+            };
+            (r.status, r.text())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.expect("request task");
+        assert_eq!(
+            status,
+            200,
+            "{body}\n--- a:\n{}\n--- b:\n{}",
+            a.logs(),
+            b.logs()
+        );
+    }
+
+    for client in [&mut on_a.clone(), &mut on_b.clone()] {
+        let r = client.get("/api/session").await;
+        let id = client.session_id();
+        let stored = redis.get_raw(&format!("sess:{id}")).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{}: {:?}\n{}",
+            r.text(),
+            stored.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            a.logs()
+        );
+        let s = r.json();
+        assert_eq!(s["userId"], 1);
+        assert_eq!(s["username"], "alice");
+        let prefs = s["preferences"].as_object().expect("preferences");
+        assert_eq!(prefs.len(), 25, "{s}");
+        for i in 0..25 {
+            assert_eq!(prefs[&format!("key{i}")], json!({"n": i}));
+        }
+        let mut products: Vec<u64> = s["cart"]
+            .as_array()
+            .expect("cart")
+            .iter()
+            .map(|l| l["productId"].as_u64().expect("productId"))
+            .collect();
+        products.sort_unstable();
+        assert_eq!(products, (25..50).collect::<Vec<_>>(), "{s}");
+    }
 }

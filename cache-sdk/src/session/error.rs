@@ -33,6 +33,10 @@ pub enum SessionError {
     /// No unused id was found.
     #[error("no unused session id found in {0} attempts")]
     NoFreeId(u32),
+    /// Other requests kept changing the session while this one saved: its changes were
+    /// merged into theirs this many times without one write going through.
+    #[error("the session kept changing during {0} save attempts; not saved")]
+    Contended(u32),
     /// The session was destroyed (by another request) before this save.
     #[error("the session no longer exists (destroyed or expired meanwhile); not saved")]
     Gone,

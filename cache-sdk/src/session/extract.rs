@@ -214,6 +214,12 @@ impl<T: SessionData> Session<T> {
     /// before cannot be used afterwards (session fixation). The new cookie is sent with
     /// the response.
     ///
+    /// The new record starts clean: only what the session type holds moves to it. Fields
+    /// of a stored express record that the type does not know (`csrfSecret`, `passport`,
+    /// `role`, … perhaps planted by an attacker before the login) are dropped, and the
+    /// lifetime is the configured one again ([`Session::set_ttl`] after `regenerate`
+    /// still chooses another).
+    ///
     /// ```
     /// # use cache_sdk::session::Session;
     /// async fn login(session: Session<Option<u64>>) {
@@ -222,7 +228,8 @@ impl<T: SessionData> Session<T> {
     /// }
     /// ```
     pub fn regenerate(&self) {
-        self.request.with_state(|s| s.regenerate());
+        let ttl = self.request.configured_ttl();
+        self.request.with_state(|s| s.regenerate(ttl));
     }
 
     /// This session's lifetime: the configured one, or what [`Session::set_ttl`] chose.

@@ -174,12 +174,18 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let cookie = self.sessions.verify_header(
-            req.headers()
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
+        // Read leniently, as browsers and express do: a byte that is not visible ASCII in
+        // one cookie (a sibling subdomain's, say) must not hide the others in the header.
+        let headers: Vec<std::borrow::Cow<'_, str>> = req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .collect();
+        let cookie = self
+            .sessions
+            .verify_header(headers.iter().map(std::convert::AsRef::as_ref));
+        drop(headers);
         let handle = Arc::new(RequestSession::new(self.sessions.clone(), cookie));
         req.extensions_mut().insert(SessionHandle(handle.clone()));
         let fut = self.inner.call(req);

@@ -16,10 +16,11 @@ use serde_json::{Map, Value};
 
 use super::config::SessionConfig;
 use super::cookie::{find_cookie, Verified};
+use super::count::SessionCount;
 use super::error::SessionError;
 use super::id::SessionId;
 use super::record_cache::SharedRecord;
-use super::store::{SessionStore, StoreStatus};
+use super::store::{SaveIf, SessionStore, StoreStatus};
 use crate::codec::now_ms;
 use crate::error::ConfigError;
 use crate::stats::StoreKind;
@@ -94,6 +95,8 @@ struct Inner {
     config: SessionConfig,
     /// Session id → when this process last refreshed its expiry (Unix ms).
     touched: Option<moka::sync::Cache<SessionId, u64>>,
+    /// The stats' session count.
+    count: Arc<SessionCount>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -164,6 +167,7 @@ impl Sessions {
                 store: Arc::new(store),
                 config,
                 touched,
+                count: Arc::default(),
             }),
         })
     }
@@ -408,6 +412,7 @@ impl Sessions {
         now: u64,
     ) -> Result<SessionId, SessionError> {
         let id = self.inner.store.create(record, ttl).await?;
+        self.inner.count.created();
         self.remember_touch(&id, now);
         Ok(id)
     }
@@ -454,6 +459,23 @@ impl Sessions {
         Ok(())
     }
 
+    /// Replaces the record only over `expected` (see [`SessionStore::save_if`]).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) async fn save_if_raw(
+        &self,
+        id: &SessionId,
+        expected: &[u8],
+        record: Vec<u8>,
+        ttl: Duration,
+        now: u64,
+    ) -> Result<SaveIf, SessionError> {
+        let outcome = self.inner.store.save_if(id, expected, record, ttl).await?;
+        if outcome == SaveIf::Saved {
+            self.remember_touch(id, now);
+        }
+        Ok(outcome)
+    }
+
     /// Extends a session's expiry to `ttl` from now without rewriting it; returns whether
     /// it exists.
     ///
@@ -493,10 +515,15 @@ impl Sessions {
         if let Some(t) = &self.inner.touched {
             t.invalidate(id);
         }
-        self.inner.store.destroy(id).await
+        let existed = self.inner.store.destroy(id).await?;
+        if existed {
+            self.inner.count.destroyed();
+        }
+        Ok(existed)
     }
 
-    /// How many sessions the store holds (counted with `SCAN`).
+    /// How many sessions the store holds, counted now (with `SCAN` on Redis: costly with
+    /// many sessions; [`Sessions::stats`] keeps a cheap count).
     ///
     /// # Errors
     /// The store's error.
@@ -513,10 +540,17 @@ impl Sessions {
         self.inner.store.count().await
     }
 
-    /// The stats endpoint's answer (see [`SessionStats`]).
+    /// The stats endpoint's answer (see [`SessionStats`]). Cheap to call often: its
+    /// `total_sessions` does not count the store on each call. The store is counted
+    /// (`SCAN`) at most once at a time per process, in the background, at most every
+    /// 5 seconds (longer when a count is slow: at most 5% of the time); between counts,
+    /// the answer is the last count plus the sessions this process created and minus
+    /// those it destroyed since. Sessions written by other instances or by a Node backend
+    /// (express mode), and expired ones, show at the next count. Only the first call waits
+    /// for a count. [`Sessions::count`] counts exactly, now.
     ///
     /// # Errors
-    /// The store's error.
+    /// The store's error, when the first count fails.
     ///
     /// ```
     /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
@@ -527,7 +561,12 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn stats(&self) -> Result<SessionStats, SessionError> {
-        let total_sessions = self.count().await?;
+        let store = self.inner.store.clone();
+        let total_sessions = self
+            .inner
+            .count
+            .get(move || async move { store.count().await })
+            .await?;
         let status = self.inner.store.status();
         Ok(SessionStats {
             store: StoreKind::current(status.connected),

@@ -74,11 +74,14 @@
 
 mod config;
 pub mod cookie;
+mod count;
 mod date;
 mod error;
 mod format;
 mod id;
 mod manager;
+#[cfg(feature = "axum")]
+mod merge;
 mod record_cache;
 mod store;
 
@@ -98,7 +101,7 @@ pub use format::SessionFormat;
 pub use id::SessionId;
 pub use manager::{Loaded, SessionStats, Sessions};
 pub use record_cache::RecordCache;
-pub use store::{CacheSessionStore, SessionStore, StoreStatus, MAX_ID_ATTEMPTS};
+pub use store::{CacheSessionStore, SaveIf, SessionStore, StoreStatus, MAX_ID_ATTEMPTS};
 
 #[cfg(feature = "axum")]
 pub use extract::{Session, SessionData, SessionRejection};

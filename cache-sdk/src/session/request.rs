@@ -25,6 +25,8 @@ use super::error::SessionError;
 use super::format::SessionFormat;
 use super::id::SessionId;
 use super::manager::{Loaded, Sessions};
+use super::merge::merge3;
+use super::store::SaveIf;
 use crate::codec::now_ms;
 
 /// The request's session, as found in its extensions.
@@ -94,9 +96,15 @@ trait Erased: Send + Sync {
         snapshot: &Snapshot,
         now_ms: u64,
     ) -> Result<Vec<u8>, SessionError>;
+
+    /// Merges what this request changed (from `base` to its data) into `theirs`, a record
+    /// another request saved meanwhile, and keeps the result as this request's data.
+    /// Returns the stored fields the type does not know, as `theirs` has them; `None` when
+    /// `theirs` is not a record of this type (this request's data then overwrites it).
+    fn merge(&self, sessions: &Sessions, base: &[u8], theirs: &[u8]) -> Option<Map<String, Value>>;
 }
 
-impl<T: Serialize + Send + Sync + 'static> Erased for Cell<T> {
+impl<T: Serialize + DeserializeOwned + Default + Send + Sync + 'static> Erased for Cell<T> {
     fn encode(
         &self,
         sessions: &Sessions,
@@ -105,7 +113,28 @@ impl<T: Serialize + Send + Sync + 'static> Erased for Cell<T> {
     ) -> Result<Vec<u8>, SessionError> {
         self.read(|data| sessions.encode_record(data, &snapshot.extra, snapshot.ttl, now_ms))
     }
+
+    fn merge(&self, sessions: &Sessions, base: &[u8], theirs: &[u8]) -> Option<Map<String, Value>> {
+        let format = sessions.config().format;
+        let theirs = format.decode::<T>(theirs).ok()?;
+        let theirs_v = serde_json::to_value(&theirs.data).ok()?;
+        let mine_v = self.read(|d| serde_json::to_value(d)).ok()?;
+        let merged = match format
+            .decode::<T>(base)
+            .ok()
+            .and_then(|b| serde_json::to_value(&b.data).ok())
+        {
+            Some(base_v) => merge3(&base_v, &mine_v, &theirs_v),
+            None => mine_v,
+        };
+        let data: T = serde_json::from_value(merged).ok()?;
+        self.write(|d| *d = data);
+        Some(theirs.extra)
+    }
 }
+
+/// How many times a save merges into another request's newer record before giving up.
+const MAX_MERGES: u32 = 64;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a plain read or write of the data; a panic inside a
@@ -135,6 +164,9 @@ struct State {
     ttl: Duration,
     saved_at_ms: Option<u64>,
     extra: Map<String, Value>,
+    /// The record as stored when this request read or last wrote it: a save applies only
+    /// over it (else merges into the newer one).
+    base: Option<Arc<[u8]>>,
     /// Bumped by every change; `saved_generation` is the one last written.
     generation: u64,
     saved_generation: u64,
@@ -178,6 +210,7 @@ struct Pending {
     regenerate: bool,
     snapshot: Snapshot,
     saved_at_ms: Option<u64>,
+    base: Option<Arc<[u8]>>,
 }
 
 struct Snapshot {
@@ -227,6 +260,7 @@ impl RequestSession {
                 st.ttl = r.ttl;
                 st.saved_at_ms = r.saved_at_ms;
                 st.extra = r.extra;
+                st.base = Some(r.raw.clone());
                 let data = match Arc::try_unwrap(r.data) {
                     Ok(owned) => Data::Owned(owned),
                     Err(value) => Data::Shared { value, raw: r.raw },
@@ -239,6 +273,7 @@ impl RequestSession {
                 st.ttl = fresh.ttl;
                 st.saved_at_ms = None;
                 st.extra = fresh.extra;
+                st.base = None;
                 Cell::new(Data::Owned(fresh.data), format)
             }
         };
@@ -248,6 +283,11 @@ impl RequestSession {
             erased: cell.clone(),
         });
         Ok(cell)
+    }
+
+    /// The configuration's session lifetime.
+    pub(crate) fn configured_ttl(&self) -> Duration {
+        self.sessions.config().ttl
     }
 
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut StateView<'_>) -> R) -> R {
@@ -327,6 +367,7 @@ impl RequestSession {
                 extra: st.extra.clone(),
             },
             saved_at_ms: st.saved_at_ms,
+            base: st.base.clone(),
         })
     }
 
@@ -341,6 +382,7 @@ impl RequestSession {
         st.destroy = false;
         st.regenerate = false;
         st.id = None;
+        st.base = None;
         st.saved_generation = st.generation;
         st.loaded = None;
         if self.cookie.is_some() || id.is_some() {
@@ -365,12 +407,14 @@ impl RequestSession {
     async fn create(&self, p: &Pending) -> Result<(), SessionError> {
         let now = now_ms();
         let record = p.erased.encode(&self.sessions, &p.snapshot, now)?;
+        let base: Arc<[u8]> = record.as_slice().into();
         let id = self
             .sessions
             .create_raw(record, p.snapshot.ttl, now)
             .await?;
         let mut st = lock(&self.state);
         st.id = Some(id.clone());
+        st.base = Some(base);
         st.saved_generation = p.generation;
         st.cookie = Some(CookieAction::set(id, p.snapshot.ttl));
         Ok(())
@@ -378,7 +422,63 @@ impl RequestSession {
 
     /// Replaces the stored record, and refreshes the cookie. A session destroyed meanwhile
     /// (a logout in another request) stays gone and loses its cookie.
+    ///
+    /// The write applies only over the record this request read (or last wrote): when
+    /// another request saved meanwhile, this request's changes are merged into that newer
+    /// record (see `merge.rs`) and the write is tried again over it, so concurrent
+    /// requests never lose each other's changes. Without a conflict this costs one store
+    /// command, as a plain save; each conflict costs one more.
     async fn save(&self, id: SessionId, p: &Pending) -> Result<(), SessionError> {
+        let Some(mut expected) = p.base.clone() else {
+            return self.overwrite(id, p).await;
+        };
+        let ttl = p.snapshot.ttl;
+        let mut extra = p.snapshot.extra.clone();
+        for _ in 0..MAX_MERGES {
+            let now = now_ms();
+            let snapshot = Snapshot {
+                ttl,
+                extra: extra.clone(),
+            };
+            let record = p.erased.encode(&self.sessions, &snapshot, now)?;
+            let written: Arc<[u8]> = record.as_slice().into();
+            let outcome = self
+                .sessions
+                .save_if_raw(&id, &expected, record, ttl, now)
+                .await?;
+            match outcome {
+                SaveIf::Saved => {
+                    let mut st = lock(&self.state);
+                    st.saved_generation = p.generation;
+                    st.base = Some(written);
+                    st.extra = extra;
+                    st.cookie = Some(CookieAction::set(id, ttl));
+                    return Ok(());
+                }
+                SaveIf::Changed(theirs) => {
+                    match p.erased.merge(&self.sessions, &expected, &theirs) {
+                        Some(e) => extra = e,
+                        None => tracing::warn!(
+                            "session saved meanwhile as a record this type cannot read; overwriting it"
+                        ),
+                    }
+                    expected = theirs.into();
+                }
+                _ => {
+                    let mut st = lock(&self.state);
+                    st.saved_generation = p.generation;
+                    st.id = None;
+                    st.base = None;
+                    st.cookie = Some(CookieAction::Remove);
+                    return Err(SessionError::Gone);
+                }
+            }
+        }
+        Err(SessionError::Contended(MAX_MERGES))
+    }
+
+    /// Replaces the stored record whatever it holds (a session this request did not read).
+    async fn overwrite(&self, id: SessionId, p: &Pending) -> Result<(), SessionError> {
         let now = now_ms();
         let record = p.erased.encode(&self.sessions, &p.snapshot, now)?;
         let result = self
@@ -449,8 +549,15 @@ impl StateView<'_> {
     pub(crate) fn destroy(&mut self) {
         self.0.destroy = true;
     }
-    pub(crate) fn regenerate(&mut self) {
+    /// Marks the session for a new id and starts its record clean: fields the session type
+    /// does not know (an express record's `csrfSecret`, `passport`, …, possibly planted
+    /// before a login) are dropped, and the lifetime goes back to `ttl` (the configured
+    /// one); a later [`set_ttl`](Self::set_ttl) in the same request still applies.
+    pub(crate) fn regenerate(&mut self, ttl: Duration) {
         self.0.regenerate = true;
+        self.0.extra.clear();
+        self.0.ttl = ttl;
+        self.0.generation += 1;
     }
     pub(crate) fn ttl(&self) -> Duration {
         self.0.ttl

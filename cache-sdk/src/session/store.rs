@@ -14,6 +14,7 @@ use super::id::SessionId;
 use super::record_cache::RecordCache;
 use crate::cache::Cache;
 use crate::key::SESSION_PREFIX;
+use crate::tier::remote::cas::Cas;
 use crate::ttl::Ttl;
 
 /// How many fresh ids [`SessionStore::create`] tries before giving up. With 192-bit ids a
@@ -39,6 +40,24 @@ pub struct StoreStatus {
     pub using_fallback: bool,
     /// Keys held in memory by the fallback.
     pub in_memory_keys: u64,
+}
+
+/// What [`SessionStore::save_if`] did.
+///
+/// ```
+/// use cache_sdk::session::SaveIf;
+/// assert_ne!(SaveIf::Saved, SaveIf::Gone);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SaveIf {
+    /// The record held the expected bytes; it now holds the new record.
+    Saved,
+    /// No record (destroyed or expired): nothing was written.
+    Gone,
+    /// The record holds these bytes instead (another request saved meanwhile): nothing was
+    /// written.
+    Changed(Vec<u8>),
 }
 
 /// Storage for session records (opaque bytes, written by the chosen
@@ -103,6 +122,34 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<bool, SessionError>;
 
+    /// Replaces the record under `id` only if it still holds exactly `expected` (the bytes
+    /// this request read or last wrote), and sets its TTL: the step that lets
+    /// [`Sessions`](crate::session::Sessions) merge concurrent changes instead of losing
+    /// them.
+    ///
+    /// The default reads then writes, which is **not atomic**: a store that can do better
+    /// (a script, a transaction, a conditional write) should. [`CacheSessionStore`] does.
+    ///
+    /// # Errors
+    /// When the backing store refuses.
+    async fn save_if(
+        &self,
+        id: &SessionId,
+        expected: &[u8],
+        record: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<SaveIf, SessionError> {
+        match self.load(id).await? {
+            None => Ok(SaveIf::Gone),
+            Some(current) if current == expected => Ok(if self.save(id, record, ttl).await? {
+                SaveIf::Saved
+            } else {
+                SaveIf::Gone
+            }),
+            Some(current) => Ok(SaveIf::Changed(current)),
+        }
+    }
+
     /// Sets the TTL of an existing record without rewriting it; returns whether it exists.
     ///
     /// # Errors
@@ -142,7 +189,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// A [`SessionStore`] over a [`Cache`]'s raw operations: records under `sess:{id}` in Redis
-/// (`GET`, `SET NX`/`SET XX` with `PX`, `PEXPIRE`, `DEL`, `SCAN MATCH sess:*`), or in the
+/// (`GET`, `SET NX`/`SET XX` with `PX`, a one-key compare-and-set script for
+/// [`save_if`](SessionStore::save_if), `PEXPIRE`, `DEL`, `SCAN MATCH sess:*`), or in the
 /// cache's in-memory fallback while Redis is unreachable (records written meanwhile are
 /// replayed to Redis when it returns).
 ///
@@ -217,6 +265,27 @@ impl SessionStore for CacheSessionStore {
         ttl_: Duration,
     ) -> Result<bool, SessionError> {
         Ok(self.cache.set_raw_xx(&id.key(), record, ttl(ttl_)).await?)
+    }
+
+    async fn save_if(
+        &self,
+        id: &SessionId,
+        expected: &[u8],
+        record: Vec<u8>,
+        ttl_: Duration,
+    ) -> Result<SaveIf, SessionError> {
+        let ttl_ = ttl_.max(Duration::from_secs(1));
+        Ok(
+            match self
+                .cache
+                .compare_and_set_raw(&id.key(), expected, record, ttl_)
+                .await?
+            {
+                Cas::Written => SaveIf::Saved,
+                Cas::Missing => SaveIf::Gone,
+                Cas::Changed(current) => SaveIf::Changed(current),
+            },
+        )
     }
 
     async fn touch(&self, id: &SessionId, ttl_: Duration) -> Result<bool, SessionError> {

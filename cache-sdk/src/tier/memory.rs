@@ -92,6 +92,38 @@ impl MemoryStore {
         updated
     }
 
+    /// Sets the key to `bytes` only when it holds exactly `expected` (see
+    /// [`Cas`](super::remote::cas::Cas)); atomic under the key's entry lock.
+    pub(crate) fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        bytes: Arc<[u8]>,
+        ttl: Duration,
+    ) -> super::remote::cas::Cas {
+        use super::remote::cas::Cas;
+        let now = Instant::now();
+        let mut outcome = Cas::Missing;
+        self.map
+            .entry(key.to_owned())
+            .and_compute_with(|existing| match existing {
+                Some(e) if e.value().live(now) => {
+                    if &*e.value().bytes == expected {
+                        outcome = Cas::Written;
+                        Op::Put(MemEntry {
+                            bytes,
+                            expires_at: Some(now + ttl),
+                        })
+                    } else {
+                        outcome = Cas::Changed(e.value().bytes.to_vec());
+                        Op::Nop
+                    }
+                }
+                _ => Op::Nop,
+            });
+        outcome
+    }
+
     pub(crate) fn delete(&self, key: &str) -> bool {
         self.map.remove(key).is_some_and(|e| e.live(Instant::now()))
     }

@@ -20,6 +20,8 @@
 //! driver, the tasks, codec times, config, errors. Must not: know about L1, coherence or
 //! sessions (they listen through [`Remote::on_event`]).
 
+pub(crate) mod cas;
+
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

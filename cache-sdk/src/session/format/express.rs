@@ -26,6 +26,11 @@ use serde_json::{Map, Value};
 use super::{Decoded, FormatError};
 use crate::session::cookie::{CookieAttributes, SameSite};
 use crate::session::date::{iso, parse_iso};
+use crate::ttl::MAX_TTL;
+
+/// The longest lifetime read from a record, in ms (the cache's longest TTL).
+#[allow(clippy::cast_precision_loss)] // 3.2e10 is exact in an f64
+const MAX_TTL_MS: f64 = MAX_TTL.as_millis() as f64;
 
 /// Decodes a record; `Err` for anything express-session itself could not use (not JSON,
 /// not an object, no `cookie` object) or that does not fit `T`.
@@ -41,7 +46,9 @@ pub(super) fn decode<T: DeserializeOwned + Serialize + Default>(
     let ttl = cookie
         .get("originalMaxAge")
         .and_then(Value::as_f64)
-        .filter(|ms| ms.is_finite() && *ms >= 1000.0)
+        // Out of range (under a second, over the longest TTL, not finite): a lifetime this
+        // side would refuse to write, so the record's own is ignored (configured TTL).
+        .filter(|ms| ms.is_finite() && *ms >= 1000.0 && *ms <= MAX_TTL_MS)
         .map(|ms| Duration::from_millis(ms as u64));
     let expires = cookie
         .get("expires")
@@ -206,6 +213,19 @@ mod tests {
         assert!(v.get("userId").is_none());
         assert_eq!(v["cookie"]["originalMaxAge"], 60_000);
         assert_eq!(v["cookie"]["expires"], "1970-01-01T00:01:00.000Z");
+    }
+
+    #[test]
+    fn ignores_a_lifetime_out_of_range() {
+        for max_age in ["31536000001", "1e300", "-5000", "999", "\"x\"", "null"] {
+            let stored = format!(r#"{{"cookie":{{"originalMaxAge":{max_age}}},"userId":1}}"#);
+            let d = decode::<User>(stored.as_bytes()).expect("decodes");
+            assert_eq!(d.ttl, None, "{max_age}");
+            assert_eq!(d.saved_at_ms, None);
+        }
+        let stored = r#"{"cookie":{"originalMaxAge":31536000000},"userId":1}"#;
+        let d = decode::<User>(stored.as_bytes()).expect("decodes");
+        assert_eq!(d.ttl, Some(MAX_TTL));
     }
 
     #[test]

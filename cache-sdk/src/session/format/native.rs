@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Map;
 
 use super::{Decoded, FormatError};
+use crate::ttl::MAX_TTL;
 
 /// The envelope version.
 const VERSION: u8 = 1;
@@ -48,7 +49,8 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Decoded<T>, Fo
         .map_err(|e| FormatError(format!("does not fit the session type: {e}")))?;
     Ok(Decoded {
         data: env.data,
-        ttl: (env.ttl > 0).then(|| Duration::from_secs(env.ttl)),
+        // Out of range: ignored (configured TTL), never written back as is.
+        ttl: (env.ttl > 0 && env.ttl <= MAX_TTL.as_secs()).then(|| Duration::from_secs(env.ttl)),
         saved_at_ms: Some(env.saved_at),
         extra: Map::new(),
     })
@@ -86,6 +88,14 @@ mod tests {
         assert_eq!(d.data, S { n: 7 });
         assert_eq!(d.ttl, Some(Duration::from_secs(60)));
         assert_eq!(d.saved_at_ms, Some(1000));
+    }
+
+    #[test]
+    fn ignores_a_lifetime_out_of_range() {
+        let out = br#"{"v":1,"ttl":31536001,"savedAt":1,"data":{"n":1}}"#;
+        assert_eq!(decode::<S>(out).expect("decodes").ttl, None);
+        let out = br#"{"v":1,"ttl":31536000,"savedAt":1,"data":{"n":1}}"#;
+        assert_eq!(decode::<S>(out).expect("decodes").ttl, Some(MAX_TTL));
     }
 
     #[test]
