@@ -1443,6 +1443,7 @@ async fn product_events_cross_instances_and_logout_closes_the_socket() {
         "{:?}",
         closed.elapsed()
     );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_on_two_instances_are_all_kept() {
