@@ -51,6 +51,8 @@ mod flight;
 mod global;
 pub mod key;
 mod macros;
+#[cfg(feature = "sessions")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sessions")))]
 pub mod session;
 mod stats;
 mod tier;
