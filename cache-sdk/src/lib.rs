@@ -14,8 +14,11 @@
 //! - [`Stats`]: what [`Cache::stats`] reports.
 //! - [`cached`], [`cache_evict`], [`cache_put`]: attributes that cache a function's result,
 //!   and evict or write keys when a writer runs; [`install`] sets the cache they use.
-//! - [`session`]: typed web sessions (signed cookies, `sess:{id}` records, the axum
-//!   extractor and tower layer, express-session compatibility).
+//! - [`session`] (feature `sessions`): typed web sessions (signed cookies, `sess:{id}`
+//!   records, the axum extractor and tower layer with `axum`, express-session
+//!   compatibility).
+//! - [Cargo features](#cargo-features): what each feature adds, which are on by default, and
+//!   the crates the cache alone needs.
 //!
 //! # Redis is optional
 //!

@@ -660,7 +660,10 @@ mod tests {
     fn tls_without_its_feature_is_an_error_naming_it() {
         for (vars, name) in [
             (&[("REDIS_URL", "rediss://h:6380")][..], "REDIS_URL"),
-            (&[("REDIS_HOST", "h"), ("REDIS_TLS", "true")][..], "REDIS_TLS"),
+            (
+                &[("REDIS_HOST", "h"), ("REDIS_TLS", "true")][..],
+                "REDIS_TLS",
+            ),
         ] {
             let err = built(vars).unwrap_err();
             assert_eq!(
