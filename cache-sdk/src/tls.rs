@@ -171,7 +171,8 @@ fn invalid(name: &'static str, path: &Path, reason: String) -> ConfigError {
     }
 }
 
-#[cfg(all(test, feature = "tls"))]
+#[cfg(test)]
+#[cfg(feature = "tls")]
 mod tests {
     use super::*;
 

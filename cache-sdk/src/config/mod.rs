@@ -292,6 +292,20 @@ impl CacheConfig {
     /// Overrides the settings whose variables are set (see the module docs for the Redis
     /// address, which is taken as a whole). On error `self` is left unchanged in part.
     pub(crate) fn apply_env(&mut self, env: &EnvReader) -> Result<(), ConfigError> {
+        // Before redis-rs reads the URL: without TLS compiled in it would call a `rediss://`
+        // URL malformed instead of naming the feature.
+        #[cfg(not(feature = "tls"))]
+        if env.bool("REDIS_ENABLED")? != Some(false)
+            && env
+                .str("REDIS_URL")
+                .and_then(|u| u.get(..9))
+                .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        {
+            return Err(ConfigError::FeatureDisabled {
+                name: "REDIS_URL",
+                feature: "tls",
+            });
+        }
         self.redis = RedisConfig::merge_env(self.redis.clone(), env)?;
         if let Some(t) = env.millis("REDIS_TIMEOUT_MS", 1..=600_000)? {
             self.timeout = t;
