@@ -21,14 +21,13 @@ use crate::error::{BuildError, ConfigError};
 /// cannot.
 ///
 /// ```
-/// use cache_sdk::{Cache, Codec};
+/// use cache_sdk::Cache;
 /// use std::time::Duration;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cache = Cache::builder()
 ///     .l1_capacity(5_000)
 ///     .l1_ttl(Duration::from_secs(10))
-///     .codec(Codec::Json)
 ///     .namespace("erp")
 ///     .ttl_preset("reports", Duration::from_secs(3600))
 ///     .build()
@@ -84,6 +83,8 @@ impl CacheBuilder {
     /// # let _ = b;
     /// # Ok::<(), cache_sdk::ConfigError>(())
     /// ```
+    #[cfg(feature = "dotenv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dotenv")))]
     pub fn from_env_and_dotenv(self) -> Result<Self, ConfigError> {
         self.merge(&EnvReader::process_and_dotenv()?)
     }
@@ -241,11 +242,14 @@ impl CacheBuilder {
         self
     }
 
-    /// The codec for values.
+    /// The codec for values: [`Codec::Bincode`] by default, `Codec::Json` with the `json`
+    /// feature.
     ///
     /// ```
+    /// # #[cfg(feature = "json")] {
     /// let b = cache_sdk::Cache::builder().codec(cache_sdk::Codec::Json);
     /// # let _ = b;
+    /// # }
     /// ```
     pub fn codec(mut self, codec: Codec) -> Self {
         self.cfg.codec = codec;
@@ -448,6 +452,7 @@ mod tests {
     /// file (the current directory is process-wide: changing it here would disturb the
     /// tests running beside this one).
     #[test]
+    #[cfg(all(feature = "dotenv", feature = "sessions"))]
     fn a_dotenv_file_is_read_only_when_asked() {
         let dir = std::env::temp_dir().join(format!("cache-sdk-dotenv-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -478,6 +483,7 @@ mod tests {
 
     /// The child of [`a_dotenv_file_is_read_only_when_asked`].
     #[test]
+    #[cfg(all(feature = "dotenv", feature = "sessions"))]
     #[ignore = "run by a_dotenv_file_is_read_only_when_asked in a directory with a .env file"]
     fn dotenv_child() {
         if std::env::var_os("CACHE_SDK_DOTENV_CHILD").is_none() {

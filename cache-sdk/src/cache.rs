@@ -1,5 +1,7 @@
 //! [`Cache`]: the typed two-tier cache (built by the [`CacheBuilder`]).
 
+// The atomic compare-and-set that session saves use.
+#[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 mod cas;
 
 use std::future::Future;
@@ -967,6 +969,7 @@ impl Cache {
     }
 
     /// The coherence link, when it is in use (not off).
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     fn coherent(&self) -> Option<&CoherenceLink> {
         self.inner.coherence.as_ref().filter(|c| c.active())
     }
@@ -974,6 +977,7 @@ impl Cache {
     /// A raw-backed value from L1 (see [`RawBacked`]): as `T`, or only its stored bytes
     /// when L1 holds another type under `key`. Only with coherence: without it, such values
     /// are read from L2 every time so that every instance sees the latest.
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn backed_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
         self.coherent()?;
         let c = &self.inner.counters;
@@ -988,18 +992,21 @@ impl Cache {
 
     /// A ticket for a raw read that may fill L1 with a raw-backed value; `None` without
     /// coherence.
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn backed_ticket(&self, key: &str) -> Option<Ticket> {
         self.coherent()?;
         Some(self.inner.local.ticket(key))
     }
 
     /// Puts a raw-backed value into L1, for no longer than its bytes surely live in L2.
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn backed_insert<R: RawBacked>(&self, key: &str, value: Arc<R>, ticket: Ticket) {
         self.inner.local.insert_backed(key, value, ticket);
     }
 
     /// While Redis is lost: the raw-backed value L1 held under `key` before, now also in
     /// the fallback (see `docs/coherence.md`).
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn backed_reserve<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
         self.coherent()?.reserve(key)
     }

@@ -80,6 +80,10 @@ pub enum Codec {
     #[default]
     Bincode,
     /// JSON: larger and slower, readable with `redis-cli`, accepts every serde type.
+    /// Needs the `json` feature (without it, JSON values written by another build read as
+    /// [`DecodeError::UnknownCodec`], that is misses).
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     Json,
 }
 
@@ -87,6 +91,7 @@ impl Codec {
     fn id(self) -> u8 {
         match self {
             Codec::Bincode => 1,
+            #[cfg(feature = "json")]
             Codec::Json => 2,
         }
     }
@@ -94,6 +99,7 @@ impl Codec {
     fn from_id(id: u8) -> Option<Self> {
         match id {
             1 => Some(Codec::Bincode),
+            #[cfg(feature = "json")]
             2 => Some(Codec::Json),
             _ => None,
         }
@@ -139,9 +145,9 @@ pub enum DecodeError {
 /// use cache_sdk::codec::{encode, Header};
 /// use cache_sdk::Codec;
 /// use cache_sdk::codec::TypeTag;
-/// let bytes = encode(&5u8, Codec::Json, TypeTag::UNTAGGED, None).unwrap();
+/// let bytes = encode(&5u8, Codec::Bincode, TypeTag::UNTAGGED, None).unwrap();
 /// let h = Header::parse(&bytes).unwrap();
-/// assert_eq!(h.codec, Codec::Json);
+/// assert_eq!(h.codec, Codec::Bincode);
 /// assert_eq!(h.type_tag, 0);
 /// assert_eq!(h.expires_at_ms, 0);
 /// ```
@@ -391,6 +397,7 @@ pub fn encode<T: Serialize + ?Sized>(
                 .map_err(|e| e.to_string())?;
             out.extend_from_slice(&payload);
         }
+        #[cfg(feature = "json")]
         Codec::Json => serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())?,
     }
     Ok(out)
@@ -438,6 +445,7 @@ pub fn decode<T: DeserializeOwned>(
             }
             Ok(value)
         }
+        #[cfg(feature = "json")]
         Codec::Json => {
             serde_json::from_slice(payload).map_err(|e| DecodeError::Payload(e.to_string()))
         }
@@ -448,6 +456,13 @@ pub fn decode<T: DeserializeOwned>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Every codec this build has.
+    const CODECS: &[Codec] = &[
+        Codec::Bincode,
+        #[cfg(feature = "json")]
+        Codec::Json,
+    ];
     use serde::Deserialize;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -477,7 +492,7 @@ mod tests {
     #[test]
     fn a_version_bump_rejects_older_values() {
         let p = product();
-        for codec in [Codec::Bincode, Codec::Json] {
+        for &codec in CODECS {
             let v1 = encode(&p, codec, named("product", 1), None).unwrap();
             let untagged = encode(&p, codec, U, None).unwrap();
             let v2 = named("product", 2);
@@ -506,10 +521,10 @@ mod tests {
         assert_eq!(named("product", 1).value(), 0x35a8_9a6f);
         assert_ne!(tag, named("product", 3));
         assert_ne!(tag, named("Product", 2));
-        let bytes = encode(&1u8, Codec::Json, tag, None).unwrap();
+        let bytes = encode(&1u8, Codec::Bincode, tag, None).unwrap();
         assert_eq!(Header::parse(&bytes).unwrap().type_tag, tag.value());
         assert_eq!(
-            Header::parse(&encode(&1u8, Codec::Json, U, None).unwrap())
+            Header::parse(&encode(&1u8, Codec::Bincode, U, None).unwrap())
                 .unwrap()
                 .type_tag,
             0
@@ -538,14 +553,31 @@ mod tests {
             decode::<u8>(&bytes, U, 1024),
             Err(DecodeError::Payload(_))
         ));
-        let mut bytes = encode(&7u32, Codec::Json, U, None).unwrap();
-        bytes.extend_from_slice(b" 8");
-        assert!(matches!(
-            decode::<u32>(&bytes, U, 1024),
-            Err(DecodeError::Payload(_))
-        ));
-        let bytes = encode(&"text", Codec::Json, U, None).unwrap();
-        assert!(decode::<Product>(&bytes, U, 1024).is_err());
+        #[cfg(feature = "json")]
+        {
+            let mut bytes = encode(&7u32, Codec::Json, U, None).unwrap();
+            bytes.extend_from_slice(b" 8");
+            assert!(matches!(
+                decode::<u32>(&bytes, U, 1024),
+                Err(DecodeError::Payload(_))
+            ));
+            let bytes = encode(&"text", Codec::Json, U, None).unwrap();
+            assert!(decode::<Product>(&bytes, U, 1024).is_err());
+        }
+    }
+
+    #[test]
+    fn json_values_need_the_json_feature_to_be_read() {
+        // A JSON envelope (codec id 2), as a build with the `json` feature writes it.
+        let mut bytes = encode(&7u32, Codec::Bincode, U, None).unwrap();
+        bytes.truncate(HEADER_LEN);
+        bytes[2] = 2;
+        bytes.push(b'7');
+        let read = decode::<u32>(&bytes, U, 1024);
+        #[cfg(feature = "json")]
+        assert_eq!(read, Ok(7));
+        #[cfg(not(feature = "json"))]
+        assert_eq!(read, Err(DecodeError::UnknownCodec(2)));
     }
 
     #[test]
@@ -594,7 +626,7 @@ mod tests {
 
     #[test]
     fn header_records_expiry() {
-        let bytes = encode(&1u8, Codec::Json, U, Some(Duration::from_secs(60))).unwrap();
+        let bytes = encode(&1u8, Codec::Bincode, U, Some(Duration::from_secs(60))).unwrap();
         let h = Header::parse(&bytes).unwrap();
         let rem = h.remaining().unwrap();
         assert!(rem <= Duration::from_secs(60) && rem > Duration::from_secs(58));
@@ -604,7 +636,7 @@ mod tests {
         #[test]
         fn round_trip(id: u64, name in "\\PC{0,40}", tags in proptest::collection::vec("\\PC{0,8}", 0..5), price: Option<i64>, json: bool) {
             let p = Product { id, name, tags, price };
-            let codec = if json { Codec::Json } else { Codec::Bincode };
+            let codec = CODECS[usize::from(json) % CODECS.len()];
             let tag = if id % 2 == 0 { U } else { named("product", 1) };
             let bytes = encode(&p, codec, tag, None).unwrap();
             prop_assert_eq!(decode::<Product>(&bytes, tag, 1 << 20).unwrap(), p);

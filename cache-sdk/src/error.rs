@@ -284,6 +284,24 @@ pub enum ConfigError {
     /// The `.env` file exists but cannot be read.
     #[error("could not read the .env file: {0}")]
     DotEnv(String),
+    /// A setting needs a cargo feature of cache-sdk that this build leaves out (TLS without
+    /// `tls`, a cluster without `cluster`, the JSON codec without `json`).
+    ///
+    /// ```
+    /// use cache_sdk::ConfigError;
+    /// let e = ConfigError::FeatureDisabled { name: "REDIS_TLS", feature: "tls" };
+    /// assert!(e.to_string().contains(r#"features = ["tls"]"#));
+    /// ```
+    #[error(
+        "{name} needs the `{feature}` feature of cache-sdk, which this build does not enable \
+         (add features = [\"{feature}\"] to the cache-sdk dependency in Cargo.toml)"
+    )]
+    FeatureDisabled {
+        /// The variable or option name.
+        name: &'static str,
+        /// The cargo feature that provides it.
+        feature: &'static str,
+    },
 }
 
 /// The error of [`CacheBuilder::build`](crate::CacheBuilder::build).

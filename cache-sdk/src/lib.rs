@@ -16,8 +16,11 @@
 //!   and evict or write keys when a writer runs; [`install`] sets the cache they use.
 //! - [`Cache::publish`] and [`Cache::subscribe`]: typed messages across instances
 //!   ([`pubsub`]: delivery rules, outages, bounded buffers).
-//! - [`session`]: typed web sessions (signed cookies, `sess:{id}` records, the axum
-//!   extractor and tower layer, express-session compatibility).
+//! - [`session`] (feature `sessions`): typed web sessions (signed cookies, `sess:{id}`
+//!   records, the axum extractor and tower layer with `axum`, express-session
+//!   compatibility).
+//! - [Cargo features](#cargo-features): what each feature adds, which are on by default, and
+//!   the crates the cache alone needs.
 //!
 //! # Redis is optional
 //!
@@ -54,6 +57,8 @@ mod global;
 pub mod key;
 mod macros;
 pub mod pubsub;
+#[cfg(feature = "sessions")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sessions")))]
 pub mod session;
 mod stats;
 mod tier;

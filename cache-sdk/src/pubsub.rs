@@ -60,7 +60,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::stream::{BoxStream, Stream, StreamExt};
+#[cfg(feature = "cluster")]
 use redis::cluster::ClusterClientBuilder;
+#[cfg(feature = "cluster")]
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
@@ -489,6 +491,7 @@ impl Shared {
         };
         let r = &link.redis;
         let connect = async {
+            #[cfg(feature = "cluster")]
             if r.is_cluster() {
                 let nodes: Vec<String> = r.cluster_nodes.iter().map(|n| r.node_url(n)).collect();
                 let builder = ClusterClientBuilder::new(nodes)
@@ -503,8 +506,9 @@ impl Shared {
                 cmd.arg("server");
                 let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
                 let info: String = redis::from_redis_value(conn.route_command(cmd, random).await?)?;
-                Ok::<_, redis::RedisError>((Conn::Cluster(conn), server_major(&info) >= 7))
-            } else {
+                return Ok::<_, redis::RedisError>((Conn::Cluster(conn), server_major(&info) >= 7));
+            }
+            {
                 let info = r.connection_url().as_str().into_connection_info()?;
                 let resp3 = info
                     .redis_settings()
@@ -522,7 +526,7 @@ impl Shared {
                 name.arg("SETNAME").arg(CONNECTION_NAME);
                 // Only a label for operators: refusing it is no reason to give up.
                 let _ = name.query_async::<()>(&mut conn).await;
-                Ok((Conn::Single(conn), false))
+                Ok::<_, redis::RedisError>((Conn::Single(conn), false))
             }
         };
         let (conn, sharded) = match tokio::time::timeout(link.connect_timeout, connect).await {
@@ -577,6 +581,7 @@ impl Shared {
         Ok(())
     }
 
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
     async fn subscribe_on(
         &self,
         conn: Conn,
@@ -588,6 +593,7 @@ impl Shared {
         match conn {
             Conn::Single(mut c) if on => self.bounded(c.subscribe(channel)).await,
             Conn::Single(mut c) => self.bounded(c.unsubscribe(channel)).await,
+            #[cfg(feature = "cluster")]
             Conn::Cluster(mut c) => match (sharded, on) {
                 (true, true) => self.bounded(c.ssubscribe(channel)).await,
                 (true, false) => self.bounded(c.sunsubscribe(channel)).await,
@@ -613,6 +619,7 @@ impl Shared {
 }
 
 /// The major version in an `INFO server` answer (`redis_version:7.2.4`), 0 when unknown.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 fn server_major(info: &str) -> u32 {
     info.lines()
         .find_map(|l| l.strip_prefix("redis_version:"))

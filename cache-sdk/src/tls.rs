@@ -2,13 +2,22 @@
 //! once, when the configuration is validated at build time (a bad file is a [`ConfigError`]
 //! naming its variable), then handed to both links (the data link and the invalidation
 //! link); and the rustls crypto provider.
+//!
+//! Without the `tls` feature (no rustls, no ring) the material is always empty: the
+//! configuration's validation refuses every TLS setting with
+//! [`ConfigError::FeatureDisabled`] before anything here runs.
 
 use std::fmt;
 use std::path::Path;
 
+#[cfg(feature = "cluster")]
 use redis::cluster::ClusterClientBuilder;
-use redis::{ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
+use redis::IntoConnectionInfo;
+#[cfg(feature = "tls")]
+use redis::{ClientTlsConfig, TlsCertificates};
+#[cfg(feature = "tls")]
 use rustls::pki_types::pem::PemObject;
+#[cfg(feature = "tls")]
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::ConfigError;
@@ -18,12 +27,32 @@ use crate::error::ConfigError;
 /// clone; `Debug` shows which parts are present, never their bytes.
 #[derive(Clone, Default)]
 pub(crate) struct TlsMaterial {
+    #[cfg(feature = "tls")]
     certs: Option<TlsCertificates>,
 }
 
 impl TlsMaterial {
+    /// Without the `tls` feature: no material. Validation refuses TLS settings first; a file
+    /// given anyway is refused the same way, naming the feature.
+    #[cfg(not(feature = "tls"))]
+    pub(crate) fn load(
+        ca: Option<&Path>,
+        client: Option<(&Path, &Path)>,
+    ) -> Result<Self, ConfigError> {
+        let name = match (ca, client) {
+            (None, None) => return Ok(Self {}),
+            (Some(_), _) => "REDIS_TLS_CA_FILE",
+            (None, Some(_)) => "REDIS_TLS_CERT_FILE",
+        };
+        Err(ConfigError::FeatureDisabled {
+            name,
+            feature: "tls",
+        })
+    }
+
     /// Reads and checks the CA file (`REDIS_TLS_CA_FILE`) and the client certificate and
     /// key files (`REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`); errors name the variable.
+    #[cfg(feature = "tls")]
     pub(crate) fn load(
         ca: Option<&Path>,
         client: Option<(&Path, &Path)>,
@@ -50,22 +79,26 @@ impl TlsMaterial {
         &self,
         info: T,
     ) -> redis::RedisResult<redis::Client> {
-        match &self.certs {
-            Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
-            None => redis::Client::open(info),
+        #[cfg(feature = "tls")]
+        if let Some(certs) = &self.certs {
+            return redis::Client::build_with_tls(info, certs.clone());
         }
+        redis::Client::open(info)
     }
 
     /// A cluster client builder with this material.
+    #[cfg(feature = "cluster")]
     pub(crate) fn cluster(&self, builder: ClusterClientBuilder) -> ClusterClientBuilder {
-        match &self.certs {
-            Some(certs) => builder.certs(certs.clone()),
-            None => builder,
+        #[cfg(feature = "tls")]
+        if let Some(certs) = &self.certs {
+            return builder.certs(certs.clone());
         }
+        builder
     }
 }
 
 impl fmt::Debug for TlsMaterial {
+    #[cfg(feature = "tls")]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let certs = self.certs.as_ref();
         f.debug_struct("TlsMaterial")
@@ -76,10 +109,20 @@ impl fmt::Debug for TlsMaterial {
             )
             .finish()
     }
+
+    #[cfg(not(feature = "tls"))]
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsMaterial(without the tls feature)")
+    }
 }
+
+/// Without the `tls` feature there is no rustls to set up (and no TLS connection is made).
+#[cfg(not(feature = "tls"))]
+pub(crate) fn install_crypto_provider() {}
 
 /// Makes *ring* the process's rustls crypto provider unless the application installed one.
 /// rustls cannot pick one by itself when several are compiled in, and then panics.
+#[cfg(feature = "tls")]
 pub(crate) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Another thread may win the race; its provider is as good.
@@ -87,10 +130,12 @@ pub(crate) fn install_crypto_provider() {
     }
 }
 
+#[cfg(feature = "tls")]
 fn read(name: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| invalid(name, path, format!("cannot be read ({e})")))
 }
 
+#[cfg(feature = "tls")]
 fn read_certs(name: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     let pem = read(name, path)?;
     let mut count = 0;
@@ -108,6 +153,7 @@ fn read_certs(name: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
+#[cfg(feature = "tls")]
 fn read_key(name: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     let pem = read(name, path)?;
     // The error names the problem, never the key's bytes.
@@ -116,6 +162,7 @@ fn read_key(name: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
+#[cfg(feature = "tls")]
 fn invalid(name: &'static str, path: &Path, reason: String) -> ConfigError {
     ConfigError::Invalid {
         name,
@@ -125,6 +172,7 @@ fn invalid(name: &'static str, path: &Path, reason: String) -> ConfigError {
 }
 
 #[cfg(test)]
+#[cfg(feature = "tls")]
 mod tests {
     use super::*;
 

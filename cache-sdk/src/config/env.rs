@@ -46,6 +46,7 @@ impl EnvReader {
 
     /// The process environment over the variables of a `.env` file in the current directory
     /// or a parent (a variable already set in the process wins, as with `dotenv` in Node).
+    #[cfg(feature = "dotenv")]
     pub(crate) fn process_and_dotenv() -> Result<Self, ConfigError> {
         let mut vars = read_dotenv()?;
         vars.extend(process_vars());
@@ -239,6 +240,7 @@ fn process_vars() -> HashMap<String, String> {
 
 /// The variables of the `.env` file in the current directory or a parent; none when there
 /// is no such file.
+#[cfg(feature = "dotenv")]
 fn read_dotenv() -> Result<HashMap<String, String>, ConfigError> {
     let mut vars = HashMap::new();
     match dotenvy::dotenv_iter() {

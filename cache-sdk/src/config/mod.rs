@@ -204,6 +204,37 @@ impl Default for CacheConfig {
 /// The largest value size that may be configured.
 pub const MAX_VALUE_SIZE_LIMIT: usize = 64 * 1024 * 1024;
 
+/// The values of `CACHE_CODEC` this build accepts.
+const CODECS: &[(&str, Codec)] = &[
+    ("bincode", Codec::Bincode),
+    #[cfg(feature = "json")]
+    ("json", Codec::Json),
+];
+
+/// Refuses the Redis settings this build cannot honour, naming the cargo feature they need:
+/// TLS (`rediss://`, `REDIS_TLS`) without `tls`, a cluster without `cluster`. Never a panic,
+/// never a plain connection in place of the TLS one that was asked for.
+fn check_features(r: &RedisConfig) -> Result<(), ConfigError> {
+    if !cfg!(feature = "tls") && r.uses_tls() {
+        let name = if r.url.is_some() {
+            "REDIS_URL"
+        } else {
+            "REDIS_TLS"
+        };
+        return Err(ConfigError::FeatureDisabled {
+            name,
+            feature: "tls",
+        });
+    }
+    if !cfg!(feature = "cluster") && r.is_cluster() {
+        return Err(ConfigError::FeatureDisabled {
+            name: "REDIS_CLUSTER_NODES",
+            feature: "cluster",
+        });
+    }
+    Ok(())
+}
+
 impl CacheConfig {
     /// Reads the configuration from the process environment (no `.env` file: see
     /// [`CacheConfig::from_env_and_dotenv`]), starting from the defaults.
@@ -230,6 +261,8 @@ impl CacheConfig {
     /// let cfg = cache_sdk::CacheConfig::from_env_and_dotenv()?;
     /// # Ok::<(), cache_sdk::ConfigError>(())
     /// ```
+    #[cfg(feature = "dotenv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dotenv")))]
     pub fn from_env_and_dotenv() -> Result<Self, ConfigError> {
         Self::from_reader(&EnvReader::process_and_dotenv()?)
     }
@@ -259,6 +292,20 @@ impl CacheConfig {
     /// Overrides the settings whose variables are set (see the module docs for the Redis
     /// address, which is taken as a whole). On error `self` is left unchanged in part.
     pub(crate) fn apply_env(&mut self, env: &EnvReader) -> Result<(), ConfigError> {
+        // Before redis-rs reads the URL: without TLS compiled in it would call a `rediss://`
+        // URL malformed instead of naming the feature.
+        #[cfg(not(feature = "tls"))]
+        if env.bool("REDIS_ENABLED")? != Some(false)
+            && env
+                .str("REDIS_URL")
+                .and_then(|u| u.get(..9))
+                .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        {
+            return Err(ConfigError::FeatureDisabled {
+                name: "REDIS_URL",
+                feature: "tls",
+            });
+        }
         self.redis = RedisConfig::merge_env(self.redis.clone(), env)?;
         if let Some(t) = env.millis("REDIS_TIMEOUT_MS", 1..=600_000)? {
             self.timeout = t;
@@ -275,10 +322,17 @@ impl CacheConfig {
         if let Some(t) = env.secs("CACHE_L1_TTL_SECS", 0..=31_536_000)? {
             self.l1_ttl = t;
         }
-        if let Some(c) = env.choice(
-            "CACHE_CODEC",
-            &[("bincode", Codec::Bincode), ("json", Codec::Json)],
-        )? {
+        #[cfg(not(feature = "json"))]
+        if env
+            .str("CACHE_CODEC")
+            .is_some_and(|v| v.eq_ignore_ascii_case("json"))
+        {
+            return Err(ConfigError::FeatureDisabled {
+                name: "CACHE_CODEC",
+                feature: "json",
+            });
+        }
+        if let Some(c) = env.choice("CACHE_CODEC", CODECS)? {
             self.codec = c;
         }
         if let Some(n) = env.number(
@@ -361,6 +415,7 @@ impl CacheConfig {
         self.ttl.check()?;
         match &self.redis {
             Some(r) => {
+                check_features(r)?;
                 r.check()?;
                 TlsMaterial::load(r.tls_ca_file.as_deref(), r.client_cert_files())
             }
@@ -542,6 +597,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn credentials_are_url_encoded_and_redacted() {
         let cfg = built(&[
             ("REDIS_HOST", "::1"),
@@ -560,6 +616,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn tls_files_need_tls_and_each_other_and_must_be_readable() {
         let with = |extra: &[(&str, &str)]| {
             let mut vars = vec![("REDIS_HOST", "h")];
@@ -596,6 +653,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "cluster")]
     fn a_cluster_has_only_database_0() {
         let err = built(&[("REDIS_CLUSTER_NODES", "a:1,b:2"), ("REDIS_DB", "1")]).unwrap_err();
         assert!(err.to_string().starts_with("REDIS_DB=\"1\""), "{err}");
@@ -609,6 +667,82 @@ mod tests {
         let r = cfg.redis.unwrap();
         assert!(r.is_cluster());
         assert_eq!(r.cluster_nodes, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    #[cfg(not(feature = "tls"))]
+    fn tls_without_its_feature_is_an_error_naming_it() {
+        for (vars, name) in [
+            (&[("REDIS_URL", "rediss://h:6380")][..], "REDIS_URL"),
+            (
+                &[("REDIS_HOST", "h"), ("REDIS_TLS", "true")][..],
+                "REDIS_TLS",
+            ),
+        ] {
+            let err = built(vars).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::FeatureDisabled {
+                    name,
+                    feature: "tls"
+                }
+            );
+            assert!(err.to_string().contains("`tls` feature"), "{err}");
+        }
+        // Settings made in code are refused the same way, by `validate` (and `build`).
+        let cfg = CacheConfig {
+            redis: Some(RedisConfig::host("h", 6380).with_tls(true)),
+            ..CacheConfig::default()
+        };
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::FeatureDisabled { feature: "tls", .. })
+        ));
+        // Plain connections need nothing.
+        assert!(built(&[("REDIS_URL", "redis://h:6379")]).is_ok());
+    }
+
+    #[test]
+    #[cfg(not(feature = "cluster"))]
+    fn a_cluster_without_its_feature_is_an_error_naming_it() {
+        let err = built(&[("REDIS_CLUSTER_NODES", "a:1,b:2")]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::FeatureDisabled {
+                name: "REDIS_CLUSTER_NODES",
+                feature: "cluster"
+            }
+        );
+        let cfg = CacheConfig {
+            redis: Some(RedisConfig::cluster(["a:1"])),
+            ..CacheConfig::default()
+        };
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::FeatureDisabled {
+                feature: "cluster",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_json_codec_needs_its_feature() {
+        let codec = built(&[("CACHE_CODEC", " JSON ")]).map(|c| c.codec);
+        #[cfg(feature = "json")]
+        assert_eq!(codec, Ok(Codec::Json));
+        #[cfg(not(feature = "json"))]
+        assert_eq!(
+            codec,
+            Err(ConfigError::FeatureDisabled {
+                name: "CACHE_CODEC",
+                feature: "json"
+            })
+        );
+        assert_eq!(
+            built(&[("CACHE_CODEC", "bincode")]).map(|c| c.codec),
+            Ok(Codec::Bincode)
+        );
     }
 
     #[test]

@@ -353,6 +353,8 @@ impl SessionConfig {
     /// let cfg = cache_sdk::session::SessionConfig::from_env_and_dotenv()?;
     /// # Ok::<(), cache_sdk::ConfigError>(())
     /// ```
+    #[cfg(feature = "dotenv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dotenv")))]
     pub fn from_env_and_dotenv() -> Result<Self, ConfigError> {
         Self::from_reader(&EnvReader::process_and_dotenv()?)
     }

@@ -33,7 +33,10 @@
 //!
 //! # Quick start
 //!
-//! ```
+//! With the `axum` feature (on by default):
+//!
+#![cfg_attr(feature = "axum", doc = "```")]
+#![cfg_attr(not(feature = "axum"), doc = "```ignore")]
 //! use axum::{routing::get, Router};
 //! use cache_sdk::session::{CacheSessionStore, Session, SessionConfig, SessionLayer, Sessions};
 //! # #[tokio::main(flavor = "current_thread")]

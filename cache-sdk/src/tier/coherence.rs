@@ -352,6 +352,7 @@ impl CoherenceLink {
     }
 
     /// Whether coherence is in force (it is not after Redis refused every mechanism).
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn active(&self) -> bool {
         self.shared.signals.state.load(Ordering::Acquire) != OFF
     }
@@ -408,6 +409,7 @@ impl CoherenceLink {
     /// While L1 is suspended and Redis is unavailable: the raw-backed entry L1 held under
     /// `key` when it was last active, as `T` or as its stored bytes. It is put into the
     /// fallback, so later changes go there and are replayed.
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn reserve<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
         let s = &self.shared;
         if s.remote.is_up() {

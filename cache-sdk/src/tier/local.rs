@@ -40,6 +40,7 @@ pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
 /// An L1 value that keeps the bytes it was decoded from, exactly as L2 stores them, so
 /// that it can be handed to the fallback store when Redis is lost.
+#[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 pub(crate) trait RawBacked: Send + Sync + 'static {
     /// The bytes as stored in L2.
     fn raw(&self) -> &Arc<[u8]>;
@@ -57,6 +58,7 @@ pub(crate) struct Backing {
 }
 
 /// What an L1 read of a raw-backed entry found.
+#[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 pub(crate) enum Held<T> {
     /// The value, as the type asked for.
     Value(Arc<T>),
@@ -64,6 +66,7 @@ pub(crate) enum Held<T> {
     Raw(Arc<[u8]>),
 }
 
+#[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 impl<T: Send + Sync + 'static> Held<T> {
     /// `value` as `T`, or else the stored bytes of a raw-backed value.
     fn of(value: AnyValue, backing: Option<BackingOf>) -> Option<Self> {
@@ -78,6 +81,7 @@ impl<T: Send + Sync + 'static> Held<T> {
 /// entry carries it at no cost on the hit path.
 type BackingOf = fn(&AnyValue) -> Option<Backing>;
 
+#[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 fn backing_of<R: RawBacked>(value: &AnyValue) -> Option<Backing> {
     let r = value.downcast_ref::<R>()?;
     Some(Backing {
@@ -191,6 +195,7 @@ impl Local {
     /// One lookup for a raw-backed value: as `T`, or only its stored bytes when L1 holds a
     /// value of another type under `key`.
     #[inline]
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn get_held<T: Send + Sync + 'static>(&self, key: &str) -> Option<Held<T>> {
         let e = self.map.as_ref()?.get(key)?;
         let current = self.guard.epoch.load(Ordering::Acquire);
@@ -239,6 +244,7 @@ impl Local {
 
     /// As [`Local::insert`], for a value that keeps its stored bytes: it stays no longer
     /// than L2 surely keeps them, and the outage code can find it (see the module docs).
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn insert_backed<R: RawBacked>(&self, key: &str, value: Arc<R>, ticket: Ticket) {
         if self.map.is_none() || ticket.epoch & 1 == 1 {
             return;
@@ -388,6 +394,7 @@ impl Local {
 
     /// As [`Local::reserve`], for a raw-backed entry: as `T` or as its stored bytes, with
     /// its [`Backing`].
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn reserve_backed<T: Send + Sync + 'static>(
         &self,
         key: &str,

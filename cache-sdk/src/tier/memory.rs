@@ -94,6 +94,7 @@ impl MemoryStore {
 
     /// Sets the key to `bytes` only when it holds exactly `expected` (see
     /// [`Cas`](super::remote::cas::Cas)); atomic under the key's entry lock.
+    #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
     pub(crate) fn compare_and_set(
         &self,
         key: &str,

@@ -5,17 +5,23 @@
 //! On a cluster, single-key commands are routed by redis-rs to the master of the key's slot,
 //! and `MGET` is split by slot by redis-rs itself. Batches of independent commands
 //! ([`RedisLink::batch`]) are grouped by hash slot, one pipeline per slot, sent concurrently.
-//! `SCAN` runs on every master ([`RedisLink::scan`]).
+//! `SCAN` runs on every master ([`RedisLink::scan`]). The cluster parts are compiled with the
+//! `cluster` feature only (without it, validation refuses a cluster configuration).
 
+#[cfg(feature = "cluster")]
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+#[cfg(feature = "cluster")]
 use futures::future::{join_all, try_join_all, BoxFuture, FutureExt};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+#[cfg(feature = "cluster")]
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
+#[cfg(feature = "cluster")]
 use redis::cluster_async::ClusterConnection;
+#[cfg(feature = "cluster")]
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
@@ -68,6 +74,7 @@ impl std::fmt::Display for Failure {
 #[derive(Clone)]
 pub(crate) enum LinkClient {
     Single(redis::Client),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterClient),
 }
 
@@ -76,13 +83,55 @@ pub(crate) enum LinkClient {
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
+}
+
+impl LinkClient {
+    /// A cluster client for `cfg`'s seed nodes, with the credentials and TLS material of the
+    /// configuration.
+    #[cfg(feature = "cluster")]
+    fn cluster(
+        cfg: &RedisConfig,
+        tls: &TlsMaterial,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> RedisResult<Self> {
+        let nodes: Vec<String> = cfg.cluster_nodes.iter().map(|n| cfg.node_url(n)).collect();
+        let builder = ClusterClientBuilder::new(nodes)
+            .connection_timeout(connect_timeout)
+            .response_timeout(timeout)
+            // Redirections (MOVED/ASK) and reconnections are retried quickly; the call as a
+            // whole, retries included, is bounded by `timeout`, after which the fallback
+            // serves.
+            .overall_response_timeout(Some(timeout))
+            .retries(3)
+            .min_retry_wait(5)
+            .max_retry_wait(50);
+        tls.cluster(builder).build().map(LinkClient::Cluster)
+    }
+
+    /// Without the `cluster` feature there is no cluster client (validation refuses a
+    /// cluster configuration before a link is made).
+    #[cfg(not(feature = "cluster"))]
+    fn cluster(
+        _cfg: &RedisConfig,
+        _tls: &TlsMaterial,
+        _timeout: Duration,
+        _connect_timeout: Duration,
+    ) -> RedisResult<Self> {
+        Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "Redis Cluster needs the `cluster` feature of cache-sdk",
+        )))
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -95,6 +144,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
@@ -102,6 +152,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -144,22 +195,8 @@ impl RedisLink {
             reason: format!("not a usable Redis address ({})", e.category()),
         };
         let client = if cfg.is_cluster() {
-            let nodes: Vec<String> = cfg.cluster_nodes.iter().map(|n| cfg.node_url(n)).collect();
-            let builder = ClusterClientBuilder::new(nodes)
-                .connection_timeout(connect_timeout)
-                .response_timeout(timeout)
-                // Redirections (MOVED/ASK) and reconnections are retried quickly; the call as
-                // a whole, retries included, is bounded by `timeout`, after which the
-                // fallback serves.
-                .overall_response_timeout(Some(timeout))
-                .retries(3)
-                .min_retry_wait(5)
-                .max_retry_wait(50);
-            LinkClient::Cluster(
-                tls.cluster(builder)
-                    .build()
-                    .map_err(|e| address_error("REDIS_CLUSTER_NODES", e))?,
-            )
+            LinkClient::cluster(cfg, tls, timeout, connect_timeout)
+                .map_err(|e| address_error("REDIS_CLUSTER_NODES", e))?
         } else {
             let name = if cfg.url.is_some() {
                 "REDIS_URL"
@@ -180,7 +217,10 @@ impl RedisLink {
 
     /// Whether this link talks to a Redis Cluster.
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self.client, LinkClient::Cluster(_))
+        #[cfg(feature = "cluster")]
+        return matches!(self.client, LinkClient::Cluster(_));
+        #[cfg(not(feature = "cluster"))]
+        false
     }
 
     /// Opens a fresh connection and checks it with `PING` (on a cluster, every master must
@@ -198,6 +238,7 @@ impl RedisLink {
                             .await?,
                     )
                 }
+                #[cfg(feature = "cluster")]
                 LinkClient::Cluster(client) => {
                     let mut conn = client.get_async_connection().await?;
                     // redis-rs skips the masters it holds no connection to when it sends to
@@ -217,6 +258,7 @@ impl RedisLink {
                     Conn::Cluster(conn)
                 }
             };
+            #[cfg_attr(not(feature = "cluster"), allow(irrefutable_let_patterns))]
             if let Conn::Single(_) = conn {
                 redis::cmd("PING").query_async::<()>(&mut conn).await?;
             }
@@ -277,6 +319,7 @@ impl RedisLink {
                 self.bounded(async move { pipe.query_async(&mut conn).await })
                     .await
             }
+            #[cfg(feature = "cluster")]
             Conn::Cluster(cluster) => {
                 let total = cmds.len();
                 let mut by_slot: HashMap<Slot, (Vec<usize>, Vec<Cmd>)> = HashMap::new();
@@ -320,6 +363,7 @@ impl RedisLink {
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Failure> {
         match self.conn()? {
             Conn::Single(_) => self.scan_from(pattern, None, 0, Vec::new()).await,
+            #[cfg(feature = "cluster")]
             Conn::Cluster(mut conn) => {
                 let cmd = scan_cmd(0, pattern);
                 let per_node = self
@@ -366,6 +410,16 @@ impl RedisLink {
             let cmd = scan_cmd(cursor, pattern);
             let (next, batch) = match &node {
                 None => self.query::<(u64, Vec<String>)>(&cmd).await?,
+                // Only a cluster walks its nodes one by one.
+                #[cfg(not(feature = "cluster"))]
+                Some(_) => {
+                    return Err(Failure::Unavailable(BackendError::new(
+                        BackendErrorKind::Unreachable,
+                        None,
+                        "not connected to a cluster",
+                    )))
+                }
+                #[cfg(feature = "cluster")]
                 Some((host, port)) => {
                     let Conn::Cluster(mut conn) = self.conn()? else {
                         return Err(Failure::Unavailable(BackendError::new(
@@ -406,6 +460,7 @@ impl RedisLink {
 /// Sends `cmd` to every master of the cluster and returns each one's answer by address.
 /// Fails when a master holding slots has no connection (redis-rs would leave it out
 /// silently), so that a partial answer is never taken for the whole.
+#[cfg(feature = "cluster")]
 async fn on_all_masters(
     conn: &mut ClusterConnection,
     cmd: Cmd,
@@ -443,6 +498,7 @@ async fn on_all_masters(
 
 /// The number of distinct masters that hold slots, from a `CLUSTER SLOTS` answer
 /// (`[[start, end, [host, port, id, …], replicas…], …]`).
+#[cfg(feature = "cluster")]
 fn count_masters(slots: Value) -> Option<usize> {
     let Value::Array(ranges) = slots else {
         return None;
@@ -480,6 +536,7 @@ fn scan_cmd(cursor: u64, pattern: &str) -> Cmd {
 }
 
 /// One `SCAN` answer: the next cursor and the keys.
+#[cfg(feature = "cluster")]
 fn scan_page(value: Value) -> RedisResult<(u64, Vec<String>)> {
     if let Value::ServerError(e) = value {
         return Err(e.into());

@@ -20,6 +20,7 @@
 //! driver, the tasks, codec times, config, errors. Must not: know about L1, coherence or
 //! sessions (they listen through [`Remote::on_event`]).
 
+#[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 pub(crate) mod cas;
 
 use std::borrow::Cow;
