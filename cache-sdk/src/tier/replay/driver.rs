@@ -24,10 +24,11 @@ use crate::error::BackendError;
 use crate::tier::redis::RedisLink;
 use crate::tier::remote::{lock, millis, Inner, State, StoreEvent};
 
-/// Writes replayed per pipeline.
-const REPLAY_BATCH: usize = 512;
+/// Writes replayed per pipeline. Calls share the connection with the replay: a call waits
+/// behind the pipelines in flight, so they are kept short.
+const REPLAY_BATCH: usize = 256;
 /// Pipelines in flight at once during a replay.
-const REPLAY_PARALLEL: usize = 4;
+const REPLAY_PARALLEL: usize = 2;
 
 /// The background task: while Redis is down, probes it with backoff (and jitter) up to
 /// `probe_interval`, then switches back and replays; finishes a replay that a runtime
