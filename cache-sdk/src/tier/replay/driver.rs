@@ -3,10 +3,11 @@
 //! One background task per cache ([`supervise`], holding only a weak reference to the
 //! remote tier) sleeps until the tier turns `Down`, then probes Redis with exponential
 //! backoff and jitter from 10 ms up to `probe_interval`. When Redis answers, [`recover`]
-//! loads the replay scripts and turns the state `Replaying` at once: calls go to Redis
-//! again (the listeners are told `Recovered`, L1 is cleared), while the log is replayed in
-//! pipelines of [`REPLAY_BATCH`] writes, [`REPLAY_PARALLEL`] in flight at once on the
-//! multiplexed connection. A call that touches a key still pending replays that key first
+//! loads the replay scripts and replays one round (pipelines of [`REPLAY_BATCH`] writes,
+//! [`REPLAY_PARALLEL`] in flight at once on the multiplexed connection). If that was all,
+//! the state turns `Up`. Otherwise it turns `Replaying`: calls go to Redis again (the
+//! listeners are told `Recovered`, L1 is cleared) while the rest of the log is replayed in
+//! the background, round after round. A call that touches a key still pending replays that key first
 //! ([`replay_now`]); see `remote.rs`. When nothing is pending any more the state turns `Up`
 //! under the log's lock, the fallback is cleared and the listeners are told `Replayed`.
 //!
@@ -82,10 +83,34 @@ async fn recover(inner: &Inner) -> bool {
             return false;
         }
     }
+    // A first round while calls still use the fallback: a short outage is replayed whole
+    // before the switch, which then goes straight to `Up` (and costs one round trip).
+    let started = Instant::now();
+    let replayed_before = inner.counters.replayed.load(Ordering::Relaxed);
+    if let Err(why) = replay_round(inner, link, take_round(inner)).await {
+        tracing::debug!(error = %why, "redis failed again during the replay");
+        return false;
+    }
     let pending = {
         // Under the log's lock: a write that saw `Down` has recorded itself by now, and
-        // every later one sees `Replaying`.
+        // every later one sees the new state.
         let log = lock(&inner.log);
+        if log.is_empty() {
+            if !inner.state.replace(State::Down, State::Up) {
+                return false;
+            }
+            inner.memory.clear();
+            drop(log);
+            tracing::info!(
+                store = "redis",
+                address = %link.address,
+                replayed = inner.counters.replayed.load(Ordering::Relaxed).saturating_sub(replayed_before),
+                replay_ms = started.elapsed().as_millis() as u64,
+                "redis is back: outage writes replayed, cache store is redis again"
+            );
+            inner.notify(StoreEvent::Recovered);
+            return true;
+        }
         if !inner.state.replace(State::Down, State::Replaying) {
             return false;
         }
@@ -98,7 +123,28 @@ async fn recover(inner: &Inner) -> bool {
         "redis is back: cache store is redis again; outage writes are replayed in the background"
     );
     inner.notify(StoreEvent::Recovered);
-    replay(inner, link, Instant::now()).await
+    replay(inner, link, started).await
+}
+
+/// Takes the next round of writes from the log: up to [`REPLAY_PARALLEL`] batches.
+fn take_round(inner: &Inner) -> Vec<Vec<(String, Pending)>> {
+    let mut log = lock(&inner.log);
+    (0..REPLAY_PARALLEL)
+        .map(|_| log.take(REPLAY_BATCH))
+        .filter(|b| !b.is_empty())
+        .collect()
+}
+
+/// Replays a round; the batches go out at once on the multiplexed connection, so Redis
+/// never waits for the next one.
+async fn replay_round(
+    inner: &Inner,
+    link: &RedisLink,
+    batches: Vec<Vec<(String, Pending)>>,
+) -> Result<(), BackendError> {
+    let results =
+        futures::future::join_all(batches.into_iter().map(|b| replay_now(inner, link, b))).await;
+    results.into_iter().collect()
 }
 
 /// Replays the log while the state is `Replaying`; turns it `Up` when nothing is pending.
@@ -109,12 +155,9 @@ async fn replay(inner: &Inner, link: &RedisLink, started: Instant) -> bool {
         if inner.state.get() != State::Replaying {
             return false;
         }
-        let batches: Vec<Vec<(String, Pending)>> = {
-            let mut log = lock(&inner.log);
-            let batches: Vec<_> = (0..REPLAY_PARALLEL)
-                .map(|_| log.take(REPLAY_BATCH))
-                .filter(|b| !b.is_empty())
-                .collect();
+        let batches = take_round(inner);
+        {
+            let log = lock(&inner.log);
             if batches.is_empty() && log.is_empty() {
                 // Nothing waits and nothing is in flight: under the lock, so no write can
                 // be recorded between the check and the switch.
@@ -138,20 +181,14 @@ async fn replay(inner: &Inner, link: &RedisLink, started: Instant) -> bool {
                 inner.notify(StoreEvent::Replayed);
                 return true;
             }
-            batches
-        };
+        }
         if batches.is_empty() {
             // Only keys that calls are replaying themselves are left: wait for them.
             let settled = inner.settled.notified();
             let _ = tokio::time::timeout(Duration::from_millis(10), settled).await;
             continue;
         }
-        // The batches go out at once on the multiplexed connection, so Redis never waits
-        // for the next one.
-        let results =
-            futures::future::join_all(batches.into_iter().map(|b| replay_now(inner, link, b)))
-                .await;
-        if let Some(why) = results.into_iter().find_map(Result::err) {
+        if let Err(why) = replay_round(inner, link, batches).await {
             tracing::warn!(error = %why, "redis failed again during the replay");
             inner.trip(&why);
             return false;
