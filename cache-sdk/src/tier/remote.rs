@@ -7,12 +7,12 @@
 //! | `Disabled` | memory, for good | no Redis configured |
 //! | `Up` | Redis | start, or the end of a replay |
 //! | `Down` | memory (no timeout is paid) and the replay log | the first call that finds Redis unavailable |
-//! | `Replaying` | Redis, each call's pending keys replayed first | the probe, once Redis answers and one replay round is done |
+//! | `Replaying` | Redis, each call's pending keys replayed first | the probe, as soon as Redis answers |
 //!
-//! **Back on Redis at once.** When Redis answers, the probe replays one round of the log
-//! (up to 512 writes, one round trip); a short outage is then fully replayed and the state
-//! turns `Up`. Otherwise calls go to Redis at once while the rest of the outage writes is
-//! replayed in the background. Per-key correctness rests on one
+//! **Back on Redis at once.** When Redis answers, a short outage (at most 256 writes to
+//! replay, one pipeline) is replayed before the switch, which goes straight to `Up`. After
+//! a longer one, calls go to Redis at once while the outage writes are replayed in the
+//! background. Per-key correctness rests on one
 //! rule: *before a call touches a key that is still pending (waiting in the replay log, or
 //! in flight in a replay), that key's outage write is replayed first*: the call takes the
 //! key's entry out of the log and replays it itself (one pipeline for all its keys), or

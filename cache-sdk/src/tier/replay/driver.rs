@@ -3,11 +3,11 @@
 //! One background task per cache ([`supervise`], holding only a weak reference to the
 //! remote tier) sleeps until the tier turns `Down`, then probes Redis with exponential
 //! backoff and jitter from 10 ms up to `probe_interval`. When Redis answers, [`recover`]
-//! loads the replay scripts and replays one round (pipelines of [`REPLAY_BATCH`] writes,
-//! [`REPLAY_PARALLEL`] in flight at once on the multiplexed connection). If that was all,
-//! the state turns `Up`. Otherwise it turns `Replaying`: calls go to Redis again (the
-//! listeners are told `Recovered`, L1 is cleared) while the rest of the log is replayed in
-//! the background, round after round. A call that touches a key still pending replays that key first
+//! loads the replay scripts. A short outage (at most [`REPLAY_BATCH`] writes) is replayed
+//! in one pipeline and the state turns `Up`. Otherwise it turns `Replaying` at once: calls
+//! go to Redis again (the listeners are told `Recovered`, L1 is cleared) while the log is
+//! replayed in the background, in pipelines of [`REPLAY_BATCH`] writes, [`REPLAY_PARALLEL`]
+//! in flight at once on the multiplexed connection. A call that touches a key still pending replays that key first
 //! ([`replay_now`]); see `remote.rs`. When nothing is pending any more the state turns `Up`
 //! under the log's lock, the fallback is cleared and the listeners are told `Replayed`.
 //!
@@ -83,13 +83,24 @@ async fn recover(inner: &Inner) -> bool {
             return false;
         }
     }
-    // A first round while calls still use the fallback: a short outage is replayed whole
-    // before the switch, which then goes straight to `Up` (and costs one round trip).
+    // A short outage (one pipeline of writes at most) is replayed while calls still use
+    // the fallback, and the switch goes straight to `Up`; a longer one is replayed after
+    // the switch.
     let started = Instant::now();
     let replayed_before = inner.counters.replayed.load(Ordering::Relaxed);
-    if let Err(why) = replay_round(inner, link, take_round(inner)).await {
-        tracing::debug!(error = %why, "redis failed again during the replay");
-        return false;
+    let first = {
+        let mut log = lock(&inner.log);
+        if log.len() <= REPLAY_BATCH {
+            log.take(REPLAY_BATCH)
+        } else {
+            Vec::new()
+        }
+    };
+    if !first.is_empty() {
+        if let Err(why) = replay_now(inner, link, first).await {
+            tracing::debug!(error = %why, "redis failed again during the replay");
+            return false;
+        }
     }
     let pending = {
         // Under the log's lock: a write that saw `Down` has recorded itself by now, and
