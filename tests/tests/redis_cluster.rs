@@ -162,6 +162,14 @@ async fn master_killed_under_load_falls_back_then_returns_to_the_cluster() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(saw_fallback, "killing a master was not noticed");
+    // Back on the cluster at once; the outage writes are replayed in the background.
+    let c = cache.clone();
+    wait_until(Duration::from_secs(30), move || {
+        let s = c.stats();
+        s.replay_pending == 0 && s.in_memory_keys == 0
+    })
+    .await
+    .expect("the outage writes were not replayed");
     let s = cache.stats();
     assert!(s.connected && s.outages >= 1, "{s:?}");
     assert_eq!(s.backend_errors, 0, "{s:?}");

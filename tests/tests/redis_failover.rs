@@ -21,11 +21,42 @@ async fn cache_on(server: &RedisServer) -> Cache {
         .expect("build")
 }
 
+/// Waits until calls go to Redis again (the replay may still run); returns how long that
+/// took, polling every millisecond.
+async fn serving_from_redis(cache: &Cache) -> Duration {
+    let started = Instant::now();
+    while !cache.stats().connected {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the cache did not return to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+/// Waits until the cache is back on Redis and every outage write is replayed (a hang
+/// bound: a replay on a loaded machine may time out and start again).
+/// A cache that reads Redis itself (no L1), with a timeout long enough that a loaded
+/// machine does not send its checks to an (empty) fallback.
+async fn verifier(server: &RedisServer) -> Cache {
+    Cache::builder()
+        .redis_url(server.url())
+        .l1_capacity(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("build")
+}
+
 async fn back_on_redis(cache: &Cache) -> Duration {
     let c = cache.clone();
-    wait_until(Duration::from_secs(10), move || c.stats().connected)
-        .await
-        .expect("the cache did not return to Redis")
+    wait_until(Duration::from_secs(30), move || {
+        let s = c.stats();
+        s.connected && s.replay_pending == 0 && s.in_memory_keys == 0
+    })
+    .await
+    .expect("the cache did not return to Redis")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,9 +227,12 @@ async fn kill_under_load_gives_no_errors_and_no_hang() {
     server.kill();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(!cache.stats().connected);
+    let pending = cache.stats().replay_pending;
     server.restart();
     let answering_at = Instant::now();
-    let recovery = back_on_redis(&cache).await;
+    let serving = serving_from_redis(&cache).await;
+    back_on_redis(&cache).await;
+    let recovery = answering_at.elapsed();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     shared.stop.store(true, Ordering::Relaxed);
     let report = runner.await.unwrap();
@@ -207,7 +241,9 @@ async fn kill_under_load_gives_no_errors_and_no_hang() {
         ops = report.ops,
         errors = report.errors,
         worst_ms = report.worst.as_secs_f64() * 1000.0,
-        back_on_redis_ms = recovery.as_secs_f64() * 1000.0,
+        pending_at_restart = pending,
+        back_on_redis_ms = serving.as_secs_f64() * 1000.0,
+        replay_done_ms = recovery.as_secs_f64() * 1000.0,
         outage_ms = answering_at.duration_since(kill_at).as_millis() as u64,
         replayed = s.replayed,
         replay_skipped = s.replay_skipped,
@@ -222,12 +258,7 @@ async fn kill_under_load_gives_no_errors_and_no_hang() {
     assert!(s.replayed > 0, "{s:?}");
 
     // Nothing written after the kill was lost: read Redis through a fresh cache (no L1).
-    let fresh = Cache::builder()
-        .redis_url(server.url())
-        .l1_capacity(0)
-        .build()
-        .await
-        .unwrap();
+    let fresh = verifier(&server).await;
     assert!(fresh.stats().connected);
     let mut checked = 0;
     for ((key, value), at) in &report.last_writes {
@@ -260,6 +291,7 @@ async fn kill_under_load_gives_no_errors_and_no_hang() {
         }
     }
     assert!(sessions_checked > 10, "{sessions_checked}");
+    assert_eq!(fresh.stats().outages, 0, "the checks read Redis itself");
 }
 
 #[derive(Default)]
@@ -601,4 +633,175 @@ async fn database_out_of_range_falls_back_with_a_clear_error() {
         err.contains("DB index") || err.contains("out of range"),
         "{err}"
     );
+}
+
+/// Raw `MGET` of many keys, in chunks.
+async fn raw_values(server: &RedisServer, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+    let mut conn = server.conn().await;
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(1000) {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.extend(values);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_are_replayed_once_when_a_replay_times_out_after_redis_applied_it() {
+    cache_sdk_tests::init_tracing();
+    let mut server = RedisServer::start();
+    let cache = cache_on(&server).await;
+    server.kill();
+    const N: usize = 30_000;
+    let counters: Vec<String> = (0..N).map(|i| format!("cache:once:n:{i}")).collect();
+    let values: Vec<String> = (0..N / 3).map(|i| format!("cache:once:v:{i}")).collect();
+    for (i, key) in counters.iter().enumerate() {
+        cache.incr_by(key, 2).await.unwrap();
+        if i % 10 == 0 {
+            cache.incr(key).await.unwrap();
+        }
+    }
+    for (i, key) in values.iter().enumerate() {
+        cache.set(key, &(i as u64), Ttl::Api).await.unwrap();
+    }
+    server.restart();
+    serving_from_redis(&cache).await;
+    // The replay is under way: stop the server while pipelines are in flight. They time
+    // out on our side; Redis applies them when it resumes, and they are sent again.
+    let pending = cache.stats().replay_pending;
+    server.pause();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.resume();
+    back_on_redis(&cache).await;
+    let s = cache.stats();
+    eprintln!(
+        "replay interrupted with {pending} keys pending; replayed {}, skipped {}, outages {}",
+        s.replayed, s.replay_skipped, s.outages
+    );
+    assert!(
+        pending > 0 && s.outages >= 2,
+        "the replay was not interrupted: {s:?}"
+    );
+    let in_redis = raw_values(&server, &counters).await;
+    for (i, (key, raw)) in counters.iter().zip(in_redis).enumerate() {
+        let expected = if i % 10 == 0 { "3" } else { "2" };
+        assert_eq!(raw.as_deref(), Some(expected.as_bytes()), "{key}");
+    }
+    let fresh = verifier(&server).await;
+    for (i, key) in values.iter().enumerate().step_by(7) {
+        assert_eq!(
+            fresh.get::<u64>(key).await.unwrap(),
+            Some(i as u64),
+            "{key}"
+        );
+    }
+    assert_eq!(fresh.stats().outages, 0, "the checks read Redis itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_on_redis_at_once_with_50000_outage_keys_and_no_stale_read() {
+    cache_sdk_tests::init_tracing();
+    let mut server = RedisServer::start();
+    // A timeout that a loaded test machine does not hit: a call that times out after the
+    // replay ended would (rightly) answer from the emptied fallback, and say nothing about
+    // the replay rule checked here.
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("build");
+    server.kill();
+    const N: u64 = 50_000;
+    const COUNTERS: u64 = 200;
+    let key = |i: u64| format!("cache:bulk:{i}");
+    let counter = |i: u64| format!("cache:bulk:n:{i}");
+    let written = Instant::now();
+    for i in 0..N {
+        cache.set(&key(i), &i, Ttl::Api).await.unwrap();
+    }
+    for i in 0..COUNTERS {
+        cache.incr_by(&counter(i), 5).await.unwrap();
+    }
+    let written = written.elapsed();
+    let pending = cache.stats().replay_pending;
+    assert!(pending >= N + COUNTERS, "{pending}");
+
+    // Redis restarts empty: a read that missed a pending write would see nothing.
+    server.restart();
+    let answering_at = Instant::now();
+    let serving = serving_from_redis(&cache).await;
+    let replay_end = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            while cache.stats().replay_pending > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answering_at.elapsed()
+        }
+    });
+
+    // During the replay: every third touched key is read (the outage value), written (the
+    // new value must win over the replayed one), or deleted (it must stay deleted).
+    let mut touched_while_pending = 0u64;
+    let mut pending_now = true;
+    for (n, i) in (0..N).step_by(7).enumerate() {
+        if n % 64 == 0 {
+            pending_now = cache.stats().replay_pending > 0;
+        }
+        if pending_now {
+            touched_while_pending += 1;
+        }
+        match i % 3 {
+            0 => assert_eq!(cache.get::<u64>(&key(i)).await.unwrap(), Some(i), "{i}"),
+            1 => cache.set(&key(i), &(i + N), Ttl::Api).await.unwrap(),
+            _ => assert!(cache.delete(&key(i)).await.unwrap(), "{i}"),
+        }
+    }
+    // An increment of a pending counter counts the outage increments once.
+    for i in 0..COUNTERS {
+        assert_eq!(cache.incr(&counter(i)).await.unwrap(), 6, "{i}");
+    }
+    back_on_redis(&cache).await;
+    let replayed_after = replay_end.await.unwrap();
+    let s = cache.stats();
+    eprintln!(
+        "50,000 outage keys: written in {written:?}; {pending} pending at the restart; back on \
+         Redis {serving:?} after it answered; replay finished after {replayed_after:?}; \
+         {touched_while_pending} keys touched while the replay ran; replayed {}, skipped {}",
+        s.replayed, s.replay_skipped
+    );
+    tracing::warn!(
+        back_on_redis_ms = serving.as_secs_f64() * 1000.0,
+        replay_done_ms = replayed_after.as_secs_f64() * 1000.0,
+        pending,
+        touched_while_pending,
+        "50,000 outage keys"
+    );
+    assert!(s.connected && s.replay_pending == 0, "{s:?}");
+
+    // Nothing lost, nothing stale: read Redis itself.
+    let fresh = verifier(&server).await;
+    let keys: Vec<String> = (0..N).map(key).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut values = Vec::with_capacity(keys.len());
+    for chunk in refs.chunks(1000) {
+        values.extend(fresh.get_many::<u64>(chunk).await.unwrap());
+    }
+    for (i, value) in (0..N).zip(values) {
+        let expected = match (i % 7, i % 3) {
+            (0, 1) => Some(i + N),
+            (0, 2) => None,
+            _ => Some(i),
+        };
+        assert_eq!(value, expected, "{i}");
+    }
+    for i in 0..COUNTERS {
+        assert_eq!(fresh.counter(&counter(i)).await.unwrap(), Some(6), "{i}");
+    }
+    assert_eq!(fresh.stats().outages, 0, "the checks read Redis itself");
 }

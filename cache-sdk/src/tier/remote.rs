@@ -1,14 +1,45 @@
 //! L2: Redis when it answers, the in-memory fallback when it does not.
 //!
-//! This file is the state machine and the commands. States ([`State`]): `Disabled` (no
-//! Redis configured: memory only), `Up` (Redis), `Down` (the breaker is open: every call
-//! goes straight to memory, no timeout is paid, and a background task probes Redis with
-//! backoff), `Recovering` (Redis answers again; the writes made during the outage are being
-//! replayed in pipelines, calls still go to memory), `Draining` (the last replay passes:
-//! writes wait, at most the command timeout, for the switch instead of adding to the log, so
-//! the replay cannot be outrun by a busy application). Once the replay log is empty the
-//! state turns `Up` under the log's lock, so no write can slip between the two stores; the
-//! fallback is then cleared and listeners (L1) are told to drop what they hold.
+//! This file is the state machine and the commands. States ([`State`]):
+//!
+//! | state | calls go to | entered |
+//! |---|---|---|
+//! | `Disabled` | memory, for good | no Redis configured |
+//! | `Up` | Redis | start, or the end of a replay |
+//! | `Down` | memory (no timeout is paid) and the replay log | the first call that finds Redis unavailable |
+//! | `Replaying` | Redis, each call's pending keys replayed first | the probe, as soon as Redis answers |
+//!
+//! **Back on Redis at once.** When Redis answers, a short outage (at most 256 writes to
+//! replay, one pipeline) is replayed before the switch, which goes straight to `Up`. After
+//! a longer one, calls go to Redis at once while the outage writes are replayed in the
+//! background. Per-key correctness rests on one
+//! rule: *before a call touches a key that is still pending (waiting in the replay log, or
+//! in flight in a replay), that key's outage write is replayed first*: the call takes the
+//! key's entry out of the log and replays it itself (one pipeline for all its keys), or
+//! waits (at most the command timeout) for the replay that has it in flight. Then the call
+//! runs on Redis as usual. So:
+//!
+//! - a read never sees Redis without the outage write (no stale read), nor the outage write
+//!   over a newer one: the replay keeps a value written at or after it (written-at times in
+//!   the envelopes);
+//! - a write to a pending key lands after the key's replay, so an older replayed `SET`
+//!   cannot overwrite it, and a delete cannot be undone by it (no tombstone is needed);
+//! - an increment of a pending key is applied after the pending delta, which is applied
+//!   once (the replay of increments is idempotent, see [`replay`](super::replay)), so
+//!   `incr` answers the full count;
+//! - `get_many`, `set_many`, `exists`, `pttl`, `expire` touch their keys the same way, and
+//!   `scan` the pending keys that match its pattern.
+//!
+//! Keys that nothing touches are replayed by the background task. When nothing is pending
+//! the state turns `Up` under the log's lock, and the fallback is cleared. If Redis fails
+//! during the replay the state turns `Down` again; nothing is lost (the entries of a failed
+//! replay go back to the log). A call that cannot get its keys replayed in time (Redis
+//! slow, the wait ran out) uses the fallback and the log, as during the outage.
+//!
+//! Listeners hear `Lost` when Redis is lost, `Recovered` at the switch to `Replaying` (L1
+//! is cleared then: other instances may have written anything meanwhile) and `Replayed`
+//! at the end (in pub/sub coherence mode the other instances are told to drop their L1
+//! once more, since replayed writes are not published one by one).
 //!
 //! The probe, the replay and the switch back live beside the log, in
 //! [`replay::driver`](super::replay::driver). The connection and the background tasks
@@ -33,8 +64,8 @@ use tokio::sync::Notify;
 
 use super::memory::{MemEntry, MemoryStore};
 use super::redis::{classify, Failure, RedisLink};
-use super::replay::driver::supervise;
-use super::replay::{Pending, ReplayLog};
+use super::replay::driver::{replay_now, supervise};
+use super::replay::{Pending, ReplayLog, Scripts};
 use super::tasks::Tasks;
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
@@ -51,11 +82,9 @@ pub(crate) enum State {
     Up = 1,
     /// Redis is unavailable: calls go to memory (no timeout is paid), the probe runs.
     Down = 2,
-    /// Redis answers again: calls still go to memory while the outage writes are replayed.
-    Recovering = 3,
-    /// The replay's last passes: writes wait (at most the timeout) for `Up`; reads use
-    /// memory.
-    Draining = 4,
+    /// Redis answers again: calls go to Redis, each replaying its pending keys first,
+    /// while the outage writes are replayed in the background.
+    Replaying = 3,
 }
 
 /// The [`State`] in an atomic byte; the only place where it is converted.
@@ -71,9 +100,8 @@ impl StateCell {
             0 => State::Disabled,
             1 => State::Up,
             2 => State::Down,
-            3 => State::Recovering,
-            // Only `set` and `replace` write the byte, always from a `State`.
-            _ => State::Draining,
+            // Only `new`, `set` and `replace` write the byte, always from a `State`.
+            _ => State::Replaying,
         }
     }
 
@@ -100,8 +128,10 @@ impl std::fmt::Debug for StateCell {
 pub(crate) enum StoreEvent {
     /// Redis became unavailable; the fallback serves.
     Lost,
-    /// Redis is back and the outage writes were replayed.
+    /// Redis is back and serves; the outage writes are being replayed.
     Recovered,
+    /// The outage writes are all replayed.
+    Replayed,
 }
 
 type Listener = Arc<dyn Fn(StoreEvent) + Send + Sync>;
@@ -124,10 +154,14 @@ pub(crate) struct Inner {
     namespace: Option<String>,
     /// Wakes the probe: Redis was found unavailable (or the cache is gone).
     pub(crate) wake: Arc<Notify>,
-    /// Woken when a `Draining` state ends.
-    pub(crate) drained: Notify,
-    /// How long a write waits for a drain to end before it goes to the fallback.
-    drain_wait: Duration,
+    /// Woken whenever replayed keys are settled (done, or back in the log).
+    pub(crate) settled: Notify,
+    /// How long a call waits for its keys' replay before it uses the fallback.
+    replay_wait: Duration,
+    /// The replay scripts as loaded into the server.
+    scripts: Mutex<Arc<Scripts>>,
+    /// Names this instance in the markers of replayed increments.
+    pub(crate) instance: String,
     listeners: Mutex<Vec<Listener>>,
     pub(crate) counters: Counters,
     pub(crate) probe_interval: Duration,
@@ -202,8 +236,10 @@ impl Remote {
             log: Mutex::new(ReplayLog::new(cfg.replay_capacity)),
             namespace: cfg.namespace.clone(),
             wake: Arc::new(Notify::new()),
-            drained: Notify::new(),
-            drain_wait: cfg.timeout,
+            settled: Notify::new(),
+            replay_wait: cfg.timeout,
+            scripts: Mutex::new(Arc::new(Scripts::default())),
+            instance: format!("{:016x}", rand::random::<u64>()),
             listeners: Mutex::new(Vec::new()),
             counters: Counters::default(),
             probe_interval: cfg.probe_interval,
@@ -293,19 +329,14 @@ impl Remote {
         let Some(_restarting) = self.inner.tasks.restarting().await else {
             return Ok(());
         };
-        let state = self.state();
-        match state {
-            State::Up => {
+        match self.state() {
+            State::Up | State::Replaying => {
+                // A replay that ran on the old runtime stopped with it (the writes it had
+                // taken went back to the log); the restarted task finishes it.
                 if let Err(failure) = link.connect().await {
                     // Redis itself is unavailable now: that is an outage.
                     self.trip(&failure);
                 }
-            }
-            State::Recovering | State::Draining => {
-                // The replay ran on the old runtime and stopped with it; the probe starts
-                // it again (the writes it had taken went back to the log).
-                self.inner.state.set(State::Down);
-                self.inner.drained.notify_waiters();
             }
             State::Down | State::Disabled => {}
         }
@@ -327,16 +358,16 @@ impl Remote {
         let log = lock(&self.inner.log);
         RemoteStatus {
             redis_configured: self.inner.link.is_some(),
-            connected: self.state() == State::Up,
+            connected: self.is_up(),
             in_memory_keys: self.inner.memory.len(),
             replay_pending: log.len(),
             replay_dropped: log.dropped,
         }
     }
 
-    /// Whether operations go to Redis now.
+    /// Whether operations go to Redis now (a replay may still run).
     pub(crate) fn is_up(&self) -> bool {
-        self.state() == State::Up
+        matches!(self.state(), State::Up | State::Replaying)
     }
 
     /// A handle on the in-memory fallback store.
@@ -374,25 +405,15 @@ impl Remote {
     }
 
     fn up_link(&self) -> Option<&RedisLink> {
-        if self.state() == State::Up {
+        if self.is_up() {
             self.inner.link.as_ref()
         } else {
             None
         }
     }
 
-    /// Opens the breaker: `Up` → `Down`, counted and logged once per outage.
     fn trip(&self, why: &dyn std::fmt::Display) {
-        if self.inner.state.replace(State::Up, State::Down) {
-            self.inner.counters.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                store = "memory",
-                error = %why,
-                "redis unavailable: serving from the in-memory fallback until it answers again"
-            );
-            self.inner.notify(StoreEvent::Lost);
-            self.inner.wake.notify_one();
-        }
+        self.inner.trip(why);
     }
 
     fn rejected(&self, why: BackendError) -> Error {
@@ -403,19 +424,50 @@ impl Remote {
         Error::Backend(why)
     }
 
-    /// Waits (at most `drain_wait`) for the end of the replay's last pass.
-    async fn wait_for_drain(&self) {
-        let drained = self.inner.drained.notified();
-        tokio::pin!(drained);
-        drained.as_mut().enable();
-        if self.state() == State::Draining {
-            let _ = tokio::time::timeout(self.inner.drain_wait, drained).await;
+    /// Redis, ready for a call on `keys`: in `Up`, at once; in `Replaying`, once the keys'
+    /// pending writes are replayed (see the module documentation). `None`: use the
+    /// fallback (Redis is down, failed during the replay, or the wait ran out).
+    async fn ready(&self, keys: Touch<'_>) -> Option<&RedisLink> {
+        let link = self.up_link()?;
+        if self.state() == State::Up {
+            return Some(link);
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.replay_wait;
+        loop {
+            let settled = self.inner.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let (mine, busy) = {
+                let mut log = lock(&self.inner.log);
+                if log.is_empty() {
+                    (Vec::new(), false)
+                } else {
+                    match keys {
+                        Touch::Keys(keys) => log.take_keys(keys.iter().copied()),
+                        Touch::Pattern(pattern) => log.take_matching(pattern),
+                    }
+                }
+            };
+            if !mine.is_empty() {
+                if let Err(why) = replay_now(&self.inner, link, mine).await {
+                    self.trip(&why);
+                    return None;
+                }
+            } else if !busy {
+                return self.up_link();
+            } else if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return None;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
         }
     }
 
-    /// A read: Redis when up, else the fallback.
+    /// A read of `keys`: Redis when up (after their replay), else the fallback.
     async fn read<'s, R, Fut>(
         &'s self,
+        keys: Touch<'_>,
         on_redis: impl FnOnce(&'s RedisLink) -> Fut,
         on_memory: impl FnOnce(&MemoryStore) -> R,
     ) -> Result<R, Error>
@@ -423,7 +475,7 @@ impl Remote {
         Fut: Future<Output = Result<R, Failure>>,
     {
         self.on_runtime().await?;
-        if let Some(link) = self.up_link() {
+        if let Some(link) = self.ready(keys).await {
             match on_redis(link).await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Unavailable(why)) => self.trip(&why),
@@ -440,10 +492,12 @@ impl Remote {
         Ok(on_memory(&self.inner.memory))
     }
 
-    /// A write: Redis when up; else the fallback plus the replay log, atomically with the
-    /// state check so a write never lands in memory after the switch back to Redis.
+    /// A write to `keys`: Redis when up (after their replay); else the fallback plus the
+    /// replay log, atomically with the state check so a write never lands in memory after
+    /// the switch back to Redis without being replayed.
     async fn write<'s, R, Fut>(
         &'s self,
+        keys: &[&str],
         on_redis: impl Fn(&'s RedisLink) -> Fut,
         on_memory: impl FnOnce(&MemoryStore, Option<&mut ReplayLog>) -> R,
     ) -> Result<R, Error>
@@ -452,16 +506,22 @@ impl Remote {
     {
         self.on_runtime().await?;
         let mut attempts = 0;
-        let mut waited = false;
         loop {
             attempts += 1;
-            if !waited && self.state() == State::Draining {
-                waited = true;
-                self.wait_for_drain().await;
-            }
-            if let Some(link) = self.up_link() {
+            if let Some(link) = self.ready(Touch::Keys(keys)).await {
+                let replaying = self.state() == State::Replaying;
                 match on_redis(link).await {
-                    Ok(v) => return Ok(v),
+                    Ok(v) => {
+                        if replaying {
+                            // The fallback still holds the outage values until the replay
+                            // ends; should Redis fail again meanwhile, it must not answer
+                            // with one that this write made stale.
+                            for k in keys {
+                                self.inner.memory.delete(k);
+                            }
+                        }
+                        return Ok(v);
+                    }
                     Err(Failure::Unavailable(why)) => self.trip(&why),
                     Err(Failure::Rejected(why)) => return Err(self.rejected(why)),
                 }
@@ -494,6 +554,7 @@ impl Remote {
             c
         };
         self.read(
+            Touch::Keys(&[key]),
             |l| l.query::<Option<Vec<u8>>>(&cmd),
             |m| m.get(key).map(|e| e.bytes.to_vec()),
         )
@@ -509,6 +570,7 @@ impl Remote {
             cmd.arg(&*self.rkey(k));
         }
         self.read(
+            Touch::Keys(keys),
             |l| l.query::<Vec<Option<Vec<u8>>>>(&cmd),
             |m| {
                 keys.iter()
@@ -561,6 +623,7 @@ impl Remote {
     ) -> Result<bool, Error> {
         let cmd = set_cmd(&self.rkey(key), &bytes, ttl, cond);
         self.write(
+            &[key],
             |l| {
                 let cmd = &cmd;
                 async move { Ok(l.query::<Option<String>>(cmd).await?.is_some()) }
@@ -597,7 +660,10 @@ impl Remote {
                 (rkey, cmd)
             })
             .collect();
+        let names: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<&str> = names.iter().map(String::as_str).collect();
         self.write(
+            &keys,
             |l| {
                 let cmds = cmds.clone();
                 async move {
@@ -626,6 +692,7 @@ impl Remote {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(&*self.rkey(key));
         self.write(
+            &[key],
             |l| {
                 let cmd = &cmd;
                 async move { Ok(l.query::<i64>(cmd).await? > 0) }
@@ -644,6 +711,7 @@ impl Remote {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(&*self.rkey(key));
         self.read(
+            Touch::Keys(&[key]),
             |l| {
                 let cmd = &cmd;
                 async move { Ok(l.query::<i64>(cmd).await? > 0) }
@@ -657,6 +725,7 @@ impl Remote {
         let mut cmd = redis::cmd("PEXPIRE");
         cmd.arg(&*self.rkey(key)).arg(millis(ttl));
         self.write(
+            &[key],
             |l| {
                 let cmd = &cmd;
                 async move { Ok(l.query::<i64>(cmd).await? > 0) }
@@ -677,6 +746,7 @@ impl Remote {
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(&*self.rkey(key));
         self.read(
+            Touch::Keys(&[key]),
             |l| async move {
                 Ok(match l.query::<i64>(&cmd).await? {
                     -2 => None,
@@ -693,6 +763,7 @@ impl Remote {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(&*self.rkey(key)).arg(delta);
         self.write(
+            &[key],
             |l| {
                 let cmd = &cmd;
                 async move { l.query::<i64>(cmd).await.map(Ok) }
@@ -713,6 +784,7 @@ impl Remote {
         let rpattern = self.rkey(pattern);
         let strip = self.inner.namespace.as_ref().map_or(0, |ns| ns.len() + 1);
         self.read(
+            Touch::Pattern(pattern),
             |l| async move {
                 let keys = l.scan(&rpattern).await?;
                 Ok(keys
@@ -724,6 +796,14 @@ impl Remote {
         )
         .await
     }
+}
+
+/// The keys a call touches, for the replay rule (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+enum Touch<'a> {
+    Keys(&'a [&'a str]),
+    /// The keys matching a glob pattern (`scan`).
+    Pattern(&'a str),
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -775,6 +855,31 @@ fn pending_entry(e: &MemEntry) -> Pending {
 }
 
 impl Inner {
+    /// Opens the breaker: `Up` or `Replaying` → `Down`, counted and logged once per outage.
+    pub(crate) fn trip(&self, why: &dyn std::fmt::Display) {
+        if self.state.replace(State::Up, State::Down)
+            || self.state.replace(State::Replaying, State::Down)
+        {
+            self.counters.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                store = "memory",
+                error = %why,
+                "redis unavailable: serving from the in-memory fallback until it answers again"
+            );
+            self.notify(StoreEvent::Lost);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The replay scripts as last loaded.
+    pub(crate) fn scripts(&self) -> Arc<Scripts> {
+        lock(&self.scripts).clone()
+    }
+
+    pub(crate) fn set_scripts(&self, scripts: Scripts) {
+        *lock(&self.scripts) = Arc::new(scripts);
+    }
+
     pub(crate) fn notify(&self, event: StoreEvent) {
         let listeners: Vec<Listener> = lock(&self.listeners).clone();
         for l in listeners {

@@ -1,45 +1,56 @@
-//! The way back to Redis after an outage: probe, replay, drain, switch to `Up`.
+//! The way back to Redis after an outage: probe, switch, replay in the background.
 //!
 //! One background task per cache ([`supervise`], holding only a weak reference to the
 //! remote tier) sleeps until the tier turns `Down`, then probes Redis with exponential
 //! backoff and jitter from 10 ms up to `probe_interval`. When Redis answers, [`recover`]
-//! turns the state `Recovering` and replays the log in pipelines of [`REPLAY_BATCH`] writes,
-//! [`REPLAY_PARALLEL`] in flight at once on the multiplexed connection. After
-//! [`CATCH_UP_ROUNDS`] passes the state turns `Draining`, so that writers wait for the switch
-//! instead of growing the log; the switch to `Up` happens under the log's lock when the log
-//! is empty, then the fallback is cleared and the listeners told (`Recovered`).
+//! loads the replay scripts. A short outage (at most [`REPLAY_BATCH`] writes) is replayed
+//! in one pipeline and the state turns `Up`. Otherwise it turns `Replaying` at once: calls
+//! go to Redis again (the listeners are told `Recovered`, L1 is cleared) while the log is
+//! replayed in the background, in pipelines of [`REPLAY_BATCH`] writes, [`REPLAY_PARALLEL`]
+//! in flight at once on the multiplexed connection. A call that touches a key still pending replays that key first
+//! ([`replay_now`]); see `remote.rs`. When nothing is pending any more the state turns `Up`
+//! under the log's lock, the fallback is cleared and the listeners are told `Replayed`.
 //!
 //! May import: the remote tier's shared state, the log, the link. Must not: decide where
 //! calls go (that is the state machine in `remote.rs`).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{Pending, ReplayLog, Scripts};
+use super::{marker_key, Pending, Scripts, MARKER_TTL};
 use crate::error::BackendError;
 use crate::tier::redis::RedisLink;
 use crate::tier::remote::{lock, millis, Inner, State, StoreEvent};
 
-/// Writes replayed per pipeline.
-const REPLAY_BATCH: usize = 512;
+/// Writes replayed per pipeline. Calls share the connection with the replay: a call waits
+/// behind the pipelines in flight, so they are kept short.
+const REPLAY_BATCH: usize = 256;
 /// Pipelines in flight at once during a replay.
-const REPLAY_PARALLEL: usize = 4;
-/// Replay passes made while writers still add to the log, before they are held back.
-const CATCH_UP_ROUNDS: u32 = 4;
+const REPLAY_PARALLEL: usize = 2;
 
 /// The background task: while Redis is down, probes it with backoff (and jitter) up to
-/// `probe_interval`, then replays and switches back.
+/// `probe_interval`, then switches back and replays; finishes a replay that a runtime
+/// shutdown interrupted.
 pub(crate) async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
     loop {
         {
             let Some(inner) = weak.upgrade() else { return };
-            if inner.state.get() != State::Down {
-                drop(inner);
-                wake.notified().await;
-                continue;
+            match inner.state.get() {
+                State::Down => {}
+                State::Replaying => {
+                    if let Some(link) = &inner.link {
+                        replay(&inner, link, Instant::now()).await;
+                    }
+                    continue;
+                }
+                State::Up | State::Disabled => {
+                    drop(inner);
+                    wake.notified().await;
+                    continue;
+                }
             }
         }
         let mut delay = Duration::from_millis(10);
@@ -57,169 +68,237 @@ pub(crate) async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
     }
 }
 
-/// Writes taken out of the log for one round of the replay. Dropped before they were
-/// settled (the runtime shut down during the replay), they go back to the log.
-struct Taken<'a> {
-    log: &'a Mutex<ReplayLog>,
-    batches: Vec<Vec<(String, Pending)>>,
-}
-
-impl Taken<'_> {
-    fn settle(mut self) -> Vec<Vec<(String, Pending)>> {
-        std::mem::take(&mut self.batches)
-    }
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        if self.batches.is_empty() {
-            return;
-        }
-        let mut log = lock(self.log);
-        for (k, op) in self.batches.drain(..).flatten() {
-            log.restore(k, op);
-        }
-    }
-}
-
-/// Reconnects and replays the outage writes. Returns `true` once back `Up`.
-///
-/// Writers keep writing to the fallback (and the log) while the replay runs, so the replay
-/// could chase them for ever under load. After [`CATCH_UP_ROUNDS`] passes the state turns
-/// `Draining`: new writes then wait (at most the command timeout) for the switch instead of
-/// growing the log, and the replay finishes what is left.
+/// Reconnects, switches the calls back to Redis, and replays the outage writes. Returns
+/// `true` once the replay is over and the state is `Up`.
 async fn recover(inner: &Inner) -> bool {
     let Some(link) = &inner.link else { return true };
     if let Err(failure) = link.connect().await {
         tracing::debug!(error = %failure, "redis still unavailable");
         return false;
     }
-    inner.state.set(State::Recovering);
-    let started = Instant::now();
-    let mut replayed = 0u64;
-    let mut rounds = 0u32;
-    let mut scripts = Scripts::default();
-    loop {
-        if !scripts.loaded {
-            if let Err(why) = scripts.load(link).await {
-                return replay_failed(inner, replayed, &why);
-            }
+    match Scripts::load(link).await {
+        Ok(scripts) => inner.set_scripts(scripts),
+        Err(why) => {
+            tracing::debug!(error = %why, "redis answers but the replay scripts could not be loaded");
+            return false;
         }
-        let taken = {
-            let mut log = lock(&inner.log);
-            let batches: Vec<_> = (0..REPLAY_PARALLEL)
-                .map(|_| log.take(REPLAY_BATCH))
-                .filter(|b| !b.is_empty())
-                .collect();
-            Taken {
-                log: &inner.log,
-                batches,
+    }
+    // A short outage (one pipeline of writes at most) is replayed while calls still use
+    // the fallback, and the switch goes straight to `Up`; a longer one is replayed after
+    // the switch.
+    let started = Instant::now();
+    let replayed_before = inner.counters.replayed.load(Ordering::Relaxed);
+    let first = {
+        let mut log = lock(&inner.log);
+        if log.len() <= REPLAY_BATCH {
+            log.take(REPLAY_BATCH)
+        } else {
+            Vec::new()
+        }
+    };
+    if !first.is_empty() {
+        if let Err(why) = replay_now(inner, link, first).await {
+            tracing::debug!(error = %why, "redis failed again during the replay");
+            return false;
+        }
+    }
+    let pending = {
+        // Under the log's lock: a write that saw `Down` has recorded itself by now, and
+        // every later one sees the new state.
+        let log = lock(&inner.log);
+        if log.is_empty() {
+            if !inner.state.replace(State::Down, State::Up) {
+                return false;
             }
-        };
-        if taken.batches.is_empty() {
-            let log = lock(&inner.log);
-            if !log.is_empty() {
-                continue;
-            }
-            inner.state.set(State::Up);
             inner.memory.clear();
             drop(log);
-            inner.drained.notify_waiters();
-            inner
-                .counters
-                .replayed
-                .fetch_add(replayed, Ordering::Relaxed);
             tracing::info!(
                 store = "redis",
                 address = %link.address,
-                replayed,
+                replayed = inner.counters.replayed.load(Ordering::Relaxed).saturating_sub(replayed_before),
                 replay_ms = started.elapsed().as_millis() as u64,
                 "redis is back: outage writes replayed, cache store is redis again"
             );
             inner.notify(StoreEvent::Recovered);
             return true;
         }
-        rounds += 1;
-        if rounds == CATCH_UP_ROUNDS {
-            inner.state.set(State::Draining);
+        if !inner.state.replace(State::Down, State::Replaying) {
+            return false;
         }
-        // The batches go out at once on the multiplexed connection, so Redis never waits
-        // for the next one.
-        let results = futures::future::join_all(
-            taken
-                .batches
-                .iter()
-                .map(|batch| replay_batch(inner, link, &scripts, batch)),
-        )
-        .await;
-        let mut failure = None;
-        for (batch, result) in taken.settle().into_iter().zip(results) {
-            match result {
-                Ok(outcome) => {
-                    replayed += outcome.applied;
-                    if !outcome.retry.is_empty() {
-                        // The server lost the scripts (restarted or flushed): load them
-                        // again and retry these writes.
-                        scripts.loaded = false;
-                        let mut log = lock(&inner.log);
-                        for (k, o) in outcome.retry {
-                            log.restore(k, o);
-                        }
-                    }
+        log.len()
+    };
+    tracing::info!(
+        store = "redis",
+        address = %link.address,
+        pending,
+        "redis is back: cache store is redis again; outage writes are replayed in the background"
+    );
+    inner.notify(StoreEvent::Recovered);
+    replay(inner, link, started).await
+}
+
+/// Takes the next round of writes from the log: up to [`REPLAY_PARALLEL`] batches.
+fn take_round(inner: &Inner) -> Vec<Vec<(String, Pending)>> {
+    let mut log = lock(&inner.log);
+    (0..REPLAY_PARALLEL)
+        .map(|_| log.take(REPLAY_BATCH))
+        .filter(|b| !b.is_empty())
+        .collect()
+}
+
+/// Replays a round; the batches go out at once on the multiplexed connection, so Redis
+/// never waits for the next one.
+async fn replay_round(
+    inner: &Inner,
+    link: &RedisLink,
+    batches: Vec<Vec<(String, Pending)>>,
+) -> Result<(), BackendError> {
+    let results =
+        futures::future::join_all(batches.into_iter().map(|b| replay_now(inner, link, b))).await;
+    results.into_iter().collect()
+}
+
+/// Replays the log while the state is `Replaying`; turns it `Up` when nothing is pending.
+/// `false` when Redis failed again (the state is then `Down`).
+async fn replay(inner: &Inner, link: &RedisLink, started: Instant) -> bool {
+    let replayed_before = inner.counters.replayed.load(Ordering::Relaxed);
+    loop {
+        if inner.state.get() != State::Replaying {
+            return false;
+        }
+        let batches = take_round(inner);
+        {
+            let log = lock(&inner.log);
+            if batches.is_empty() && log.is_empty() {
+                // Nothing waits and nothing is in flight: under the lock, so no write can
+                // be recorded between the check and the switch.
+                if !inner.state.replace(State::Replaying, State::Up) {
+                    return false;
                 }
-                Err(why) => {
-                    let mut log = lock(&inner.log);
-                    for (k, o) in batch {
-                        log.restore(k, o);
-                    }
-                    failure = Some(why);
-                }
+                inner.memory.clear();
+                drop(log);
+                let replayed = inner
+                    .counters
+                    .replayed
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(replayed_before);
+                tracing::info!(
+                    store = "redis",
+                    address = %link.address,
+                    replayed,
+                    replay_ms = started.elapsed().as_millis() as u64,
+                    "outage writes replayed"
+                );
+                inner.notify(StoreEvent::Replayed);
+                return true;
             }
         }
-        if let Some(why) = failure {
-            return replay_failed(inner, replayed, &why);
+        if batches.is_empty() {
+            // Only keys that calls are replaying themselves are left: wait for them.
+            let settled = inner.settled.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(10), settled).await;
+            continue;
+        }
+        if let Err(why) = replay_round(inner, link, batches).await {
+            tracing::warn!(error = %why, "redis failed again during the replay");
+            inner.trip(&why);
+            return false;
         }
     }
 }
 
-fn replay_failed(inner: &Inner, replayed: u64, why: &BackendError) -> bool {
-    inner.state.set(State::Down);
-    inner.drained.notify_waiters();
-    inner
-        .counters
-        .replayed
-        .fetch_add(replayed, Ordering::Relaxed);
-    tracing::warn!(error = %why, "redis failed again during replay");
-    false
+/// Writes taken out of the log for one replay. Dropped before they were settled (the
+/// runtime shut down during the replay), they go back to the log.
+struct Taken<'a> {
+    inner: &'a Inner,
+    batch: Vec<(String, Pending)>,
 }
 
-#[derive(Default)]
-struct BatchOutcome {
-    applied: u64,
-    retry: Vec<(String, Pending)>,
+impl Taken<'_> {
+    fn settle(mut self) -> Vec<(String, Pending)> {
+        std::mem::take(&mut self.batch)
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut log = lock(&self.inner.log);
+        for (k, op) in self.batch.drain(..) {
+            log.restore(k, op);
+        }
+        drop(log);
+        self.inner.settled.notify_waiters();
+    }
+}
+
+/// Replays writes taken from the log (by the background replay, or by a call about to
+/// touch these keys) in one pipeline, and settles them: done, or back in the log. `Err`
+/// means Redis is unavailable; the writes are back in the log (some may have been applied:
+/// sending them again is harmless, see the log's module documentation).
+pub(crate) async fn replay_now(
+    inner: &Inner,
+    link: &RedisLink,
+    batch: Vec<(String, Pending)>,
+) -> Result<(), BackendError> {
+    let taken = Taken { inner, batch };
+    let scripts = inner.scripts();
+    let result = replay_batch(inner, link, &scripts, &taken.batch).await;
+    let batch = taken.settle();
+    let mut lost_scripts = false;
+    {
+        let mut log = lock(&inner.log);
+        match &result {
+            Ok(retry) => {
+                for ((k, op), again) in batch.into_iter().zip(retry) {
+                    if *again {
+                        log.restore(k, op);
+                        lost_scripts = true;
+                    } else {
+                        log.settle(&k);
+                    }
+                }
+            }
+            Err(_) => {
+                for (k, op) in batch {
+                    log.restore(k, op);
+                }
+            }
+        }
+    }
+    inner.settled.notify_waiters();
+    result?;
+    if lost_scripts {
+        // The server lost the scripts (restarted or flushed): load them again; the writes
+        // that met it are back in the log.
+        inner.set_scripts(Scripts::load(link).await?);
+    }
+    Ok(())
 }
 
 /// Replays a batch in one pipeline (on a cluster, one per hash slot, sent at once). Skipped
-/// writes (expired, or Redis holds a newer value) and refused ones are counted; writes that
-/// met a server without the scripts come back in `retry`. An error means Redis is
-/// unavailable again; the batch goes back to the log (part of it may have been applied:
-/// replaying a `SET` or `DEL` twice is harmless, an increment may count twice).
+/// writes (expired, Redis holds a newer value, an increment already applied) and refused
+/// ones are counted. Answers, per write, whether it met a server without the scripts and
+/// must be sent again.
 async fn replay_batch(
     inner: &Inner,
     link: &RedisLink,
     scripts: &Scripts,
     batch: &[(String, Pending)],
-) -> Result<BatchOutcome, BackendError> {
-    // One EVALSHA or INCRBY per key: slot-safe on a cluster, where the batch is split by
-    // slot.
+) -> Result<Vec<bool>, BackendError> {
+    let mut retry = vec![false; batch.len()];
+    // One command per key: slot-safe on a cluster, where the batch is split by slot.
     let mut cmds: Vec<(String, redis::Cmd)> = Vec::with_capacity(batch.len());
-    // Per command sent: its index in the batch, and whether an answer of 0 means "skipped"
-    // (the conditional SET).
+    // Per command sent: its index in the batch, and whether it is conditional.
     let mut sent: Vec<(usize, bool)> = Vec::with_capacity(batch.len());
     let now = Instant::now();
     for (index, (key, op)) in batch.iter().enumerate() {
         let rkey = inner.rkey(key);
         let mut cmd = redis::Cmd::new();
+        // Whether an answer of 0 means "skipped" (the scripts that compare).
+        let mut conditional = true;
         match op {
             Pending::Set {
                 bytes,
@@ -246,7 +325,6 @@ async fn replay_batch(
                     .arg(&bytes[..])
                     .arg(*written_at_ms)
                     .arg(px);
-                sent.push((index, true));
             }
             Pending::Delete { at_ms } => {
                 cmd.arg("EVALSHA")
@@ -254,21 +332,41 @@ async fn replay_batch(
                     .arg(1)
                     .arg(&rkey)
                     .arg(*at_ms);
-                sent.push((index, false));
+                conditional = false;
             }
-            Pending::Incr { delta } => {
-                cmd.arg("INCRBY").arg(&rkey).arg(*delta);
-                sent.push((index, false));
+            Pending::Incr { delta, sent: parts } => {
+                match marker_key(&rkey, &inner.instance, link.is_cluster()) {
+                    Some(marker) if !parts.is_empty() => {
+                        cmd.arg("EVALSHA")
+                            .arg(&scripts.incr_sha)
+                            .arg(2)
+                            .arg(&rkey)
+                            .arg(marker)
+                            .arg(millis(MARKER_TTL));
+                        for (seq, d) in parts {
+                            cmd.arg(*seq).arg(*d);
+                        }
+                    }
+                    _ => {
+                        // No marker fits this key on a cluster (see `marker_key`).
+                        let total = parts
+                            .iter()
+                            .fold(*delta, |sum, (_, d)| sum.saturating_add(*d));
+                        cmd.arg("INCRBY").arg(&rkey).arg(total);
+                        conditional = false;
+                    }
+                }
             }
         }
+        sent.push((index, conditional));
         cmds.push((rkey, cmd));
     }
-    let mut outcome = BatchOutcome::default();
     if sent.is_empty() {
-        return Ok(outcome);
+        return Ok(retry);
     }
     let results: Vec<redis::RedisResult<i64>> =
         link.batch(cmds).await.map_err(|f| f.into_error())?;
+    let mut applied = 0u64;
     for (result, (index, conditional)) in results.into_iter().zip(sent) {
         match result {
             Ok(0) if conditional => {
@@ -277,10 +375,10 @@ async fn replay_batch(
                     .replay_skipped
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Ok(_) => outcome.applied += 1,
+            Ok(_) => applied += 1,
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                if let Some(entry) = batch.get(index) {
-                    outcome.retry.push(entry.clone());
+                if let Some(again) = retry.get_mut(index) {
+                    *again = true;
                 }
             }
             Err(e) => {
@@ -292,5 +390,9 @@ async fn replay_batch(
             }
         }
     }
-    Ok(outcome)
+    inner
+        .counters
+        .replayed
+        .fetch_add(applied, Ordering::Relaxed);
+    Ok(retry)
 }
