@@ -64,7 +64,7 @@ pub mod __private;
 pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
 pub use codec::Codec;
-pub use config::{CacheConfig, Coherence, RedisConfig, MAX_VALUE_SIZE_LIMIT};
+pub use config::{CacheConfig, Coherence, RedisConfig, SentinelConfig, MAX_VALUE_SIZE_LIMIT};
 pub use error::{BackendError, BackendErrorKind, BuildError, ConfigError, Error, Result};
 pub use global::{global, install};
 pub use key::Key;

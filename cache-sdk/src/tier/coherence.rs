@@ -52,6 +52,7 @@ use super::local::{Backing, Held, Local};
 use super::memory::MemoryStore;
 use super::redis::{classify, Failure};
 use super::remote::Remote;
+use super::sentinel::Sentinels;
 use crate::config::{CacheConfig, Coherence, RedisConfig};
 use crate::stats::CoherenceState;
 use crate::tls::TlsMaterial;
@@ -204,9 +205,47 @@ enum Mode {
     PubSub,
 }
 
+/// Where the link connects.
+// One per cache, made once: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum LinkTarget {
+    /// One server (or the first node of a cluster).
+    Fixed(redis::Client),
+    /// The master the sentinels name at each (re)connection, so the link follows a
+    /// failover as the data link does.
+    Sentinel(Sentinels),
+}
+
+impl LinkTarget {
+    /// Opens a connection with `config` (RESP3) to the server, or to the current master.
+    async fn open(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        match self {
+            LinkTarget::Fixed(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+            }
+            LinkTarget::Sentinel(sentinels) => {
+                let open = |client: redis::Client| {
+                    let config = config.clone();
+                    async move {
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await
+                    }
+                };
+                sentinels.connect(ProtocolVersion::RESP3, open).await
+            }
+        }
+    }
+}
+
 struct Shared {
     signals: Arc<Signals>,
-    client: redis::Client,
+    target: LinkTarget,
     /// `Auto`: may move from tracking to pub/sub, and from there to off.
     auto: bool,
     mode: Mutex<Mode>,
@@ -243,15 +282,32 @@ fn link_address(r: &RedisConfig) -> String {
     }
 }
 
-/// A RESP3 client for the link, with the TLS material the data connection uses (read once,
-/// when the configuration was validated).
-fn link_client(r: &RedisConfig, tls: &TlsMaterial) -> redis::RedisResult<redis::Client> {
+/// Where the link connects, speaking RESP3, with the TLS material the data connection uses
+/// (read once, when the configuration was validated): the server, or, through Sentinel,
+/// the master of the moment.
+fn link_client(
+    cfg: &CacheConfig,
+    r: &RedisConfig,
+    tls: &TlsMaterial,
+) -> redis::RedisResult<LinkTarget> {
+    if let Some(sentinel) = &r.sentinel {
+        return Ok(LinkTarget::Sentinel(Sentinels::new(
+            r,
+            sentinel,
+            tls,
+            cfg.timeout,
+            cfg.connect_timeout,
+            "invalidation",
+        )?));
+    }
     let info = link_address(r).as_str().into_connection_info()?;
     let resp3 = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    tls.client(info.set_redis_settings(resp3))
+    Ok(LinkTarget::Fixed(
+        tls.client(info.set_redis_settings(resp3))?,
+    ))
 }
 
 impl CoherenceLink {
@@ -280,8 +336,8 @@ impl CoherenceLink {
             _ if cluster => Mode::PubSub,
             _ => Mode::Tracking,
         };
-        let client = match link_client(redis, tls) {
-            Ok(c) => c,
+        let target = match link_client(cfg, redis, tls) {
+            Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e.category(), "cache coherence: no usable address; L1 is not coherent");
                 return None;
@@ -307,7 +363,7 @@ impl CoherenceLink {
         });
         let shared = Arc::new(Shared {
             signals,
-            client,
+            target,
             auto: cfg.coherence == Coherence::Auto,
             mode: Mutex::new(mode),
             prefixes,
@@ -474,9 +530,7 @@ impl Shared {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(sender);
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
+        let connect = self.target.open(&config);
         let mut conn = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(connect_failure(&e)),

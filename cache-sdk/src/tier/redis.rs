@@ -1,5 +1,6 @@
-//! The link to Redis: a multiplexed connection to one server, or a Redis Cluster client;
-//! every call bounded by a timeout, and errors sorted into "Redis is unavailable" (fall
+//! The link to Redis: a multiplexed connection to one server (given, or the master found
+//! through Redis Sentinel at every connection), or a Redis Cluster client; every call
+//! bounded by a timeout, and errors sorted into "Redis is unavailable" (fall
 //! back) and "Redis said no" (report to the caller).
 //!
 //! On a cluster, single-key commands are routed by redis-rs to the master of the key's slot,
@@ -18,10 +19,11 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{
-    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
-    RedisResult, ServerErrorKind, Value,
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, ProtocolVersion, RedisError,
+    RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 
+use super::sentinel::Sentinels;
 use crate::config::RedisConfig;
 use crate::error::{BackendError, BackendErrorKind, ConfigError};
 use crate::tls::TlsMaterial;
@@ -62,13 +64,14 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// How to reach Redis: one server, or a cluster.
+/// How to reach Redis: one server, a cluster, or the master the sentinels name.
 // One per cache, made once: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone)]
 pub(crate) enum LinkClient {
     Single(redis::Client),
     Cluster(ClusterClient),
+    /// Asked at every connection, so a failover is followed by the next reconnect.
+    Sentinel(Sentinels),
 }
 
 /// A live connection; both kinds speak [`ConnectionLike`], so commands and pipelines run on
@@ -143,7 +146,12 @@ impl RedisLink {
             value: cfg.display_address(),
             reason: format!("not a usable Redis address ({})", e.category()),
         };
-        let client = if cfg.is_cluster() {
+        let client = if let Some(sentinel) = &cfg.sentinel {
+            LinkClient::Sentinel(
+                Sentinels::new(cfg, sentinel, tls, timeout, connect_timeout, "data")
+                    .map_err(|e| address_error("REDIS_SENTINELS", e))?,
+            )
+        } else if cfg.is_cluster() {
             let nodes: Vec<String> = cfg.cluster_nodes.iter().map(|n| cfg.node_url(n)).collect();
             let builder = ClusterClientBuilder::new(nodes)
                 .connection_timeout(connect_timeout)
@@ -184,19 +192,29 @@ impl RedisLink {
     }
 
     /// Opens a fresh connection and checks it with `PING` (on a cluster, every master must
-    /// answer); on success it replaces the current one.
+    /// answer; through Sentinel, the sentinels are asked where the master is now and the
+    /// node must say it is a master); on success it replaces the current one.
     pub(crate) async fn connect(&self) -> Result<(), Failure> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout));
         let attempt = async {
             let mut conn = match &self.client {
-                LinkClient::Single(client) => {
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.connect_timeout))
-                        .set_response_timeout(Some(self.timeout));
-                    Conn::Single(
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await?,
-                    )
+                LinkClient::Single(client) => Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ),
+                LinkClient::Sentinel(sentinels) => {
+                    let open = |client: redis::Client| {
+                        let config = config.clone();
+                        async move {
+                            client
+                                .get_multiplexed_async_connection_with_config(&config)
+                                .await
+                        }
+                    };
+                    Conn::Single(sentinels.connect(ProtocolVersion::RESP2, open).await?)
                 }
                 LinkClient::Cluster(client) => {
                     let mut conn = client.get_async_connection().await?;
@@ -514,7 +532,9 @@ fn unavailable_kind(e: &RedisError) -> Option<BackendErrorKind> {
         || e.is_connection_refusal()
         || matches!(
             e.kind(),
-            ErrorKind::ClusterConnectionNotFound | ErrorKind::Parse
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::Parse
         )
     {
         return Some(BackendErrorKind::Unreachable);

@@ -1,0 +1,231 @@
+//! Finding the master through Redis Sentinel.
+//!
+//! [`Sentinels::connect`] asks every sentinel at once where the master is
+//! (`SENTINEL get-master-addr-by-name <name>`), connects to the first address given, and
+//! checks with `ROLE` that the node is a master (a sentinel that has not yet heard of a
+//! failover names the old master, which may be back as a replica); on a wrong or dead
+//! node it tries the address the next sentinel gives. Both links call it each time they
+//! (re)connect: the data link from its probe, the invalidation link from its reconnect
+//! loop, so a failover is followed with no state of its own to keep in step.
+//!
+//! This is the client protocol Redis documents for Sentinel clients. It is written here
+//! rather than taken from redis-rs's `sentinel` module so that every step is bounded by
+//! the cache's own timeouts, the sentinels are asked at once rather than in turn (a dead
+//! one costs nothing), and the same TLS material serves sentinels and master.
+//!
+//! May import: the configuration, the TLS material. Must not: know about the state machine;
+//! errors go back to the caller, which sorts them.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use redis::aio::ConnectionLike;
+use redis::{
+    AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisError, RedisResult,
+    Role,
+};
+
+use crate::config::{RedisConfig, SentinelConfig};
+use crate::tls::TlsMaterial;
+
+/// The sentinels of one master, and how to reach the master they name.
+pub(crate) struct Sentinels {
+    /// Each sentinel's `host:port` and a client for it (the sentinels' credentials, the
+    /// cache's TLS material).
+    nodes: Vec<(String, redis::Client)>,
+    master_name: String,
+    /// The data nodes' settings (credentials, database, TLS), for the master's URL.
+    redis: RedisConfig,
+    tls: TlsMaterial,
+    timeout: Duration,
+    connect_timeout: Duration,
+    /// The master last connected to (`host:port`), to log a change once.
+    current: Mutex<Option<String>>,
+    /// Which link this is, for logs.
+    link: &'static str,
+}
+
+impl std::fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<&str> = self.nodes.iter().map(|(a, _)| a.as_str()).collect();
+        f.debug_struct("Sentinels")
+            .field("nodes", &nodes)
+            .field("master_name", &self.master_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sentinels {
+    /// The sentinels of `sentinel`, for the data nodes of `redis` (checked beforehand);
+    /// `link` names the link in logs.
+    pub(crate) fn new(
+        redis: &RedisConfig,
+        sentinel: &SentinelConfig,
+        tls: &TlsMaterial,
+        timeout: Duration,
+        connect_timeout: Duration,
+        link: &'static str,
+    ) -> RedisResult<Self> {
+        let nodes = sentinel
+            .nodes
+            .iter()
+            .map(|node| Ok((node.clone(), tls.client(redis.sentinel_url(node))?)))
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok(Self {
+            nodes,
+            master_name: sentinel.master_name.clone(),
+            redis: redis.clone(),
+            tls: tls.clone(),
+            timeout,
+            connect_timeout,
+            current: Mutex::new(None),
+            link,
+        })
+    }
+
+    /// Connects to the current master: `open` makes the connection from a client for the
+    /// master's address (speaking `protocol`), then `ROLE` checks that it is a master.
+    /// Not bounded here: the caller bounds the whole by its connect timeout.
+    ///
+    /// # Errors
+    /// The last error met when no sentinel named a master that could be reached.
+    pub(crate) async fn connect<C, F, Fut>(
+        &self,
+        protocol: ProtocolVersion,
+        open: F,
+    ) -> RedisResult<C>
+    where
+        C: ConnectionLike + Send,
+        F: Fn(redis::Client) -> Fut,
+        Fut: Future<Output = RedisResult<C>>,
+    {
+        let mut answers: FuturesUnordered<_> = self
+            .nodes
+            .iter()
+            .map(|(addr, client)| async move { (addr.as_str(), self.ask(client).await) })
+            .collect();
+        let mut tried: Vec<(String, u16)> = Vec::new();
+        let mut last_error = None;
+        while let Some((sentinel, answer)) = answers.next().await {
+            let (host, port) = match answer {
+                Ok(Some(addr)) => addr,
+                Ok(None) => {
+                    last_error = Some(RedisError::from((
+                        ErrorKind::MasterNameNotFoundBySentinel,
+                        "a sentinel does not know the master",
+                        format!("{sentinel} has no master named {}", self.master_name),
+                    )));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(sentinel, error = %e, link = self.link, "redis sentinel: no answer");
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            if tried.iter().any(|(h, p)| *h == host && *p == port) {
+                continue;
+            }
+            tried.push((host.clone(), port));
+            match self.open_master(&host, port, protocol, &open).await {
+                Ok(conn) => {
+                    self.note(&host, port, sentinel);
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    tracing::debug!(sentinel, master = %format!("{host}:{port}"), error = %e, link = self.link, "redis sentinel: the master named is not usable");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            RedisError::from((
+                ErrorKind::MasterNameNotFoundBySentinel,
+                "no sentinel answered",
+            ))
+        }))
+    }
+
+    /// Asks one sentinel for the master's address (`None`: it knows no such master).
+    async fn ask(&self, client: &redis::Client) -> RedisResult<Option<(String, u16)>> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("get-master-addr-by-name").arg(&self.master_name);
+        cmd.query_async(&mut conn).await
+    }
+
+    /// Connects to `host:port` and checks that it is a master.
+    async fn open_master<C, F, Fut>(
+        &self,
+        host: &str,
+        port: u16,
+        protocol: ProtocolVersion,
+        open: &F,
+    ) -> RedisResult<C>
+    where
+        C: ConnectionLike + Send,
+        F: Fn(redis::Client) -> Fut,
+        Fut: Future<Output = RedisResult<C>>,
+    {
+        let info = self
+            .redis
+            .master_url(host, port)
+            .as_str()
+            .into_connection_info()?;
+        let settings = info.redis_settings().clone().set_protocol(protocol);
+        let client = self.tls.client(info.set_redis_settings(settings))?;
+        let mut conn = open(client).await?;
+        match redis::cmd("ROLE").query_async::<Role>(&mut conn).await {
+            Ok(Role::Primary { .. }) => Ok(conn),
+            Ok(_) => Err(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                "the node a sentinel named is not a master (yet)",
+                format!("{host}:{port}"),
+            ))),
+            // An ACL user without ROLE: trust the sentinels; a demoted node is still caught
+            // by its READONLY answers.
+            Err(e) if e.code() == Some("NOPERM") => Ok(conn),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Logs the master in use when it changes.
+    fn note(&self, host: &str, port: u16, sentinel: &str) {
+        let addr = format!("{host}:{port}");
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match current.as_deref() {
+            Some(old) if old == addr => {}
+            Some(old) => {
+                tracing::warn!(
+                    master_name = %self.master_name,
+                    from = old,
+                    to = %addr,
+                    sentinel,
+                    link = self.link,
+                    "redis sentinel: the master moved (failover); following it"
+                );
+                *current = Some(addr);
+            }
+            None => {
+                tracing::info!(
+                    master_name = %self.master_name,
+                    master = %addr,
+                    sentinel,
+                    link = self.link,
+                    "redis sentinel: master found"
+                );
+                *current = Some(addr);
+            }
+        }
+    }
+}
