@@ -174,6 +174,104 @@ mod tests {
             .is_ok());
     }
 
+    /// Reads and validates, as `build()` would.
+    fn built(vars: &[(&str, &str)]) -> Result<crate::CacheConfig, ConfigError> {
+        let cfg = crate::CacheConfig::from_vars(vars.iter().copied())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn the_variables_make_a_sentinel_setup() {
+        let cfg = built(&[
+            (
+                "REDIS_SENTINELS",
+                "10.0.0.1:26379, 10.0.0.2:26379,10.0.0.3:26379",
+            ),
+            ("REDIS_SENTINEL_MASTER", "cache"),
+            ("REDIS_SENTINEL_PASSWORD", " s pw"),
+            ("REDIS_PASSWORD", "data-pw"),
+            ("REDIS_DB", "3"),
+        ])
+        .unwrap();
+        let r = cfg.redis.unwrap();
+        let s = r.sentinel.as_ref().unwrap();
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(s.master_name, "cache");
+        assert_eq!(s.password.as_deref(), Some(" s pw"));
+        assert_eq!(
+            r.sentinel_url("10.0.0.1:26379"),
+            "redis://:%20s%20pw@10.0.0.1:26379"
+        );
+        assert_eq!(
+            r.master_url("10.0.0.9", 6380),
+            "redis://:data-pw@10.0.0.9:6380/3"
+        );
+        assert_eq!(r.master_url("::1", 6380), "redis://:data-pw@[::1]:6380/3");
+        let debug = format!("{r:?}");
+        assert!(
+            !debug.contains("s pw") && !debug.contains("data-pw"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |vars: &[(&str, &str)]| built(vars).unwrap_err().to_string();
+        let e = err(&[("REDIS_SENTINELS", "a:26379")]);
+        assert!(
+            e.starts_with("REDIS_SENTINEL_MASTER=") && e.contains("missing"),
+            "{e}"
+        );
+        let e = err(&[
+            ("REDIS_SENTINELS", "a:26379,b"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+        ]);
+        assert!(
+            e.starts_with("REDIS_SENTINELS=") && e.contains("`b`"),
+            "{e}"
+        );
+        let e = err(&[
+            ("REDIS_SENTINELS", "a:26379"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+            ("REDIS_CLUSTER_NODES", "c:6379"),
+        ]);
+        assert!(
+            e.starts_with("REDIS_SENTINELS=") && e.contains("REDIS_CLUSTER_NODES"),
+            "{e}"
+        );
+        let e = err(&[("REDIS_HOST", "h"), ("REDIS_SENTINEL_MASTER", "m")]);
+        assert!(
+            e.starts_with("REDIS_SENTINEL_MASTER=\"m\"") && e.contains("REDIS_SENTINELS"),
+            "{e}"
+        );
+        let e = err(&[("REDIS_HOST", "h"), ("REDIS_SENTINEL_PASSWORD", "hunter2")]);
+        assert!(
+            e.starts_with("REDIS_SENTINEL_PASSWORD=") && !e.contains("hunter2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_environment_merges_into_a_builder_setup() {
+        let mut cfg = crate::CacheConfig::default();
+        cfg.redis =
+            Some(crate::RedisConfig::sentinel(["a:26379"], "cache").with_sentinel_auth(None, "pw"));
+        // The addresses are replaced; the master name and credentials are kept.
+        let env = super::super::env::EnvReader::from_pairs([("REDIS_SENTINELS", "b:26379")]);
+        cfg.apply_env(&env).unwrap();
+        let s = cfg.redis.as_ref().and_then(|r| r.sentinel.clone()).unwrap();
+        assert_eq!(
+            (s.nodes, s.master_name.as_str()),
+            (vec!["b:26379".to_owned()], "cache")
+        );
+        assert_eq!(s.password.as_deref(), Some("pw"));
+        // Another address variable replaces the Sentinel setup as a whole.
+        let env = super::super::env::EnvReader::from_pairs([("REDIS_HOST", "h")]);
+        cfg.apply_env(&env).unwrap();
+        assert!(!cfg.redis.unwrap().is_sentinel());
+    }
+
     #[test]
     fn an_empty_password_is_none() {
         let s = SentinelConfig::new(["a:1"], "m").with_auth(Some("u"), "");
