@@ -24,6 +24,10 @@
 //! when the connection is closed (about 1 ms), and within [`CHECK_INTERVAL`] plus the
 //! command timeout when it dies silently (a `PING` checks it).
 //!
+//! Through Redis Sentinel the link connects to the master the sentinels name, asks them
+//! again at every reconnection, and closes itself on `+switch-master`: after a failover
+//! it is on the new master as soon as the data link is (see [`sentinel`](super::sentinel)).
+//!
 //! # Raw-backed entries and outages
 //!
 //! When Redis itself is lost (not only the link), the raw-backed entries held in L1 (values
@@ -258,6 +262,8 @@ struct Shared {
     timeout: Duration,
     connect_timeout: Duration,
     max_delay: Duration,
+    /// Through Sentinel: the `+switch-master` subscription of the live connection.
+    watch: Mutex<Option<MultiplexedConnection>>,
 }
 
 /// The invalidation link of one cache. Cheap to clone.
@@ -373,6 +379,7 @@ impl CoherenceLink {
             timeout: cfg.timeout,
             connect_timeout: cfg.connect_timeout,
             max_delay: cfg.probe_interval.max(Duration::from_millis(10)),
+            watch: Mutex::new(None),
         });
         let weak = Arc::downgrade(&shared);
         let signals = shared.signals.clone();
@@ -536,6 +543,12 @@ impl Shared {
             Ok(Err(e)) => return Err(connect_failure(&e)),
             Err(_) => return Err(Failure::timed_out("connecting timed out")),
         };
+        if let LinkTarget::Sentinel(sentinels) = &self.target {
+            // The master moved while this connection still works (a planned failover):
+            // close the link, so that it reconnects to the new master.
+            let closed = closed.clone();
+            *lock(&self.watch) = sentinels.watch(move || closed.notify_one()).await;
+        }
         let mut name = redis::cmd("CLIENT");
         name.arg("SETNAME").arg(CONNECTION_NAME);
         // Only a label for operators: refusing it is not a reason to give up.

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -113,8 +114,11 @@ impl ConnectionLike for Conn {
 pub(crate) struct RedisLink {
     client: LinkClient,
     /// The current connection. It is not reconnected in place: a failed call opens the
-    /// breaker, and the probe in `remote.rs` opens a fresh connection.
-    conn: ArcSwapOption<Conn>,
+    /// breaker, and the probe in `remote.rs` opens a fresh connection. Shared with the
+    /// Sentinel watch, which empties it when the master moves.
+    conn: Arc<ArcSwapOption<Conn>>,
+    /// Through Sentinel: the `+switch-master` subscription of the current connection.
+    watch: std::sync::Mutex<Option<MultiplexedConnection>>,
     timeout: Duration,
     connect_timeout: Duration,
     pub(crate) address: String,
@@ -179,7 +183,8 @@ impl RedisLink {
         };
         Ok(Self {
             client,
-            conn: ArcSwapOption::empty(),
+            conn: Arc::new(ArcSwapOption::empty()),
+            watch: std::sync::Mutex::new(None),
             timeout,
             connect_timeout,
             address: cfg.display_address(),
@@ -242,7 +247,23 @@ impl RedisLink {
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(conn)) => {
-                self.conn.store(Some(std::sync::Arc::new(conn)));
+                self.conn.store(Some(Arc::new(conn)));
+                if let LinkClient::Sentinel(sentinels) = &self.client {
+                    // The master moved while this connection still works (a planned
+                    // failover): drop it, so the next call trips and the probe reconnects.
+                    let slot = Arc::downgrade(&self.conn);
+                    let watch = sentinels
+                        .watch(move || {
+                            if let Some(slot) = slot.upgrade() {
+                                slot.store(None);
+                            }
+                        })
+                        .await;
+                    *self
+                        .watch
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = watch;
+                }
                 Ok(())
             }
             // Whatever answered, it was not a working connection: unavailable.

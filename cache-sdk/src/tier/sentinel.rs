@@ -8,6 +8,12 @@
 //! (re)connect: the data link from its probe, the invalidation link from its reconnect
 //! loop, so a failover is followed with no state of its own to keep in step.
 //!
+//! [`Sentinels::watch`] also subscribes to `+switch-master` on one sentinel: when the
+//! sentinels move the master while the link is still connected to the old one (a planned
+//! `SENTINEL FAILOVER` leaves the old master up, and taking writes, until the sentinels
+//! turn it into a replica, up to ten seconds later), the link drops its connection at
+//! once, and the next connection goes first to the address announced.
+//!
 //! This is the client protocol Redis documents for Sentinel clients. It is written here
 //! rather than taken from redis-rs's `sentinel` module so that every step is bounded by
 //! the cache's own timeouts, the sentinels are asked at once rather than in turn (a dead
@@ -17,14 +23,14 @@
 //! errors go back to the caller, which sorts them.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
-    AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisError, RedisResult,
-    Role,
+    AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisError, RedisResult, Role, Value,
 };
 
 use crate::config::{RedisConfig, SentinelConfig};
@@ -41,8 +47,11 @@ pub(crate) struct Sentinels {
     tls: TlsMaterial,
     timeout: Duration,
     connect_timeout: Duration,
-    /// The master last connected to (`host:port`), to log a change once.
-    current: Mutex<Option<String>>,
+    /// The master last connected to (`host:port`): a change is logged once, and a
+    /// `+switch-master` to it is not news.
+    current: Arc<Mutex<Option<String>>>,
+    /// The address the last `+switch-master` named, tried first at the next connection.
+    announced: Arc<Mutex<Option<(String, u16)>>>,
     /// Which link this is, for logs.
     link: &'static str,
 }
@@ -80,7 +89,8 @@ impl Sentinels {
             tls: tls.clone(),
             timeout,
             connect_timeout,
-            current: Mutex::new(None),
+            current: Arc::default(),
+            announced: Arc::default(),
             link,
         })
     }
@@ -108,6 +118,19 @@ impl Sentinels {
             .collect();
         let mut tried: Vec<(String, u16)> = Vec::new();
         let mut last_error = None;
+        let announced = lock(&self.announced).take();
+        if let Some((host, port)) = announced {
+            match self.open_master(&host, port, protocol, &open).await {
+                Ok(conn) => {
+                    self.note(&host, port, "+switch-master");
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    tried.push((host, port));
+                    last_error = Some(e);
+                }
+            }
+        }
         while let Some((sentinel, answer)) = answers.next().await {
             let (host, port) = match answer {
                 Ok(Some(addr)) => addr,
@@ -196,13 +219,73 @@ impl Sentinels {
         }
     }
 
+    /// Subscribes to `+switch-master` on the first sentinel that accepts, and calls
+    /// `on_switch` (from the connection's read task: it must not block) when the sentinels
+    /// move this master to an address other than the one last connected to; that address
+    /// is then tried first by the next [`connect`](Self::connect). The subscription lasts
+    /// as long as the returned connection; `None` when no sentinel accepted (the link
+    /// still follows a failover when the old master fails or answers `READONLY`).
+    pub(crate) async fn watch(
+        &self,
+        on_switch: impl Fn() + Send + Sync + 'static,
+    ) -> Option<MultiplexedConnection> {
+        let name = self.master_name.clone();
+        let (current, announced) = (self.current.clone(), self.announced.clone());
+        let link = self.link;
+        let sender = move |push: PushInfo| {
+            if push.kind == PushKind::Message {
+                if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                    if let Some((host, port)) = switched_to(payload, &name) {
+                        let addr = format!("{host}:{port}");
+                        if lock(&current).as_deref() != Some(addr.as_str()) {
+                            tracing::info!(master_name = %name, to = %addr, link, "redis sentinel: +switch-master; reconnecting to the new master");
+                            *lock(&announced) = Some((host, port));
+                            on_switch();
+                        }
+                    }
+                }
+            }
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_push_sender(sender);
+        for (addr, _) in &self.nodes {
+            let subscribe = async {
+                let info = self
+                    .redis
+                    .sentinel_url(addr)
+                    .as_str()
+                    .into_connection_info()?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let client = self.tls.client(info.set_redis_settings(settings))?;
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                conn.subscribe("+switch-master").await?;
+                Ok::<_, RedisError>(conn)
+            };
+            match tokio::time::timeout(self.connect_timeout, subscribe).await {
+                Ok(Ok(conn)) => return Some(conn),
+                Ok(Err(e)) => {
+                    tracing::debug!(sentinel = %addr, error = %e, link, "redis sentinel: cannot subscribe to +switch-master");
+                }
+                Err(_) => {
+                    tracing::debug!(sentinel = %addr, link, "redis sentinel: subscribing to +switch-master timed out");
+                }
+            }
+        }
+        None
+    }
+
     /// Logs the master in use when it changes.
     fn note(&self, host: &str, port: u16, sentinel: &str) {
         let addr = format!("{host}:{port}");
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = lock(&self.current);
         match current.as_deref() {
             Some(old) if old == addr => {}
             Some(old) => {
@@ -227,5 +310,34 @@ impl Sentinels {
                 *current = Some(addr);
             }
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The new address in a `+switch-master` message (`<name> <old-ip> <old-port> <new-ip>
+/// <new-port>`) about the master `name`.
+fn switched_to(payload: &[u8], name: &str) -> Option<(String, u16)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    match parts.as_slice() {
+        [n, _, _, host, port] if *n == name => Some(((*host).to_owned(), port.parse().ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_master_messages_are_read_for_our_master_only() {
+        let msg = b"cache 10.0.0.1 6379 10.0.0.2 6380";
+        assert_eq!(switched_to(msg, "cache"), Some(("10.0.0.2".into(), 6380)));
+        assert_eq!(switched_to(msg, "other"), None);
+        assert_eq!(switched_to(b"cache 10.0.0.1 6379", "cache"), None);
+        assert_eq!(switched_to(b"cache a 1 b port", "cache"), None);
     }
 }
