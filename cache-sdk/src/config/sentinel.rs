@@ -254,9 +254,12 @@ mod tests {
 
     #[test]
     fn the_environment_merges_into_a_builder_setup() {
-        let mut cfg = crate::CacheConfig::default();
-        cfg.redis =
-            Some(crate::RedisConfig::sentinel(["a:26379"], "cache").with_sentinel_auth(None, "pw"));
+        let mut cfg = crate::CacheConfig {
+            redis: Some(
+                crate::RedisConfig::sentinel(["a:26379"], "cache").with_sentinel_auth(None, "pw"),
+            ),
+            ..Default::default()
+        };
         // The addresses are replaced; the master name and credentials are kept.
         let env = super::super::env::EnvReader::from_pairs([("REDIS_SENTINELS", "b:26379")]);
         cfg.apply_env(&env).unwrap();
