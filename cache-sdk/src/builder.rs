@@ -164,6 +164,29 @@ impl CacheBuilder {
         self.redis(RedisConfig::cluster(nodes))
     }
 
+    /// Uses the master that the sentinels at `nodes` (`host:port`) call `master_name`, found
+    /// through them at every (re)connection so that a failover is followed, as
+    /// `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER` do. For credentials, a database or TLS,
+    /// pass a [`RedisConfig::sentinel`] with them to [`CacheBuilder::redis`] instead.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
+    /// let cache = cache_sdk::Cache::builder()
+    ///     .redis_sentinel(["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"], "cache")
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_sentinel<S: Into<String>>(
+        self,
+        nodes: impl IntoIterator<Item = S>,
+        master_name: impl Into<String>,
+    ) -> Self {
+        self.redis(RedisConfig::sentinel(nodes, master_name))
+    }
+
     /// Runs in memory only.
     ///
     /// ```

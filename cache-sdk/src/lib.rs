@@ -5,8 +5,8 @@
 //! - [`Cache`]: the typed two-tier cache (L1 moka in the process, L2 Redis or the in-memory
 //!   fallback); build it with [`Cache::builder`].
 //! - [`CacheConfig`]: every setting, and the environment variables that set them;
-//!   [`RedisConfig`]: one server or a Redis Cluster, TLS (a private CA, client
-//!   certificates) and ACL users.
+//!   [`RedisConfig`]: one server, a Redis Cluster, or a master found through Redis
+//!   Sentinel ([`SentinelConfig`]), TLS (a private CA, client certificates) and ACL users.
 //! - [`Ttl`] and [`TtlPresets`]: sessions 24 h, API responses 10 min, user preferences 7 days,
 //!   and presets of your own.
 //! - [`Key`]: the key patterns `cache:{resource}:{id}`, `user:{userId}:{field}`, `sess:{id}`.
@@ -72,7 +72,7 @@ pub mod __private;
 pub use builder::CacheBuilder;
 pub use cache::{Cache, CacheValue};
 pub use codec::Codec;
-pub use config::{CacheConfig, Coherence, RedisConfig, MAX_VALUE_SIZE_LIMIT};
+pub use config::{CacheConfig, Coherence, RedisConfig, SentinelConfig, MAX_VALUE_SIZE_LIMIT};
 pub use error::{BackendError, BackendErrorKind, BuildError, ConfigError, Error, Result};
 pub use global::{global, install};
 pub use key::Key;

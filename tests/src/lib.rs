@@ -1,7 +1,8 @@
 //! Test harness: real `redis-server` processes on free loopback ports, started, killed,
 //! paused and restarted by the tests themselves; a Redis Cluster of such processes
-//! ([`RedisCluster`]); servers that speak TLS only, with certificates made at test time
-//! ([`TestCerts`]). Nothing here ever connects to a Redis it did not start.
+//! ([`RedisCluster`]); a master with a replica under three sentinels ([`RedisSentinels`]);
+//! servers that speak TLS only, with certificates made at test time ([`TestCerts`]).
+//! Nothing here ever connects to a Redis it did not start.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -683,6 +684,252 @@ impl TestCerts {
 
 impl Drop for TestCerts {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A master, a replica of it, and three sentinels monitoring them under one master name,
+/// all on free loopback ports; every process is killed on drop. Failure detection is fast
+/// (`down-after-milliseconds 300`, `failover-timeout 2000`) so failover tests stay short.
+#[derive(Debug)]
+pub struct RedisSentinels {
+    master_name: String,
+    /// The data nodes; the first one started as the master.
+    servers: Vec<RedisServer>,
+    sentinels: Vec<SentinelProcess>,
+}
+
+impl RedisSentinels {
+    /// Starts the master, the replica (`--replicaof`) and three sentinels (quorum 2), and
+    /// waits until the replica is in sync and every sentinel knows the replica and the two
+    /// other sentinels (so that a failover can be agreed at once).
+    pub fn start() -> Self {
+        let master_name = "cache-sdk-test".to_owned();
+        // Diskless sync without the default 5 s delay: the replica is in sync at once.
+        let sync = [
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        let master = RedisServer::start_with(&sync);
+        let port = master.port().to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &port];
+        replica_args.extend(sync);
+        let replica = RedisServer::start_with(&replica_args);
+        let sentinels = (0..3)
+            .map(|_| {
+                (0..3)
+                    .find_map(|_| SentinelProcess::try_start(&master_name, master.port()))
+                    .expect("a sentinel did not start on three free ports")
+            })
+            .collect();
+        let set = RedisSentinels {
+            master_name,
+            servers: vec![master, replica],
+            sentinels,
+        };
+        set.wait_ready(Duration::from_secs(30));
+        set
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let synced = self.servers[1]
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up");
+            let known = self.sentinels.iter().all(|s| {
+                let master = s.cli(&["SENTINEL", "MASTER", &self.master_name]);
+                field(&master, "num-slaves") == Some("1")
+                    && field(&master, "num-other-sentinels") == Some("2")
+            });
+            if synced && known {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not see the replica and each other in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The master's name, for `REDIS_SENTINEL_MASTER`.
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
+    /// The sentinels' `host:port`, for `REDIS_SENTINELS`.
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The master's port according to the first sentinel that answers.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let out = s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.master_name]);
+            out.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+
+    /// The data node on `port`.
+    pub fn server(&self, port: u16) -> &RedisServer {
+        self.servers
+            .iter()
+            .find(|s| s.port() == port)
+            .expect("no data node on that port")
+    }
+
+    /// Kills (SIGKILL) the current master; returns its port.
+    pub fn kill_master(&mut self) -> u16 {
+        let port = self.master_port().expect("the sentinels name a master");
+        if let Some(s) = self.servers.iter_mut().find(|s| s.port() == port) {
+            s.kill();
+        }
+        port
+    }
+
+    /// Waits, polling every 5 ms, until the sentinels name a master other than `old`;
+    /// returns its port and when it was first seen.
+    pub async fn wait_promoted(&self, old: u16, timeout: Duration) -> (u16, Instant) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // One sentinel answering the new address is the moment of the switch
+            // (`+switch-master` is published by the leader as it names it).
+            let new = self.sentinels.iter().find_map(|s| {
+                let port: u16 = s
+                    .query_master(&self.master_name)
+                    .and_then(|(_, p)| (p != old).then_some(p))?;
+                Some(port)
+            });
+            if let Some(port) = new {
+                return (port, Instant::now());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica was promoted within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The value of `name` in a `SENTINEL MASTER` answer as printed by `redis-cli` (one
+/// field name per line, its value on the next).
+fn field<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let mut lines = answer.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line == name {
+            return lines.next();
+        }
+    }
+    None
+}
+
+/// One `redis-server --sentinel` child process with its own generated configuration
+/// (sentinels rewrite it), killed on drop.
+#[derive(Debug)]
+struct SentinelProcess {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl SentinelProcess {
+    /// `None` when it exits before it answers (its port was taken meanwhile).
+    fn try_start(master_name: &str, master_port: u16) -> Option<Self> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "cache-sdk-sentinel-{}-{}",
+            std::process::id(),
+            port
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let conf = dir.join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel resolve-hostnames no\n\
+             sentinel monitor {master_name} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {master_name} 300\n\
+             sentinel failover-timeout {master_name} 2000\n\
+             sentinel parallel-syncs {master_name} 1\n",
+            dir = dir.display()
+        );
+        std::fs::write(&conf, text).expect("sentinel.conf");
+        let child = Command::new(redis_server_binary())
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("could not start redis-server --sentinel");
+        let mut sentinel = SentinelProcess {
+            port,
+            child: Some(child),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(child) = sentinel.child.as_mut() {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return None;
+                }
+            }
+            if sentinel.cli(&["PING"]) == "PONG" {
+                return Some(sentinel);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `SENTINEL get-master-addr-by-name` over a plain socket (faster than `redis-cli`
+    /// when polling).
+    fn query_master(&self, name: &str) -> Option<(String, u16)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+        let cmd = format!(
+            "*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name\r\n${}\r\n{name}\r\n",
+            name.len()
+        );
+        s.write_all(cmd.as_bytes()).ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        // `*2\r\n$9\r\n127.0.0.1\r\n$5\r\n12345\r\n`: read until the 6th line ends.
+        while buf.iter().filter(|b| **b == b'\n').count() < 5 {
+            let n = s.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.starts_with(b"*-1") {
+                return None;
+            }
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        Some((lines.get(2)?.to_string(), lines.get(4)?.parse().ok()?))
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

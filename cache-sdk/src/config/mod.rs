@@ -16,11 +16,13 @@
 mod coherence;
 pub(crate) mod env;
 mod redis;
+mod sentinel;
 
 use std::time::Duration;
 
 pub use self::coherence::Coherence;
 pub use self::redis::RedisConfig;
+pub use self::sentinel::SentinelConfig;
 
 use self::env::{invalid, EnvReader};
 use crate::codec::Codec;
@@ -48,8 +50,8 @@ use crate::ttl::TtlPresets;
 /// The builder *merges*: only the variables that are set override what the builder holds,
 /// so `Cache::builder().namespace("erp").from_env()?` keeps the namespace unless
 /// `CACHE_NAMESPACE` is set. The Redis address is taken as a whole: when `REDIS_URL`,
-/// `REDIS_HOST` or `REDIS_CLUSTER_NODES` is set, the address the builder held (URL, host,
-/// port, cluster nodes) is replaced by the environment's; the other `REDIS_*` variables
+/// `REDIS_HOST`, `REDIS_CLUSTER_NODES` or `REDIS_SENTINELS` is set, the address the builder
+/// held (URL, host, port, cluster nodes, sentinels) is replaced by the environment's; the other `REDIS_*` variables
 /// (port, credentials, database, TLS) override one field each.
 ///
 /// # When Redis is used
@@ -57,8 +59,8 @@ use crate::ttl::TtlPresets;
 /// - `REDIS_ENABLED=false` (or `0`, `no`, `off`): never, everything runs in memory.
 /// - `REDIS_ENABLED=true`: always, at `REDIS_URL`, or at `REDIS_HOST`/`REDIS_PORT`
 ///   (`localhost:6379` by default), or where the builder said.
-/// - `REDIS_ENABLED` unset: when `REDIS_URL`, `REDIS_HOST` or `REDIS_CLUSTER_NODES` is set,
-///   or the builder was given Redis.
+/// - `REDIS_ENABLED` unset: when `REDIS_URL`, `REDIS_HOST`, `REDIS_CLUSTER_NODES` or
+///   `REDIS_SENTINELS` is set, or the builder was given Redis.
 ///
 /// Either way, a Redis that cannot be reached means the in-memory fallback, not an error.
 ///
@@ -70,6 +72,19 @@ use crate::ttl::TtlPresets;
 /// `REDIS_PASSWORD` and `REDIS_TLS`, or from the scheme and user part of `REDIS_URL` when it
 /// is set (its host is then ignored). See `docs/cluster-tls.md` for how multi-key operations
 /// and key listing work on a cluster.
+///
+/// # Redis Sentinel
+///
+/// `REDIS_SENTINELS=host1:26379,host2:26379,host3:26379` with `REDIS_SENTINEL_MASTER=<name>`
+/// makes the cache find its master through Sentinel: it asks the sentinels where the master
+/// called `<name>` is (`SENTINEL get-master-addr-by-name`), checks with `ROLE` that the node
+/// is a master, and asks again at every reconnection, so after a failover it follows the
+/// promoted replica by itself (the in-memory fallback serves meanwhile, and the writes made
+/// there are replayed to the new master). `REDIS_SENTINEL_USERNAME` and
+/// `REDIS_SENTINEL_PASSWORD` authenticate to the sentinels; `REDIS_USERNAME`,
+/// `REDIS_PASSWORD`, `REDIS_DB` and `REDIS_TLS` (and the TLS files) apply to the master, and
+/// TLS to the sentinels as well. `REDIS_SENTINELS` with `REDIS_CLUSTER_NODES` is an error.
+/// See `docs/sentinel.md`.
 ///
 /// # TLS
 ///
@@ -106,6 +121,9 @@ use crate::ttl::TtlPresets;
 /// | `REDIS_TLS_CERT_FILE` / `REDIS_TLS_KEY_FILE` | PEM client certificate (chain) and its private key, for servers that ask for one; both or neither | — |
 /// | `REDIS_ENABLED` | see above | — |
 /// | `REDIS_CLUSTER_NODES` | `host1:6379,host2:6379,…`: seed nodes of a Redis Cluster | — |
+/// | `REDIS_SENTINELS` | `host1:26379,host2:26379,…`: sentinels that say where the master is (not with `REDIS_CLUSTER_NODES`) | — |
+/// | `REDIS_SENTINEL_MASTER` | the master's name in the sentinels' `sentinel monitor <name> …`; required with `REDIS_SENTINELS` | — |
+/// | `REDIS_SENTINEL_USERNAME` / `REDIS_SENTINEL_PASSWORD` | ACL user and password of the sentinels (those of the master are `REDIS_USERNAME` / `REDIS_PASSWORD`) | none |
 /// | `REDIS_TIMEOUT_MS` | bound on every Redis call | `100` |
 /// | `REDIS_CONNECT_TIMEOUT_MS` | bound on connecting | `500` |
 /// | `CACHE_NAMESPACE` | prefix put before every Redis key (`<ns>:`) | none |

@@ -1,10 +1,14 @@
-//! [`RedisConfig`]: where and how to reach Redis (one server or a cluster, credentials,
-//! TLS files, database), with the checks that need no server.
+//! [`RedisConfig`]: where and how to reach Redis (one server, a cluster, or a master found
+//! through Sentinel; credentials, TLS files, database), with the checks that need no server.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use super::env::{invalid, EnvReader};
+use super::sentinel::{
+    check_host_port, SentinelConfig, SENTINELS, SENTINEL_MASTER, SENTINEL_PASSWORD,
+    SENTINEL_USERNAME,
+};
 use crate::error::ConfigError;
 
 /// Where and how to reach Redis.
@@ -46,6 +50,10 @@ pub struct RedisConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Redis Cluster seed nodes (`host:port`); when not empty the cache is a cluster client.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel: when set, the master is found through these sentinels (and followed
+    /// across failovers); `host`, `port` and the URL's host are then unused, while the
+    /// credentials, database and TLS settings above apply to the master.
+    pub sentinel: Option<SentinelConfig>,
 }
 
 impl Default for RedisConfig {
@@ -70,6 +78,7 @@ impl RedisConfig {
             tls_cert_file: None,
             tls_key_file: None,
             cluster_nodes: Vec::new(),
+            sentinel: None,
         }
     }
 
@@ -86,6 +95,63 @@ impl RedisConfig {
             cluster_nodes: nodes.into_iter().map(Into::into).collect(),
             ..Self::default()
         }
+    }
+
+    /// The master that the sentinels at `nodes` (`host:port`) call `master_name`, found
+    /// through them at every (re)connection, so the cache follows a failover by itself.
+    /// Credentials, database and TLS for the master are set as for one server
+    /// ([`with_auth`](Self::with_auth), [`with_db`](Self::with_db),
+    /// [`with_tls`](Self::with_tls)); the sentinels' own credentials with
+    /// [`with_sentinel_auth`](Self::with_sentinel_auth).
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::sentinel(["10.0.0.1:26379", "10.0.0.2:26379"], "cache")
+    ///     .with_auth(None, "s3cret")
+    ///     .with_db(2);
+    /// assert!(r.is_sentinel());
+    /// assert_eq!(
+    ///     r.display_address(),
+    ///     "redis sentinel master cache via 10.0.0.1:26379,10.0.0.2:26379 db 2"
+    /// );
+    /// ```
+    #[must_use]
+    pub fn sentinel<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+        master_name: impl Into<String>,
+    ) -> Self {
+        Self {
+            sentinel: Some(SentinelConfig::new(nodes, master_name)),
+            ..Self::default()
+        }
+    }
+
+    /// Authenticates to the sentinels (not the data nodes) as this user (`None`: the
+    /// `default` user) with this password (`REDIS_SENTINEL_USERNAME`,
+    /// `REDIS_SENTINEL_PASSWORD`). Without a Sentinel setup it does nothing.
+    ///
+    /// ```
+    /// let r = cache_sdk::RedisConfig::sentinel(["10.0.0.1:26379"], "cache")
+    ///     .with_sentinel_auth(None, "sentinel-secret");
+    /// assert!(!format!("{r:?}").contains("sentinel-secret"));
+    /// ```
+    #[must_use]
+    pub fn with_sentinel_auth(
+        mut self,
+        username: Option<&str>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.sentinel = self.sentinel.map(|s| s.with_auth(username, password));
+        self
+    }
+
+    /// Whether the master is found through Redis Sentinel.
+    ///
+    /// ```
+    /// assert!(!cache_sdk::RedisConfig::host("cache.internal", 6379).is_sentinel());
+    /// ```
+    #[must_use]
+    pub fn is_sentinel(&self) -> bool {
+        self.sentinel.is_some()
     }
 
     /// Whether this is a Redis Cluster configuration.
@@ -235,11 +301,19 @@ impl RedisConfig {
     }
 
     /// The address for logs: scheme, host, port and db, without credentials; for a cluster,
-    /// its seed nodes.
+    /// its seed nodes; for Sentinel, the master's name, the sentinels and the db.
     #[must_use]
     pub fn display_address(&self) -> String {
+        let scheme = if self.uses_tls() { "rediss" } else { "redis" };
+        if let Some(s) = &self.sentinel {
+            return format!(
+                "{scheme} sentinel master {} via {} db {}",
+                s.master_name,
+                s.nodes.join(","),
+                self.database()
+            );
+        }
         if self.is_cluster() {
-            let scheme = if self.uses_tls() { "rediss" } else { "redis" };
             return format!("{scheme} cluster {}", self.cluster_nodes.join(","));
         }
         redact_url(&self.connection_url())
@@ -258,6 +332,46 @@ impl RedisConfig {
         format!("{scheme}://{auth}{node}")
     }
 
+    /// The database: the URL's when a URL is set, else `db`.
+    fn database(&self) -> i64 {
+        match &self.url {
+            Some(url) => url_db(url),
+            None => i64::from(self.db),
+        }
+    }
+
+    /// The URL of the master at `host:port` found through Sentinel: the scheme and
+    /// credentials of [`connection_url`](Self::connection_url), this address, the database.
+    /// It holds the password: do not log it.
+    pub(crate) fn master_url(&self, host: &str, port: u16) -> String {
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        format!(
+            "{}/{}",
+            self.node_url(&format!("{host}:{port}")),
+            self.database()
+        )
+    }
+
+    /// The URL of one sentinel: the scheme of the data nodes (TLS for both or neither) and
+    /// the sentinels' own credentials. It holds their password: do not log it.
+    pub(crate) fn sentinel_url(&self, node: &str) -> String {
+        let scheme = if self.uses_tls() { "rediss" } else { "redis" };
+        let (user, password) = self.sentinel.as_ref().map_or((None, None), |s| {
+            (s.username.as_deref(), s.password.as_deref())
+        });
+        let auth = match (user, password) {
+            (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
+            (Some(u), None) => format!("{}@", encode(u)),
+            (None, Some(p)) => format!(":{}@", encode(p)),
+            (None, None) => String::new(),
+        };
+        format!("{scheme}://{auth}{node}")
+    }
+
     /// The client certificate and key files, when both are set.
     pub(crate) fn client_cert_files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
         Some((
@@ -269,11 +383,20 @@ impl RedisConfig {
     /// Checks what can be checked without a server: TLS files with TLS off, a client
     /// certificate without its key, a database other than 0 on a cluster.
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if let Some(s) = &self.sentinel {
+            if self.is_cluster() {
+                return Err(ConfigError::Invalid {
+                    name: SENTINELS,
+                    value: s.nodes.join(","),
+                    reason: "REDIS_CLUSTER_NODES is set too: a cache talks to a Redis Cluster or \
+                             to a master found through Sentinel, not both; unset one"
+                        .into(),
+                });
+            }
+            s.check()?;
+        }
         if self.is_cluster() {
-            let db = match &self.url {
-                Some(url) => url_db(url),
-                None => i64::from(self.db),
-            };
+            let db = self.database();
             if db != 0 {
                 return Err(ConfigError::Invalid {
                     name: "REDIS_DB",
@@ -323,8 +446,9 @@ impl RedisConfig {
 impl RedisConfig {
     /// `current` with the `REDIS_*` variables that are set merged in (the rules are in the
     /// [`CacheConfig`](super::CacheConfig) docs): `REDIS_ENABLED=false` removes Redis; an address
-    /// variable (`REDIS_URL`, `REDIS_HOST`, `REDIS_CLUSTER_NODES`) replaces the whole
-    /// address; every other variable overrides its field. Without `current`, Redis is
+    /// variable (`REDIS_URL`, `REDIS_HOST`, `REDIS_CLUSTER_NODES`, `REDIS_SENTINELS`) replaces
+    /// the whole address (a Sentinel setup keeps its master name and credentials unless
+    /// their variables say otherwise); every other variable overrides its field. Without `current`, Redis is
     /// configured only when `REDIS_ENABLED=true` or an address variable is set.
     pub(super) fn merge_env(
         current: Option<Self>,
@@ -333,10 +457,15 @@ impl RedisConfig {
         let enabled = env.bool("REDIS_ENABLED")?;
         let nodes = env
             .str("REDIS_CLUSTER_NODES")
-            .map(parse_nodes)
+            .map(|v| parse_nodes("REDIS_CLUSTER_NODES", v))
+            .transpose()?;
+        let sentinels = env
+            .str(SENTINELS)
+            .map(|v| parse_nodes(SENTINELS, v))
             .transpose()?;
         let url = env.str("REDIS_URL");
-        let addressed = url.is_some() || env.is_set("REDIS_HOST") || nodes.is_some();
+        let addressed =
+            url.is_some() || env.is_set("REDIS_HOST") || nodes.is_some() || sentinels.is_some();
         let mut r = match (enabled, current) {
             (Some(false), _) => return Ok(None),
             (_, Some(r)) => r,
@@ -353,7 +482,13 @@ impl RedisConfig {
             r.host = env.str("REDIS_HOST").unwrap_or(&fresh.host).to_owned();
             r.port = fresh.port;
             r.cluster_nodes = nodes.unwrap_or_default();
+            let kept = r.sentinel.take();
+            r.sentinel = sentinels.map(|nodes| SentinelConfig {
+                nodes,
+                ..kept.unwrap_or_else(|| SentinelConfig::new(Vec::<String>::new(), ""))
+            });
         }
+        merge_sentinel_env(&mut r, env)?;
         if let Some(port) = env.number("REDIS_PORT", 1..=65535, "a port number")? {
             r.port = port;
         }
@@ -404,6 +539,7 @@ impl fmt::Debug for RedisConfig {
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
             .field("cluster_nodes", &self.cluster_nodes)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -428,25 +564,48 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// `host:port,host:port,…` (`REDIS_CLUSTER_NODES`).
-pub(super) fn parse_nodes(v: &str) -> Result<Vec<String>, ConfigError> {
+/// The Sentinel variables other than the addresses: the master's name and the sentinels'
+/// credentials. They need a Sentinel setup (from `REDIS_SENTINELS` or the builder).
+fn merge_sentinel_env(r: &mut RedisConfig, env: &EnvReader) -> Result<(), ConfigError> {
+    let master = env.str(SENTINEL_MASTER);
+    let user = env.str(SENTINEL_USERNAME);
+    // Passwords may legitimately start or end with spaces: no trimming.
+    let password = env.raw(SENTINEL_PASSWORD);
+    let Some(s) = r.sentinel.as_mut() else {
+        let set = [
+            (SENTINEL_MASTER, master),
+            (SENTINEL_USERNAME, user),
+            (SENTINEL_PASSWORD, password.map(|_| "REDACTED")),
+        ];
+        return match set.into_iter().find_map(|(name, v)| Some((name, v?))) {
+            Some((name, value)) => Err(invalid(
+                name,
+                value,
+                "REDIS_SENTINELS is not set: this variable only applies to a master found \
+                 through Sentinel",
+            )),
+            None => Ok(()),
+        };
+    };
+    if let Some(master) = master {
+        s.master_name = master.to_owned();
+    }
+    if let Some(user) = user {
+        s.username = Some(user.to_owned());
+    }
+    if let Some(password) = password {
+        s.password = Some(password.to_owned());
+    }
+    Ok(())
+}
+
+/// `host:port,host:port,…` (`REDIS_CLUSTER_NODES`, `REDIS_SENTINELS`); an error names the
+/// variable `name` and the item at fault.
+pub(super) fn parse_nodes(name: &'static str, v: &str) -> Result<Vec<String>, ConfigError> {
     v.split(',')
         .map(str::trim)
         .filter(|n| !n.is_empty())
-        .map(|node| {
-            let ok = node
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if ok {
-                Ok(node.to_owned())
-            } else {
-                Err(invalid(
-                    "REDIS_CLUSTER_NODES",
-                    v,
-                    &format!("`{node}` is not host:port"),
-                ))
-            }
-        })
+        .map(|node| check_host_port(name, v, node).map(|()| node.to_owned()))
         .collect()
 }
 

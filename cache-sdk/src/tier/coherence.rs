@@ -24,6 +24,10 @@
 //! when the connection is closed (about 1 ms), and within [`CHECK_INTERVAL`] plus the
 //! command timeout when it dies silently (a `PING` checks it).
 //!
+//! Through Redis Sentinel the link connects to the master the sentinels name, asks them
+//! again at every reconnection, and closes itself on `+switch-master`: after a failover
+//! it is on the new master as soon as the data link is (see [`sentinel`](super::sentinel)).
+//!
 //! # Raw-backed entries and outages
 //!
 //! When Redis itself is lost (not only the link), the raw-backed entries held in L1 (values
@@ -52,6 +56,7 @@ use super::local::{Backing, Held, Local};
 use super::memory::MemoryStore;
 use super::redis::{classify, Failure};
 use super::remote::Remote;
+use super::sentinel::Sentinels;
 use crate::config::{CacheConfig, Coherence, RedisConfig};
 use crate::stats::CoherenceState;
 use crate::tls::TlsMaterial;
@@ -204,9 +209,47 @@ enum Mode {
     PubSub,
 }
 
+/// Where the link connects.
+// One per cache, made once: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum LinkTarget {
+    /// One server (or the first node of a cluster).
+    Fixed(redis::Client),
+    /// The master the sentinels name at each (re)connection, so the link follows a
+    /// failover as the data link does.
+    Sentinel(Sentinels),
+}
+
+impl LinkTarget {
+    /// Opens a connection with `config` (RESP3) to the server, or to the current master.
+    async fn open(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        match self {
+            LinkTarget::Fixed(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+            }
+            LinkTarget::Sentinel(sentinels) => {
+                let open = |client: redis::Client| {
+                    let config = config.clone();
+                    async move {
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await
+                    }
+                };
+                sentinels.connect(ProtocolVersion::RESP3, open).await
+            }
+        }
+    }
+}
+
 struct Shared {
     signals: Arc<Signals>,
-    client: redis::Client,
+    target: LinkTarget,
     /// `Auto`: may move from tracking to pub/sub, and from there to off.
     auto: bool,
     mode: Mutex<Mode>,
@@ -219,6 +262,8 @@ struct Shared {
     timeout: Duration,
     connect_timeout: Duration,
     max_delay: Duration,
+    /// Through Sentinel: the `+switch-master` subscription of the live connection.
+    watch: Mutex<Option<MultiplexedConnection>>,
 }
 
 /// The invalidation link of one cache. Cheap to clone.
@@ -243,15 +288,32 @@ fn link_address(r: &RedisConfig) -> String {
     }
 }
 
-/// A RESP3 client for the link, with the TLS material the data connection uses (read once,
-/// when the configuration was validated).
-fn link_client(r: &RedisConfig, tls: &TlsMaterial) -> redis::RedisResult<redis::Client> {
+/// Where the link connects, speaking RESP3, with the TLS material the data connection uses
+/// (read once, when the configuration was validated): the server, or, through Sentinel,
+/// the master of the moment.
+fn link_client(
+    cfg: &CacheConfig,
+    r: &RedisConfig,
+    tls: &TlsMaterial,
+) -> redis::RedisResult<LinkTarget> {
+    if let Some(sentinel) = &r.sentinel {
+        return Ok(LinkTarget::Sentinel(Sentinels::new(
+            r,
+            sentinel,
+            tls,
+            cfg.timeout,
+            cfg.connect_timeout,
+            "invalidation",
+        )?));
+    }
     let info = link_address(r).as_str().into_connection_info()?;
     let resp3 = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    tls.client(info.set_redis_settings(resp3))
+    Ok(LinkTarget::Fixed(
+        tls.client(info.set_redis_settings(resp3))?,
+    ))
 }
 
 impl CoherenceLink {
@@ -280,8 +342,8 @@ impl CoherenceLink {
             _ if cluster => Mode::PubSub,
             _ => Mode::Tracking,
         };
-        let client = match link_client(redis, tls) {
-            Ok(c) => c,
+        let target = match link_client(cfg, redis, tls) {
+            Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e.category(), "cache coherence: no usable address; L1 is not coherent");
                 return None;
@@ -307,7 +369,7 @@ impl CoherenceLink {
         });
         let shared = Arc::new(Shared {
             signals,
-            client,
+            target,
             auto: cfg.coherence == Coherence::Auto,
             mode: Mutex::new(mode),
             prefixes,
@@ -317,6 +379,7 @@ impl CoherenceLink {
             timeout: cfg.timeout,
             connect_timeout: cfg.connect_timeout,
             max_delay: cfg.probe_interval.max(Duration::from_millis(10)),
+            watch: Mutex::new(None),
         });
         let weak = Arc::downgrade(&shared);
         let signals = shared.signals.clone();
@@ -476,14 +539,18 @@ impl Shared {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(sender);
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
+        let connect = self.target.open(&config);
         let mut conn = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(connect_failure(&e)),
             Err(_) => return Err(Failure::timed_out("connecting timed out")),
         };
+        if let LinkTarget::Sentinel(sentinels) = &self.target {
+            // The master moved while this connection still works (a planned failover):
+            // close the link, so that it reconnects to the new master.
+            let closed = closed.clone();
+            *lock(&self.watch) = sentinels.watch(move || closed.notify_one()).await;
+        }
         let mut name = redis::cmd("CLIENT");
         name.arg("SETNAME").arg(CONNECTION_NAME);
         // Only a label for operators: refusing it is not a reason to give up.

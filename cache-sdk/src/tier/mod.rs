@@ -12,6 +12,7 @@ pub(crate) mod memory;
 pub(crate) mod redis;
 pub(crate) mod remote;
 pub(crate) mod replay;
+pub(crate) mod sentinel;
 pub(crate) mod tasks;
 
 /// An entry that knows when it expires; moka asks it through [`DeadlineExpiry`].

@@ -1,5 +1,6 @@
-//! The link to Redis: a multiplexed connection to one server, or a Redis Cluster client;
-//! every call bounded by a timeout, and errors sorted into "Redis is unavailable" (fall
+//! The link to Redis: a multiplexed connection to one server (given, or the master found
+//! through Redis Sentinel at every connection), or a Redis Cluster client; every call
+//! bounded by a timeout, and errors sorted into "Redis is unavailable" (fall
 //! back) and "Redis said no" (report to the caller).
 //!
 //! On a cluster, single-key commands are routed by redis-rs to the master of the key's slot,
@@ -11,6 +12,7 @@
 #[cfg(feature = "cluster")]
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -24,10 +26,11 @@ use redis::cluster_async::ClusterConnection;
 #[cfg(feature = "cluster")]
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{
-    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
-    RedisResult, ServerErrorKind, Value,
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, ProtocolVersion, RedisError,
+    RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 
+use super::sentinel::Sentinels;
 use crate::config::RedisConfig;
 use crate::error::{BackendError, BackendErrorKind, ConfigError};
 use crate::tls::TlsMaterial;
@@ -68,14 +71,15 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// How to reach Redis: one server, or a cluster.
+/// How to reach Redis: one server, a cluster, or the master the sentinels name.
 // One per cache, made once: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone)]
 pub(crate) enum LinkClient {
     Single(redis::Client),
     #[cfg(feature = "cluster")]
     Cluster(ClusterClient),
+    /// Asked at every connection, so a failover is followed by the next reconnect.
+    Sentinel(Sentinels),
 }
 
 /// A live connection; both kinds speak [`ConnectionLike`], so commands and pipelines run on
@@ -161,8 +165,11 @@ impl ConnectionLike for Conn {
 pub(crate) struct RedisLink {
     client: LinkClient,
     /// The current connection. It is not reconnected in place: a failed call opens the
-    /// breaker, and the probe in `remote.rs` opens a fresh connection.
-    conn: ArcSwapOption<Conn>,
+    /// breaker, and the probe in `remote.rs` opens a fresh connection. Shared with the
+    /// Sentinel watch, which empties it when the master moves.
+    conn: Arc<ArcSwapOption<Conn>>,
+    /// Through Sentinel: the `+switch-master` subscription of the current connection.
+    watch: std::sync::Mutex<Option<MultiplexedConnection>>,
     timeout: Duration,
     connect_timeout: Duration,
     pub(crate) address: String,
@@ -194,7 +201,12 @@ impl RedisLink {
             value: cfg.display_address(),
             reason: format!("not a usable Redis address ({})", e.category()),
         };
-        let client = if cfg.is_cluster() {
+        let client = if let Some(sentinel) = &cfg.sentinel {
+            LinkClient::Sentinel(
+                Sentinels::new(cfg, sentinel, tls, timeout, connect_timeout, "data")
+                    .map_err(|e| address_error("REDIS_SENTINELS", e))?,
+            )
+        } else if cfg.is_cluster() {
             LinkClient::cluster(cfg, tls, timeout, connect_timeout)
                 .map_err(|e| address_error("REDIS_CLUSTER_NODES", e))?
         } else {
@@ -208,7 +220,8 @@ impl RedisLink {
         };
         Ok(Self {
             client,
-            conn: ArcSwapOption::empty(),
+            conn: Arc::new(ArcSwapOption::empty()),
+            watch: std::sync::Mutex::new(None),
             timeout,
             connect_timeout,
             address: cfg.display_address(),
@@ -224,19 +237,29 @@ impl RedisLink {
     }
 
     /// Opens a fresh connection and checks it with `PING` (on a cluster, every master must
-    /// answer); on success it replaces the current one.
+    /// answer; through Sentinel, the sentinels are asked where the master is now and the
+    /// node must say it is a master); on success it replaces the current one.
     pub(crate) async fn connect(&self) -> Result<(), Failure> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout));
         let attempt = async {
             let mut conn = match &self.client {
-                LinkClient::Single(client) => {
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.connect_timeout))
-                        .set_response_timeout(Some(self.timeout));
-                    Conn::Single(
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await?,
-                    )
+                LinkClient::Single(client) => Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ),
+                LinkClient::Sentinel(sentinels) => {
+                    let open = |client: redis::Client| {
+                        let config = config.clone();
+                        async move {
+                            client
+                                .get_multiplexed_async_connection_with_config(&config)
+                                .await
+                        }
+                    };
+                    Conn::Single(sentinels.connect(ProtocolVersion::RESP2, open).await?)
                 }
                 #[cfg(feature = "cluster")]
                 LinkClient::Cluster(client) => {
@@ -266,7 +289,23 @@ impl RedisLink {
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(conn)) => {
-                self.conn.store(Some(std::sync::Arc::new(conn)));
+                self.conn.store(Some(Arc::new(conn)));
+                if let LinkClient::Sentinel(sentinels) = &self.client {
+                    // The master moved while this connection still works (a planned
+                    // failover): drop it, so the next call trips and the probe reconnects.
+                    let slot = Arc::downgrade(&self.conn);
+                    let watch = sentinels
+                        .watch(move || {
+                            if let Some(slot) = slot.upgrade() {
+                                slot.store(None);
+                            }
+                        })
+                        .await;
+                    *self
+                        .watch
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = watch;
+                }
                 Ok(())
             }
             // Whatever answered, it was not a working connection: unavailable.
@@ -571,7 +610,9 @@ fn unavailable_kind(e: &RedisError) -> Option<BackendErrorKind> {
         || e.is_connection_refusal()
         || matches!(
             e.kind(),
-            ErrorKind::ClusterConnectionNotFound | ErrorKind::Parse
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::Parse
         )
     {
         return Some(BackendErrorKind::Unreachable);

@@ -51,6 +51,7 @@ impl Remote {
             .arg(&bytes)
             .arg(millis(ttl));
         self.write(
+            &[key],
             |l| {
                 let cmd = &cmd;
                 async move {

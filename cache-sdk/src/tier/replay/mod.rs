@@ -321,7 +321,7 @@ impl Scripts {
     /// Loads the scripts (again: a server that restarted or was flushed lost them).
     pub(crate) async fn load(link: &RedisLink) -> Result<Self, BackendError> {
         // At once: one round trip, not three.
-        let (set_sha, del_sha, incr_sha) = futures::try_join!(
+        let (set_sha, del_sha, incr_sha) = tokio::try_join!(
             load_script(link, SET_SCRIPT),
             load_script(link, DEL_SCRIPT),
             load_script(link, INCR_SCRIPT)
