@@ -925,8 +925,8 @@ mod tests {
             .router
             .on_message("c", &write_frame(1, b"\xCA\x01garbage"));
         // A frame from another instance with a string, not a u32... then a good one.
-        let text =
-            codec::encode(&"x".to_string(), Codec::Json, Default::default(), None).expect("encode");
+        let text = codec::encode(&"x".to_string(), Codec::Bincode, Default::default(), None)
+            .expect("encode");
         ps.shared.router.on_message("c", &write_frame(1, &text));
         let good = codec::encode(&5u32, Codec::Bincode, Default::default(), None).expect("encode");
         ps.shared.router.on_message("c", &write_frame(1, &good));

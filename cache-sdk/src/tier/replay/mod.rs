@@ -455,6 +455,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "cluster")]
     fn a_marker_shares_the_counter_prefix_and_hash_slot() {
         use redis::cluster_routing::Slot;
         assert_eq!(
