@@ -808,7 +808,12 @@ impl Cache {
             )
             .await;
         match outcome {
-            Ok(entry) => Ok((*entry).clone()),
+            Ok(entry) => {
+                if entry.is_stale() {
+                    bump(&c.stale_served);
+                }
+                Ok((*entry).clone())
+            }
             Err(Failure::Load(e)) => Err(e),
             Err(Failure::Panicked(p)) => std::panic::resume_unwind(p),
         }
@@ -828,7 +833,6 @@ impl Cache {
             match s.standing(now) {
                 Standing::Fresh => return Some(Arc::new(s.entry(None, false))),
                 Standing::Throttled => {
-                    bump(&c.stale_served);
                     return Some(Arc::new(s.entry(Some(StaleReason::Throttled), false)));
                 }
                 Standing::Expired => {}
@@ -999,7 +1003,6 @@ impl Cache {
         why: StaleReason,
         rx: &mut oneshot::Receiver<Landed<T, E>>,
     ) -> Entry<T> {
-        bump(&self.inner.counters.stale_served);
         let rearmed = Arc::new(Stamped {
             value: st.value.clone(),
             written_at_ms: st.written_at_ms,

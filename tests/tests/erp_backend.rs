@@ -1220,3 +1220,39 @@ async fn a_bad_database_setting_stops_the_server_with_a_clear_message() {
         assert!(!logs.contains("panicked"), "{logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_product_is_still_served_while_the_origin_fails() {
+    let dir = DbDir::new("fail-safe");
+    let url = dir.url();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("CACHE_TTL_API", "1"),
+        ("ERP_DB_LATENCY_MS", "1"),
+    ];
+    let server = Backend::start(&env).await;
+    let mut client = server.client();
+
+    let first = client.get("/api/products/4").await;
+    assert_eq!(first.header("cache-status"), Some("cache-sdk; fwd=miss; stored"));
+    let product = first.expect(200);
+    let hit = client.get("/api/products/4").await;
+    assert!(
+        hit.header("cache-status").is_some_and(|s| s.starts_with("cache-sdk; hit")),
+        "{:?}",
+        hit.header("cache-status")
+    );
+    client
+        .post_json("/api/admin/origin", &json!({"failing": true}))
+        .await
+        .expect(200);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Past its 1 s TTL, with the database failing: the stale value answers.
+    for _ in 0..3 {
+        let r = client.get("/api/products/4").await;
+        assert_eq!(r.header("cache-status"), Some("cache-sdk; hit; detail=stale"));
+        assert_eq!(r.expect(200), product);
+    }
+    // A product never cached has no stale value: the failure shows.
+    assert_eq!(client.get("/api/products/6").await.status, 503);
+}
