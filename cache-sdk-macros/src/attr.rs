@@ -273,12 +273,18 @@ fn parse_duration(name: &str, input: ParseStream<'_>) -> syn::Result<(u64, Span)
         ));
     };
     let ms = duration_ms(&s.value()).ok_or_else(|| {
-        syn::Error::new(span, format!("invalid `{name}` {:?}: {DURATION_HELP}", s.value()))
+        syn::Error::new(
+            span,
+            format!("invalid `{name}` {:?}: {DURATION_HELP}", s.value()),
+        )
     })?;
     if ms == 0 || ms > MAX_DURATION_MS {
         return Err(syn::Error::new(
             span,
-            format!("`{name}` of {:?} is out of range: it must be above zero and at most 365 days", s.value()),
+            format!(
+                "`{name}` of {:?} is out of range: it must be above zero and at most 365 days",
+                s.value()
+            ),
         ));
     }
     Ok((ms, span))
@@ -475,17 +481,34 @@ mod tests {
         assert_eq!(duration_ms(""), None);
         let o = options(
             Which::Cached,
-            quote::quote!(key = "k", fail_safe = "1h", soft_timeout = "100ms", hard_timeout = "2s", refresh_ahead = 0.8),
+            quote::quote!(
+                key = "k",
+                fail_safe = "1h",
+                soft_timeout = "100ms",
+                hard_timeout = "2s",
+                refresh_ahead = 0.8
+            ),
         )
         .unwrap();
         assert_eq!(o.fail_safe.map(|d| d.0), Some(3_600_000));
         assert_eq!(o.soft_timeout.map(|d| d.0), Some(100));
         assert_eq!(o.hard_timeout.map(|d| d.0), Some(2000));
         assert_eq!(o.refresh_ahead.map(|d| d.0), Some(0.8));
-        assert!(error(Which::Cached, quote::quote!(key = "k", refresh_ahead = 1.0)).contains("between 0 and 1"));
-        assert!(error(Which::Cached, quote::quote!(key = "k", fail_safe = 60)).contains("in quotes"));
-        assert!(error(Which::Cached, quote::quote!(key = "k", fail_safe = "0s")).contains("out of range"));
-        assert!(error(Which::Put, quote::quote!(key = "k", fail_safe = "1h")).contains("unknown option"));
+        assert!(
+            error(Which::Cached, quote::quote!(key = "k", refresh_ahead = 1.0))
+                .contains("between 0 and 1")
+        );
+        assert!(
+            error(Which::Cached, quote::quote!(key = "k", fail_safe = 60)).contains("in quotes")
+        );
+        assert!(
+            error(Which::Cached, quote::quote!(key = "k", fail_safe = "0s"))
+                .contains("out of range")
+        );
+        assert!(
+            error(Which::Put, quote::quote!(key = "k", fail_safe = "1h"))
+                .contains("unknown option")
+        );
     }
 
     #[test]

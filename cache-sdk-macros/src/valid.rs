@@ -140,7 +140,8 @@ fn check_resilience(opts: &Options, func: &Func, span: proc_macro2::Span, errors
     }
     if let Some((_, s)) = opts.hard_timeout {
         let none_too = opts.cache_none.as_ref().is_some_and(|b| b.value);
-        let fits = matches!(func.ret, Ret::Result) || (matches!(func.ret, Ret::Option) && !none_too);
+        let fits =
+            matches!(func.ret, Ret::Result) || (matches!(func.ret, Ret::Option) && !none_too);
         if !fits {
             errors.push(syn::Error::new(
                 s,

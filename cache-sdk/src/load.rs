@@ -937,7 +937,10 @@ impl Cache {
                 Ok(landed) => return self.landed(key, opts, landed, stale),
                 Err(_) => {
                     bump(&c.soft_timeouts);
-                    tracing::info!(key = log_key(key), "loader slower than the soft timeout; serving the stale value");
+                    tracing::info!(
+                        key = log_key(key),
+                        "loader slower than the soft timeout; serving the stale value"
+                    );
                     return Ok(self.rearm(key, opts, st, StaleReason::SoftTimeout, &mut rx));
                 }
             }
@@ -951,14 +954,18 @@ impl Cache {
                         bump(&c.hard_timeouts);
                         return match &stale {
                             Some(st) => {
-                                tracing::warn!(key = log_key(key), "loader passed the hard timeout; serving the stale value");
+                                tracing::warn!(
+                                    key = log_key(key),
+                                    "loader passed the hard timeout; serving the stale value"
+                                );
                                 Ok(self.rearm(key, opts, st, StaleReason::HardTimeout, &mut rx))
                             }
                             None => {
-                                tracing::warn!(key = log_key(key), "loader passed the hard timeout");
-                                Err(Failure::Load(LoadError::Timeout(LoadTimeout::after(
-                                    hard,
-                                ))))
+                                tracing::warn!(
+                                    key = log_key(key),
+                                    "loader passed the hard timeout"
+                                );
+                                Err(Failure::Load(LoadError::Timeout(LoadTimeout::after(hard))))
                             }
                         };
                     }
@@ -985,7 +992,10 @@ impl Cache {
         };
         match stale {
             Some(st) => {
-                tracing::warn!(key = log_key(key), "loader failed; serving the stale value (fail-safe)");
+                tracing::warn!(
+                    key = log_key(key),
+                    "loader failed; serving the stale value (fail-safe)"
+                );
                 let (_, mut none) = oneshot::channel::<Landed<T, E>>();
                 Ok(self.rearm(key, opts, &st, StaleReason::LoadFailed, &mut none))
             }
@@ -1055,14 +1065,19 @@ impl Cache {
             let cache = Cache { inner };
             let c = &cache.inner.counters;
             let landed = match result {
-                Ok(Ok(v)) => Landed::Stored(cache.store_stamped(&key, Arc::new(v), ttl, &opts).await),
+                Ok(Ok(v)) => {
+                    Landed::Stored(cache.store_stamped(&key, Arc::new(v), ttl, &opts).await)
+                }
                 Ok(Err(e)) => {
                     bump(&c.load_errors);
                     Landed::Failed(e)
                 }
                 Err(p) => {
                     bump(&c.load_errors);
-                    tracing::error!(key = log_key(&key), "the loader panicked; counted as a failed load");
+                    tracing::error!(
+                        key = log_key(&key),
+                        "the loader panicked; counted as a failed load"
+                    );
                     Landed::Panicked(p)
                 }
             };
@@ -1152,7 +1167,9 @@ impl Cache {
         bump(&self.inner.counters.refreshes_started);
         let task = async move {
             let guard = guard;
-            let Some(inner) = guard.inner.upgrade() else { return };
+            let Some(inner) = guard.inner.upgrade() else {
+                return;
+            };
             let cache = Cache { inner };
             let key = guard.key.clone();
             // Another instance may have refreshed it already.
@@ -1179,7 +1196,10 @@ impl Cache {
                 Ok(Landed::Stored(_)) => bump(&inner.counters.refreshes_completed),
                 _ => {
                     bump(&inner.counters.refreshes_failed);
-                    tracing::warn!(key = log_key(&key), "eager refresh failed; the cached value stays until its TTL");
+                    tracing::warn!(
+                        key = log_key(&key),
+                        "eager refresh failed; the cached value stays until its TTL"
+                    );
                 }
             }
             drop(inner);

@@ -277,7 +277,12 @@ where
     Fut: Future<Output = R> + Send + 'static,
 {
     match cache
-        .get_or_load_with(key, ttl, &opts, move || async move { M::split(loader().await) })
+        .get_or_load_with(
+            key,
+            ttl,
+            &opts,
+            move || async move { M::split(loader().await) },
+        )
         .await
     {
         Ok(v) => M::join(Ok(v)),
@@ -305,7 +310,12 @@ where
     Fut: Future<Output = R> + Send + 'static,
 {
     match cache
-        .get_or_load_with(key, ttl, &opts, move || async move { M::split(loader().await) })
+        .get_or_load_with(
+            key,
+            ttl,
+            &opts,
+            move || async move { M::split(loader().await) },
+        )
         .await
     {
         Ok(v) => M::join(Ok(v)),

@@ -152,12 +152,16 @@ pub async fn get_product(
 ) -> Result<Response, ApiError> {
     let entry = state.catalog.product_entry(id).await.map_err(|e| match e {
         LoadError::Loader(e) => ApiError::from(e),
-        LoadError::Timeout(t) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Product database unavailable")
-                .detail(t.to_string())
-        }
-        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Product database unavailable")
-            .detail("the server is shutting down"),
+        LoadError::Timeout(t) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Product database unavailable",
+        )
+        .detail(t.to_string()),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Product database unavailable",
+        )
+        .detail("the server is shutting down"),
     })?;
     let status = HeaderValue::from_static(cache_status(&entry));
     let mut response = Json((**entry.value()).clone()).into_response();
@@ -167,7 +171,11 @@ pub async fn get_product(
 
 /// The `Cache-Status` value (RFC 9211) for what the cache did.
 fn cache_status<T>(entry: &Entry<T>) -> &'static str {
-    match (entry.is_stale(), entry.was_loaded(), entry.refresh_started()) {
+    match (
+        entry.is_stale(),
+        entry.was_loaded(),
+        entry.refresh_started(),
+    ) {
         (true, _, _) => "cache-sdk; hit; detail=stale",
         (false, true, _) => "cache-sdk; fwd=miss; stored",
         (false, false, true) => "cache-sdk; hit; detail=refresh",

@@ -1234,11 +1234,15 @@ async fn an_expired_product_is_still_served_while_the_origin_fails() {
     let mut client = server.client();
 
     let first = client.get("/api/products/4").await;
-    assert_eq!(first.header("cache-status"), Some("cache-sdk; fwd=miss; stored"));
+    assert_eq!(
+        first.header("cache-status"),
+        Some("cache-sdk; fwd=miss; stored")
+    );
     let product = first.expect(200);
     let hit = client.get("/api/products/4").await;
     assert!(
-        hit.header("cache-status").is_some_and(|s| s.starts_with("cache-sdk; hit")),
+        hit.header("cache-status")
+            .is_some_and(|s| s.starts_with("cache-sdk; hit")),
         "{:?}",
         hit.header("cache-status")
     );
@@ -1250,7 +1254,10 @@ async fn an_expired_product_is_still_served_while_the_origin_fails() {
     // Past its 1 s TTL, with the database failing: the stale value answers.
     for _ in 0..3 {
         let r = client.get("/api/products/4").await;
-        assert_eq!(r.header("cache-status"), Some("cache-sdk; hit; detail=stale"));
+        assert_eq!(
+            r.header("cache-status"),
+            Some("cache-sdk; hit; detail=stale")
+        );
         assert_eq!(r.expect(200), product);
     }
     // A product never cached has no stale value: the failure shows.

@@ -77,7 +77,10 @@ async fn a_failing_origin_is_answered_from_stale_and_asked_once_per_throttle_per
             Err(_) => errors += 1,
         }
     }
-    assert_eq!(errors, 0, "no caller sees an error during the fail-safe window");
+    assert_eq!(
+        errors, 0,
+        "no caller sees an error during the fail-safe window"
+    );
     assert!(served > 0);
     // One origin call per throttle period (300 ms), plus one for the boundary.
     let calls = origin.load(Ordering::SeqCst);
@@ -111,8 +114,14 @@ async fn a_slow_origin_is_answered_from_stale_and_its_value_lands_everywhere() {
         })
         .await
         .unwrap();
-    assert_eq!((**e.value(), e.stale_reason()), (1, Some(StaleReason::SoftTimeout)));
-    assert!(start.elapsed() < Duration::from_millis(1200), "did not wait for the loader");
+    assert_eq!(
+        (**e.value(), e.stale_reason()),
+        (1, Some(StaleReason::SoftTimeout))
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(1200),
+        "did not wait for the loader"
+    );
     // The loader finishes in the background: the other instance sees its value in L2.
     let landed = async {
         for _ in 0..400 {
@@ -124,13 +133,18 @@ async fn a_slow_origin_is_answered_from_stale_and_its_value_lands_everywhere() {
         false
     };
     assert!(landed.await, "the background load landed in L2");
-    assert!(wait_until(Duration::from_secs(2), || a.stats().background_completions == 1)
+    assert!(
+        wait_until(Duration::from_secs(2), || a.stats().background_completions
+            == 1)
         .await
-        .is_some());
+        .is_some()
+    );
     assert_eq!(a.stats().soft_timeouts, 1);
     // And this instance now answers fresh without calling the origin.
     let e = a
-        .get_or_load_entry_with(key, TTL, &opts, || async { Err::<u32, _>("not called".to_string()) })
+        .get_or_load_entry_with(key, TTL, &opts, || async {
+            Err::<u32, _>("not called".to_string())
+        })
         .await
         .unwrap();
     assert_eq!((**e.value(), e.is_stale()), (2, false));
@@ -185,7 +199,10 @@ async fn eager_refresh_keeps_a_hot_key_fresh_without_callers_waiting() {
             .get_or_load_entry_with(key, TTL, &opts, loader(version.clone()))
             .await
             .unwrap();
-        assert!(!e.was_loaded(), "no caller waits for the loader after warm-up");
+        assert!(
+            !e.was_loaded(),
+            "no caller waits for the loader after warm-up"
+        );
         assert!(!e.is_stale());
         seen.push(**e.value());
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -193,7 +210,10 @@ async fn eager_refresh_keeps_a_hot_key_fresh_without_callers_waiting() {
     let stats = cache.stats();
     // The key outlived its 1 s TTL several times: it was refreshed, never reloaded by a caller.
     assert!(stats.refreshes_completed >= 2, "{stats:?}");
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "values only move forward");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "values only move forward"
+    );
     assert!(*seen.last().unwrap() >= 3);
     // One refresh per key at a time: never more loads than refreshes plus the first.
     assert_eq!(stats.loads, stats.refreshes_started + 1);
@@ -211,7 +231,9 @@ async fn without_fail_safe_loader_errors_propagate() {
         .unwrap();
     let_it_expire().await;
     let err = cache
-        .get_or_load_entry_with(key, TTL, &opts, || async { Err::<u32, _>("down".to_string()) })
+        .get_or_load_entry_with(key, TTL, &opts, || async {
+            Err::<u32, _>("down".to_string())
+        })
         .await
         .unwrap_err();
     assert_eq!(err.into_loader().as_deref(), Some("down"));
@@ -230,7 +252,9 @@ async fn a_stale_answer_never_overwrites_a_fresher_value_of_another_instance() {
         .unwrap();
     let_it_expire().await;
     let e = a
-        .get_or_load_entry_with(key, TTL, &opts, || async { Err::<u32, _>("down".to_string()) })
+        .get_or_load_entry_with(key, TTL, &opts, || async {
+            Err::<u32, _>("down".to_string())
+        })
         .await
         .unwrap();
     assert!(e.is_stale());
@@ -238,13 +262,17 @@ async fn a_stale_answer_never_overwrites_a_fresher_value_of_another_instance() {
     // Whatever `a` serves during its throttle period, L2 keeps the fresher value.
     for _ in 0..5 {
         let _ = a
-            .get_or_load_entry_with(key, TTL, &opts, || async { Err::<u32, _>("down".to_string()) })
+            .get_or_load_entry_with(key, TTL, &opts, || async {
+                Err::<u32, _>("down".to_string())
+            })
             .await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(b.get::<u32>(key).await.unwrap(), Some(2));
     let e = a
-        .get_or_load_entry_with(key, TTL, &opts, || async { Err::<u32, _>("down".to_string()) })
+        .get_or_load_entry_with(key, TTL, &opts, || async {
+            Err::<u32, _>("down".to_string())
+        })
         .await
         .unwrap();
     assert_eq!((**e.value(), e.is_stale()), (2, false));
@@ -270,7 +298,10 @@ async fn a_panicking_loader_serves_stale_or_panics_only_its_caller() {
         })
         .await
         .unwrap();
-    assert_eq!((**e.value(), e.stale_reason()), (1, Some(StaleReason::LoadFailed)));
+    assert_eq!(
+        (**e.value(), e.stale_reason()),
+        (1, Some(StaleReason::LoadFailed))
+    );
     // No stale value: the panic reaches the caller's task only.
     let c = cache.clone();
     let joined = tokio::spawn(async move {
@@ -286,7 +317,9 @@ async fn a_panicking_loader_serves_stale_or_panics_only_its_caller() {
     assert!(joined.unwrap_err().is_panic());
     // The cache still works.
     let v = cache
-        .get_or_load_with("cache:fs:panic3", TTL, &opts, || async { Ok::<_, String>(3u32) })
+        .get_or_load_with("cache:fs:panic3", TTL, &opts, || async {
+            Ok::<_, String>(3u32)
+        })
         .await
         .unwrap();
     assert_eq!(v, 3);

@@ -468,7 +468,10 @@ mod resilient {
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
 
     fn resilient_cache() -> Cache {
-        CACHE.get().cloned().expect("the test installs its cache first")
+        CACHE
+            .get()
+            .cloned()
+            .expect("the test installs its cache first")
     }
     static CALLS: AtomicUsize = AtomicUsize::new(0);
 
