@@ -268,7 +268,7 @@ impl StaleReason {
 /// let e = cache
 ///     .get_or_load_entry("cache:p:1", cache_sdk::Ttl::Api, || async { Ok::<_, std::io::Error>(2u8) })
 ///     .await?;
-/// assert_eq!((*e.value(), e.was_loaded()), (1, false));
+/// assert_eq!((**e.value(), e.was_loaded()), (1, false));
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
