@@ -32,6 +32,10 @@ impl Which {
                 "tier",
                 "jitter",
                 "cache_none",
+                "fail_safe",
+                "soft_timeout",
+                "hard_timeout",
+                "refresh_ahead",
                 "crate",
             ],
             Which::Evict => &["key", "cache", "tier", "before", "crate"],
@@ -74,6 +78,14 @@ pub(crate) struct Options {
     pub(crate) cache_none: Option<LitBool>,
     pub(crate) before: Option<LitBool>,
     pub(crate) krate: Option<Path>,
+    /// `fail_safe = "1h"`: the window, in milliseconds.
+    pub(crate) fail_safe: Option<(u64, Span)>,
+    /// `soft_timeout = "100ms"`, in milliseconds.
+    pub(crate) soft_timeout: Option<(u64, Span)>,
+    /// `hard_timeout = "2s"`, in milliseconds.
+    pub(crate) hard_timeout: Option<(u64, Span)>,
+    /// `refresh_ahead = 0.8`.
+    pub(crate) refresh_ahead: Option<(f64, Span)>,
 }
 
 impl Options {
@@ -92,6 +104,10 @@ impl Options {
             cache_none: None,
             before: None,
             krate: None,
+            fail_safe: None,
+            soft_timeout: None,
+            hard_timeout: None,
+            refresh_ahead: None,
         };
         let mut seen: Vec<String> = Vec::new();
         while !input.is_empty() {
@@ -128,6 +144,15 @@ impl Options {
                 "jitter" => o.jitter = Some(parse_jitter(input)?),
                 "cache_none" => o.cache_none = Some(input.parse()?),
                 "before" => o.before = Some(input.parse()?),
+                "fail_safe" | "soft_timeout" | "hard_timeout" => {
+                    let d = Some(parse_duration(&n, input)?);
+                    match n.as_str() {
+                        "fail_safe" => o.fail_safe = d,
+                        "soft_timeout" => o.soft_timeout = d,
+                        _ => o.hard_timeout = d,
+                    }
+                }
+                "refresh_ahead" => o.refresh_ahead = Some(parse_fraction(input)?),
                 _ => {
                     let s: LitStr = input.parse()?;
                     o.krate = Some(s.parse().map_err(|_| {
@@ -209,6 +234,106 @@ fn parse_jitter(input: ParseStream<'_>) -> syn::Result<f64> {
         _ => Err(syn::Error::new(
             span,
             "`jitter` is a fraction above 0 and at most 0.5, such as `0.1` or \"10%\"",
+        )),
+    }
+}
+
+impl Options {
+    /// Whether any resilience option (fail-safe, timeouts, eager refresh) is set.
+    pub(crate) fn resilient(&self) -> bool {
+        self.fail_safe.is_some()
+            || self.soft_timeout.is_some()
+            || self.hard_timeout.is_some()
+            || self.refresh_ahead.is_some()
+    }
+
+    /// The span of the first resilience option, for errors about them all.
+    pub(crate) fn resilient_span(&self) -> Option<Span> {
+        self.fail_safe
+            .map(|(_, s)| s)
+            .or(self.soft_timeout.map(|(_, s)| s))
+            .or(self.hard_timeout.map(|(_, s)| s))
+            .or(self.refresh_ahead.map(|(_, s)| s))
+    }
+}
+
+const DURATION_HELP: &str =
+    "expected a duration such as \"100ms\", \"2s\", \"15m\", \"1h\" or \"1h30m\" (units ms, s, m, h, d)";
+
+/// The longest fail-safe window or timeout: 365 days, in milliseconds.
+const MAX_DURATION_MS: u64 = MAX_TTL_SECS * 1000;
+
+fn parse_duration(name: &str, input: ParseStream<'_>) -> syn::Result<(u64, Span)> {
+    let lit: Lit = input.parse()?;
+    let span = lit.span();
+    let Lit::Str(s) = &lit else {
+        return Err(syn::Error::new(
+            span,
+            format!("`{name}` is a duration in quotes: {DURATION_HELP}"),
+        ));
+    };
+    let ms = duration_ms(&s.value()).ok_or_else(|| {
+        syn::Error::new(
+            span,
+            format!("invalid `{name}` {:?}: {DURATION_HELP}", s.value()),
+        )
+    })?;
+    if ms == 0 || ms > MAX_DURATION_MS {
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "`{name}` of {:?} is out of range: it must be above zero and at most 365 days",
+                s.value()
+            ),
+        ));
+    }
+    Ok((ms, span))
+}
+
+/// `"100ms"`, `"2s"`, `"1h30m"` in milliseconds; `None` for anything else (a bare number
+/// has no unit, so it is refused too).
+fn duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut chars = s.chars().peekable();
+    while chars.peek().is_some() {
+        let mut number = String::new();
+        while let Some(c) = chars.peek().filter(|c| c.is_ascii_digit()) {
+            number.push(*c);
+            chars.next();
+        }
+        let n: u64 = number.parse().ok()?;
+        let unit: u64 = match chars.next()? {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    Some(total)
+}
+
+fn parse_fraction(input: ParseStream<'_>) -> syn::Result<(f64, Span)> {
+    let lit: Lit = input.parse()?;
+    let span = lit.span();
+    let value = match &lit {
+        Lit::Float(f) => f.base10_parse::<f64>().ok(),
+        _ => None,
+    };
+    match value {
+        Some(f) if f > 0.0 && f < 1.0 => Ok((f, span)),
+        _ => Err(syn::Error::new(
+            span,
+            "`refresh_ahead` is the fraction of the TTL after which a hit refreshes the value in the background: a number between 0 and 1, such as `0.8`",
         )),
     }
 }
@@ -340,6 +465,49 @@ mod tests {
         assert!(error(Which::Cached, quote::quote!(key = "a", jitter = 0.9)).contains("jitter"));
         assert!(
             error(Which::Cached, quote::quote!(key = "a", tier = "l2")).contains("unknown tier")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ms("100ms"), Some(100));
+        assert_eq!(duration_ms("2s"), Some(2000));
+        assert_eq!(duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(duration_ms("1m30s"), Some(90_000));
+        assert_eq!(duration_ms("1d"), Some(86_400_000));
+        assert_eq!(duration_ms("100"), None);
+        assert_eq!(duration_ms("1 hour"), None);
+        assert_eq!(duration_ms("1.5s"), None);
+        assert_eq!(duration_ms(""), None);
+        let o = options(
+            Which::Cached,
+            quote::quote!(
+                key = "k",
+                fail_safe = "1h",
+                soft_timeout = "100ms",
+                hard_timeout = "2s",
+                refresh_ahead = 0.8
+            ),
+        )
+        .unwrap();
+        assert_eq!(o.fail_safe.map(|d| d.0), Some(3_600_000));
+        assert_eq!(o.soft_timeout.map(|d| d.0), Some(100));
+        assert_eq!(o.hard_timeout.map(|d| d.0), Some(2000));
+        assert_eq!(o.refresh_ahead.map(|d| d.0), Some(0.8));
+        assert!(
+            error(Which::Cached, quote::quote!(key = "k", refresh_ahead = 1.0))
+                .contains("between 0 and 1")
+        );
+        assert!(
+            error(Which::Cached, quote::quote!(key = "k", fail_safe = 60)).contains("in quotes")
+        );
+        assert!(
+            error(Which::Cached, quote::quote!(key = "k", fail_safe = "0s"))
+                .contains("out of range")
+        );
+        assert!(
+            error(Which::Put, quote::quote!(key = "k", fail_safe = "1h"))
+                .contains("unknown option")
         );
     }
 

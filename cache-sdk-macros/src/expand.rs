@@ -138,13 +138,7 @@ impl Gen<'_> {
 
     fn cached(&self) -> TokenStream {
         let p = self.private();
-        let ItemFn {
-            attrs,
-            vis,
-            sig,
-            block,
-            ..
-        } = &self.func.item;
+        let block = &self.func.item.block;
         let ret = self.ret_type();
         let key = self.key(&self.patterns[0]);
         let (spec, jitter, mode) = (self.ttl_spec(), self.jitter(), self.mode());
@@ -163,6 +157,31 @@ impl Gen<'_> {
                 } else {
                     cache
                 };
+                if self.opts.resilient() {
+                    let opts = self.load_options();
+                    let call = if self.opts.hard_timeout.is_some() {
+                        quote!(#p::cached_deadline)
+                    } else {
+                        quote!(#p::cached_resilient)
+                    };
+                    // Owned: the body, moved into a task, may own what the cache was read from.
+                    return self.wrap(quote! {
+                        let __cache_sdk_owned: #p::Cache = #p::Cache::clone(#cache);
+                        let __cache_sdk_cache: &#p::Cache = &__cache_sdk_owned;
+                        let __cache_sdk_key: ::std::string::String = #key;
+                        #call::<#mode, _, _, _>(
+                            __cache_sdk_cache,
+                            &__cache_sdk_key,
+                            #p::ttl(__cache_sdk_cache, #spec, #jitter),
+                            #opts,
+                            move || async move {
+                                let __cache_sdk_value: #ret = #block;
+                                __cache_sdk_value
+                            },
+                        )
+                        .await
+                    });
+                }
                 quote! {
                     let __cache_sdk_cache: &#p::Cache = #cache;
                     let __cache_sdk_key: ::std::string::String = #key;
@@ -192,6 +211,14 @@ impl Gen<'_> {
                 #p::local().cached_sync::<#mode, _, _>(&__cache_sdk_key, #spec, #jitter, move || -> #ret #block)
             },
         };
+        self.wrap(body)
+    }
+
+    /// The function with `body`, and its companions.
+    fn wrap(&self, body: TokenStream) -> TokenStream {
+        let ItemFn {
+            attrs, vis, sig, ..
+        } = &self.func.item;
         let invalidate = self.invalidate_companion();
         let refresh = self.refresh_companion();
         quote! {
@@ -202,6 +229,26 @@ impl Gen<'_> {
             #invalidate
             #refresh
         }
+    }
+
+    /// The `LoadOptions` the resilience options ask for (nothing else: the cache's
+    /// defaults do not apply to a `#[cached]` function).
+    fn load_options(&self) -> TokenStream {
+        let p = self.private();
+        let ms = |d: Option<(u64, proc_macro2::Span)>, setter: &str| {
+            d.map(|(ms, _)| {
+                let setter = Ident::new(setter, proc_macro2::Span::call_site());
+                quote!(.#setter(::std::time::Duration::from_millis(#ms)))
+            })
+        };
+        let fail_safe = ms(self.opts.fail_safe, "fail_safe");
+        let soft = ms(self.opts.soft_timeout, "soft_timeout");
+        let hard = ms(self.opts.hard_timeout, "hard_timeout");
+        let refresh = self
+            .opts
+            .refresh_ahead
+            .map(|(f, _)| quote!(.refresh_ahead(#f)));
+        quote!(#p::LoadOptions::new() #fail_safe #soft #hard #refresh)
     }
 
     /// `<name>_invalidate(<key arguments>)`: drops the cached value for those arguments.

@@ -1,5 +1,6 @@
 //! Checks that the options fit the function, before anything is generated.
 
+use quote::ToTokens;
 use syn::spanned::Spanned;
 
 use crate::ast::{Func, Ret};
@@ -72,6 +73,10 @@ pub(crate) fn check(opts: &Options, func: &Func) -> syn::Result<Vec<Pattern>> {
         }
     }
 
+    if let Some(span) = opts.resilient_span() {
+        check_resilience(opts, func, span, &mut errors);
+    }
+
     let mut patterns = Vec::new();
     for lit in &opts.keys {
         let pattern = match Pattern::parse(lit) {
@@ -104,5 +109,73 @@ pub(crate) fn check(opts: &Options, func: &Func) -> syn::Result<Vec<Pattern>> {
     match errors.0 {
         Some(e) => Err(e),
         None => Ok(patterns),
+    }
+}
+
+/// `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`: the body runs as a task of
+/// the cache (it may finish after the caller stopped waiting), so it needs the cache, an
+/// async fn, owned arguments, and for `hard_timeout` a return type that can say "timed out".
+fn check_resilience(opts: &Options, func: &Func, span: proc_macro2::Span, errors: &mut Errors) {
+    if opts.tier() == Tier::L1 {
+        errors.push(syn::Error::new(
+            span,
+            "`fail_safe`, `soft_timeout`, `hard_timeout` and `refresh_ahead` need the `Cache` (L1 and Redis): remove `tier = \"l1\"`",
+        ));
+        return;
+    }
+    if let (Some((soft, s)), None) = (opts.soft_timeout, opts.fail_safe) {
+        let _ = soft;
+        errors.push(syn::Error::new(
+            s,
+            "`soft_timeout` answers with the stale value while the body finishes in the background: it needs `fail_safe = \"...\"` too",
+        ));
+    }
+    if let (Some((soft, s)), Some((hard, _))) = (opts.soft_timeout, opts.hard_timeout) {
+        if soft >= hard {
+            errors.push(syn::Error::new(
+                s,
+                "`soft_timeout` must be shorter than `hard_timeout`",
+            ));
+        }
+    }
+    if let Some((_, s)) = opts.hard_timeout {
+        let none_too = opts.cache_none.as_ref().is_some_and(|b| b.value);
+        let fits =
+            matches!(func.ret, Ret::Result) || (matches!(func.ret, Ret::Option) && !none_too);
+        if !fits {
+            errors.push(syn::Error::new(
+                s,
+                "`hard_timeout` needs a function returning `Result<T, E>` (with `E: From<cache_sdk::LoadTimeout>`) or `Option<T>`: past the timeout, with no stale value, there is no value to return",
+            ));
+        }
+    }
+    if let Some(recv) = func.item.sig.receiver() {
+        if recv.reference.is_some() {
+            errors.push(syn::Error::new(
+                recv.span(),
+                "unsupported signature: with `fail_safe`, timeouts or `refresh_ahead` the body runs as a background task, so it cannot borrow `self`: take owned arguments",
+            ));
+        }
+    }
+    for arg in &func.item.sig.inputs {
+        if let syn::FnArg::Typed(t) = arg {
+            if borrows(&t.ty) {
+                errors.push(syn::Error::new(
+                    t.ty.span(),
+                    "unsupported signature: with `fail_safe`, timeouts or `refresh_ahead` the body runs as a background task, so arguments must be owned (`'static`), not borrowed: pass an owned value, such as an `Arc` or a clone",
+                ));
+            }
+        }
+    }
+}
+
+/// Whether a type holds a reference.
+fn borrows(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Reference(_) => true,
+        other => other
+            .to_token_stream()
+            .into_iter()
+            .any(|t| matches!(&t, proc_macro2::TokenTree::Punct(p) if p.as_char() == '&' || p.as_char() == '\'')),
     }
 }

@@ -42,6 +42,8 @@ pub struct CacheBuilder {
     types: TypeTags,
     /// The first invalid [`CacheBuilder::value_type`], reported by `build()`.
     error: Option<ConfigError>,
+    /// The defaults of [`Cache::get_or_load_entry`].
+    load: crate::LoadOptions,
 }
 
 impl CacheBuilder {
@@ -50,6 +52,7 @@ impl CacheBuilder {
         Self {
             cfg: CacheConfig::default(),
             types: TypeTags::default(),
+            load: crate::LoadOptions::new(),
             error: None,
         }
     }
@@ -434,7 +437,27 @@ impl CacheBuilder {
             return Err(e.into());
         }
         let tls = self.cfg.checked()?;
-        Cache::start(self.cfg, tls, self.types).await
+        Cache::start(self.cfg, tls, self.types, self.load).await
+    }
+
+    /// The default [`LoadOptions`](crate::LoadOptions) of
+    /// [`Cache::get_or_load_entry`] (fail-safe, loader timeouts, eager refresh); all off
+    /// unless set. Per-call options start from them: [`Cache::load_options`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
+    /// use std::time::Duration;
+    /// let cache = cache_sdk::Cache::builder()
+    ///     .load_options(cache_sdk::LoadOptions::new().fail_safe(Duration::from_secs(3600)))
+    ///     .build()
+    ///     .await?;
+    /// assert!(cache.load_options().fail_safe_window().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn load_options(mut self, options: crate::LoadOptions) -> Self {
+        self.load = options;
+        self
     }
 }
 

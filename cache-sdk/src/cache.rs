@@ -29,6 +29,10 @@ use crate::tier::remote::{Remote, StoreEvent};
 use crate::tls::TlsMaterial;
 use crate::ttl::{Ttl, TtlPresets};
 
+#[path = "load.rs"]
+pub(crate) mod load;
+use load::{Background, LoadOptions};
+
 /// What a cached value must be: serde both ways, shareable across threads.
 /// Implemented for every such type.
 ///
@@ -103,6 +107,10 @@ struct Inner {
     max_value_size: usize,
     coherence: Option<CoherenceLink>,
     pubsub: PubSub,
+    /// The [`LoadOptions`] of `get_or_load_entry`.
+    load_defaults: LoadOptions,
+    /// Loader tasks and eager refreshes, aborted when the cache is dropped.
+    background: Background,
 }
 
 impl std::fmt::Debug for Cache {
@@ -146,7 +154,13 @@ impl Cache {
     pub fn in_memory() -> Self {
         let cfg = CacheConfig::default();
         let remote = Remote::memory_only(&cfg);
-        Self::assemble(&cfg, &TlsMaterial::default(), remote, TypeTags::default())
+        Self::assemble(
+            &cfg,
+            &TlsMaterial::default(),
+            remote,
+            TypeTags::default(),
+            LoadOptions::new(),
+        )
     }
 
     /// The rest of [`CacheBuilder::build`], after the configuration was validated (`tls`
@@ -156,11 +170,12 @@ impl Cache {
         cfg: CacheConfig,
         tls: TlsMaterial,
         types: TypeTags,
+        load_defaults: LoadOptions,
     ) -> std::result::Result<Cache, BuildError> {
         let remote = Remote::new(&cfg, &tls)?;
         remote.start(&cfg).await?;
         let up = remote.is_up();
-        let cache = Cache::assemble(&cfg, &tls, remote, types);
+        let cache = Cache::assemble(&cfg, &tls, remote, types, load_defaults);
         if let (true, Some(link)) = (up, &cache.inner.coherence) {
             // Redis answered: give the invalidation link as long to come up, so that L1
             // serves from the first call.
@@ -169,7 +184,13 @@ impl Cache {
         Ok(cache)
     }
 
-    fn assemble(cfg: &CacheConfig, tls: &TlsMaterial, remote: Remote, types: TypeTags) -> Self {
+    fn assemble(
+        cfg: &CacheConfig,
+        tls: &TlsMaterial,
+        remote: Remote,
+        types: TypeTags,
+        load_defaults: LoadOptions,
+    ) -> Self {
         let local = Local::new(cfg.l1_capacity, cfg.l1_ttl);
         let coherence = CoherenceLink::start(cfg, tls, &local, &remote);
         let l1 = local.clone();
@@ -198,6 +219,8 @@ impl Cache {
                 max_value_size: cfg.max_value_size,
                 coherence,
                 pubsub,
+                load_defaults,
+                background: Background::default(),
             }),
         }
     }
@@ -255,6 +278,10 @@ impl Cache {
             bump(&self.inner.counters.l1_hits);
             return Ok(Some(v));
         }
+        if let Some(v) = self.l1_fresh_stamped::<T>(key) {
+            bump(&self.inner.counters.l1_hits);
+            return Ok(Some(v));
+        }
         bump(&self.inner.counters.l1_misses);
         key::validate(key)?;
         self.l2_get::<T>(key).await
@@ -290,6 +317,12 @@ impl Cache {
             bump(&c.l2_misses);
             return None;
         };
+        let remaining = Header::parse(&bytes).ok().and_then(|h| h.remaining());
+        if remaining == Some(Duration::ZERO) {
+            // Past its TTL, kept only for fail-safe (see `load`): a miss for plain reads.
+            bump(&c.l2_misses);
+            return None;
+        }
         match codec::decode::<T>(
             &bytes,
             self.inner.types.of::<T>(),
@@ -298,7 +331,6 @@ impl Cache {
             Ok(value) => {
                 bump(&c.l2_hits);
                 let value = Arc::new(value);
-                let remaining = Header::parse(&bytes).ok().and_then(|h| h.remaining());
                 self.inner
                     .local
                     .insert(key, value.clone() as AnyValue, remaining, ticket);
@@ -858,6 +890,13 @@ impl Cache {
                 .coherence
                 .as_ref()
                 .map_or(0, CoherenceLink::resets),
+            stale_served: read(&c.stale_served),
+            soft_timeouts: read(&c.soft_timeouts),
+            hard_timeouts: read(&c.hard_timeouts),
+            background_completions: read(&c.background_completions),
+            refreshes_started: read(&c.refreshes_started),
+            refreshes_completed: read(&c.refreshes_completed),
+            refreshes_failed: read(&c.refreshes_failed),
         }
     }
 

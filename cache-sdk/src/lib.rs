@@ -70,6 +70,9 @@ mod ttl;
 pub mod __private;
 
 pub use builder::CacheBuilder;
+pub use cache::load::{
+    Entry, LoadError, LoadOptions, LoadTimeout, StaleReason, DEFAULT_FAIL_SAFE_THROTTLE,
+};
 pub use cache::{Cache, CacheValue};
 pub use codec::Codec;
 pub use config::{CacheConfig, Coherence, RedisConfig, SentinelConfig, MAX_VALUE_SIZE_LIMIT};

@@ -21,6 +21,7 @@ pub use crate::cache::Cache;
 pub use crate::error::{Error, Result};
 pub use crate::global::global;
 pub use crate::ttl::Ttl;
+pub use crate::{LoadError, LoadOptions, LoadTimeout};
 
 // ---------------------------------------------------------------------------------------
 // Keys
@@ -257,6 +258,94 @@ where
             .get_or_load(key, ttl, || async move { M::split(loader().await) })
             .await,
     )
+}
+
+/// `#[cached]` with `fail_safe`, `soft_timeout` or `refresh_ahead` (no `hard_timeout`):
+/// the body runs as a task of the cache (see [`Cache::get_or_load_entry_with`]).
+pub async fn cached_resilient<M, R, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    ttl: LazyTtl<'_>,
+    opts: LoadOptions,
+    loader: F,
+) -> R
+where
+    M: Mode<R>,
+    M::Value: CacheValue + Clone,
+    M::Error: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    match cache
+        .get_or_load_with(
+            key,
+            ttl,
+            &opts,
+            move || async move { M::split(loader().await) },
+        )
+        .await
+    {
+        Ok(v) => M::join(Ok(v)),
+        Err(LoadError::Loader(e)) => M::join(Err(e)),
+        // No hard timeout was asked for; the load is cancelled only when the runtime shuts
+        // down, which cancels this caller too.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// `#[cached(hard_timeout = "...")]`: as [`cached_resilient`]; past the hard timeout with
+/// no stale value, the function returns [`OnTimeout::timed_out`].
+pub async fn cached_deadline<M, R, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    ttl: LazyTtl<'_>,
+    opts: LoadOptions,
+    loader: F,
+) -> R
+where
+    M: OnTimeout<R>,
+    M::Value: CacheValue + Clone,
+    M::Error: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    match cache
+        .get_or_load_with(
+            key,
+            ttl,
+            &opts,
+            move || async move { M::split(loader().await) },
+        )
+        .await
+    {
+        Ok(v) => M::join(Ok(v)),
+        Err(LoadError::Loader(e)) => M::join(Err(e)),
+        Err(LoadError::Timeout(t)) => M::join(Err(M::timed_out(t))),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// What a function with `hard_timeout` returns when the timeout passes with no stale value.
+#[diagnostic::on_unimplemented(
+    message = "`hard_timeout` needs the error type to be built from a `cache_sdk::LoadTimeout`",
+    label = "past the hard timeout this function must return an error",
+    note = "implement `From<cache_sdk::LoadTimeout>` for the error type, or return `Option<T>` (`None` on timeout)"
+)]
+pub trait OnTimeout<R>: Mode<R> {
+    /// The error returned on a hard timeout.
+    fn timed_out(timeout: LoadTimeout) -> Self::Error;
+}
+
+impl<T, E: From<LoadTimeout>> OnTimeout<std::result::Result<T, E>> for ResultMode {
+    fn timed_out(timeout: LoadTimeout) -> E {
+        E::from(timeout)
+    }
+}
+
+impl<T> OnTimeout<Option<T>> for OptionMode {
+    fn timed_out(_: LoadTimeout) -> Absent {
+        Absent
+    }
 }
 
 /// `#[cache_put]`: writes the value; when Redis refuses, drops the old value instead so

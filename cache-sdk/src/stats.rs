@@ -81,6 +81,20 @@ pub struct Stats {
     pub invalidations: u64,
     /// Times L1 was suspended because the invalidation link was lost.
     pub l1_resets: u64,
+    /// Stale values served by fail-safe (loader failed or too slow, or re-armed).
+    pub stale_served: u64,
+    /// Calls answered with a stale value because the loader passed the soft timeout.
+    pub soft_timeouts: u64,
+    /// Calls whose loader passed the hard timeout.
+    pub hard_timeouts: u64,
+    /// Loads that finished and were stored after their caller stopped waiting.
+    pub background_completions: u64,
+    /// Eager refreshes started.
+    pub refreshes_started: u64,
+    /// Eager refreshes that stored a new value (or found one stored by another instance).
+    pub refreshes_completed: u64,
+    /// Eager refreshes whose loader failed, panicked or was cancelled.
+    pub refreshes_failed: u64,
 }
 
 /// Where operations go now: Redis, or the in-memory store (Redis not configured, or
@@ -186,6 +200,13 @@ pub(crate) struct CacheCounters {
     pub(crate) loads: AtomicU64,
     pub(crate) load_errors: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) soft_timeouts: AtomicU64,
+    pub(crate) hard_timeouts: AtomicU64,
+    pub(crate) background_completions: AtomicU64,
+    pub(crate) refreshes_started: AtomicU64,
+    pub(crate) refreshes_completed: AtomicU64,
+    pub(crate) refreshes_failed: AtomicU64,
 }
 
 #[inline]

@@ -3,7 +3,7 @@
 //!
 //! | request | database | cache |
 //! |---|---|---|
-//! | `GET /api/products/{id}` | read on a miss only | `#[cached]`: L1, then Redis, then the database; the value is kept 10 min (the `api` preset) |
+//! | `GET /api/products/{id}` | read on a miss only | `get_or_load_entry_with`: L1, then Redis, then the database; fresh for the `api` preset (10 min, `CACHE_TTL_API`), kept 1 h more for fail-safe, refreshed in the background after 80 % of it; a slow database (over 100 ms) is answered from the stale value, no caller waits over 2 s. The `Cache-Status` header (RFC 9211) says which |
 //! | `PUT /api/products/{id}` | update | `#[cache_put]`: the new value replaces the cached one in L1 and Redis |
 //! | `DELETE /api/products/{id}` | delete | `#[cache_evict]`: the key is removed from L1 and Redis |
 //!
@@ -18,10 +18,14 @@
 //! from the path, and a body `id` that differs from it is refused with a 422 rather than
 //! guessed at. Unknown fields are refused too (422), so a typo cannot be silently ignored.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cache_sdk::{cache_evict, cache_put, cached};
+use cache_sdk::{cache_evict, cache_put, Entry, LoadError, LoadOptions, Ttl};
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -49,11 +53,32 @@ impl Catalog {
         &self.db
     }
 
-    /// Reads a product: from the cache when it holds it, else from the database (then
-    /// cached for the `api` preset, 10 minutes).
-    #[cached(key = "cache:product:{id}", ttl = "api")]
-    pub async fn product(&self, id: u64) -> Result<Product, DbError> {
-        self.db.find(id).await
+    /// How product reads behave when the database fails or slows down.
+    pub fn load_options() -> LoadOptions {
+        LoadOptions::new()
+            .fail_safe(Duration::from_secs(3600))
+            .fail_safe_throttle(Duration::from_secs(5))
+            .soft_timeout(Duration::from_millis(100))
+            .hard_timeout(Duration::from_secs(2))
+            .refresh_ahead(0.8)
+    }
+
+    /// Reads a product with what the cache did: from the cache when it holds it fresh,
+    /// else from the database (cached for the `api` preset); when the database fails or
+    /// is slow and an expired value exists, that value, marked stale.
+    pub async fn product_entry(
+        self: &Arc<Self>,
+        id: u64,
+    ) -> Result<Entry<Product>, LoadError<DbError>> {
+        let catalog = self.clone();
+        cache_sdk::global()
+            .get_or_load_entry_with(
+                &format!("cache:product:{id}"),
+                Ttl::Api,
+                &Self::load_options(),
+                move || async move { catalog.db.find(id).await },
+            )
+            .await
     }
 
     /// Updates a product and writes the new value to the cache, so the next read needs
@@ -121,12 +146,42 @@ impl ProductInput {
     }
 }
 
-/// `GET /api/products/{id}`
+/// `GET /api/products/{id}`: the product, with an RFC 9211 `Cache-Status` header.
 pub async fn get_product(
     State(state): State<AppState>,
     ProductId(id): ProductId,
-) -> Result<Json<Product>, ApiError> {
-    Ok(Json(state.catalog.product(id).await?))
+) -> Result<Response, ApiError> {
+    let entry = state.catalog.product_entry(id).await.map_err(|e| match e {
+        LoadError::Loader(e) => ApiError::from(e),
+        LoadError::Timeout(t) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Product database unavailable",
+        )
+        .detail(t.to_string()),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Product database unavailable",
+        )
+        .detail("the server is shutting down"),
+    })?;
+    let status = HeaderValue::from_static(cache_status(&entry));
+    let mut response = Json((**entry.value()).clone()).into_response();
+    response.headers_mut().insert("cache-status", status);
+    Ok(response)
+}
+
+/// The `Cache-Status` value (RFC 9211) for what the cache did.
+fn cache_status<T>(entry: &Entry<T>) -> &'static str {
+    match (
+        entry.is_stale(),
+        entry.was_loaded(),
+        entry.refresh_started(),
+    ) {
+        (true, _, _) => "cache-sdk; hit; detail=stale",
+        (false, true, _) => "cache-sdk; fwd=miss; stored",
+        (false, false, true) => "cache-sdk; hit; detail=refresh",
+        (false, false, false) => "cache-sdk; hit",
+    }
 }
 
 /// `PUT /api/products/{id}`

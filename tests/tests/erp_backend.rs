@@ -661,11 +661,17 @@ async fn products_are_read_through_written_and_evicted() {
     );
     let (cached, header) = cached_product(&redis, 1).await.expect("cached in Redis");
     assert_eq!(cached.name, "Standard Desk");
-    assert!(header.remaining().is_some());
+    // Fresh for the `api` preset (the envelope's expiry), kept one hour longer in Redis
+    // for fail-safe.
+    let fresh = header.remaining().expect("an expiry").as_millis();
+    assert!(
+        (5 * 60_000..=15 * 60_000).contains(&fresh),
+        "product TTL {fresh} ms"
+    );
     let pttl = redis.pttl("cache:product:1").await;
     assert!(
-        (5 * 60_000..=15 * 60_000).contains(&pttl),
-        "product TTL {pttl} ms"
+        (65 * 60_000..=75 * 60_000).contains(&pttl),
+        "product TTL plus the fail-safe window {pttl} ms"
     );
 
     // Further reads: served by the cache, no query.
@@ -1523,4 +1529,47 @@ async fn concurrent_changes_on_two_instances_are_all_kept() {
         products.sort_unstable();
         assert_eq!(products, (25..50).collect::<Vec<_>>(), "{s}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_product_is_still_served_while_the_origin_fails() {
+    let dir = DbDir::new("fail-safe");
+    let url = dir.url();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("CACHE_TTL_API", "1"),
+        ("ERP_DB_LATENCY_MS", "1"),
+    ];
+    let server = Backend::start(&env).await;
+    let mut client = server.client();
+
+    let first = client.get("/api/products/4").await;
+    assert_eq!(
+        first.header("cache-status"),
+        Some("cache-sdk; fwd=miss; stored")
+    );
+    let product = first.expect(200);
+    let hit = client.get("/api/products/4").await;
+    assert!(
+        hit.header("cache-status")
+            .is_some_and(|s| s.starts_with("cache-sdk; hit")),
+        "{:?}",
+        hit.header("cache-status")
+    );
+    client
+        .post_json("/api/admin/origin", &json!({"failing": true}))
+        .await
+        .expect(200);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Past its 1 s TTL, with the database failing: the stale value answers.
+    for _ in 0..3 {
+        let r = client.get("/api/products/4").await;
+        assert_eq!(
+            r.header("cache-status"),
+            Some("cache-sdk; hit; detail=stale")
+        );
+        assert_eq!(r.expect(200), product);
+    }
+    // A product never cached has no stale value: the failure shows.
+    assert_eq!(client.get("/api/products/6").await.status, 503);
 }

@@ -459,3 +459,65 @@ async fn async_functions_can_stay_in_the_process() {
     handle("db").await.unwrap();
     assert_eq!(LOCAL_LOADS.load(Ordering::SeqCst), 2);
 }
+
+mod resilient {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    static FAILING: AtomicBool = AtomicBool::new(false);
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+
+    fn resilient_cache() -> Cache {
+        CACHE
+            .get()
+            .cloned()
+            .expect("the test installs its cache first")
+    }
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Debug, PartialEq)]
+    pub enum OriginError {
+        Down,
+        Timeout,
+    }
+
+    impl From<cache_sdk::LoadTimeout> for OriginError {
+        fn from(_: cache_sdk::LoadTimeout) -> Self {
+            OriginError::Timeout
+        }
+    }
+
+    #[cached(
+        key = "cache:resilient:{id}",
+        ttl = 1,
+        cache = resilient_cache(),
+        fail_safe = "1h",
+        soft_timeout = "100ms",
+        hard_timeout = "2s",
+        refresh_ahead = 0.8
+    )]
+    async fn price(id: u64) -> Result<u64, OriginError> {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        if FAILING.load(Ordering::SeqCst) {
+            return Err(OriginError::Down);
+        }
+        Ok(id * 100)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cached_fn_with_fail_safe_serves_stale_when_its_body_fails() {
+        let server = RedisServer::start();
+        let cache = redis_cache(&server).await;
+        CACHE.set(cache.clone()).expect("one test uses it");
+        assert_eq!(price(7).await, Ok(700));
+        assert_eq!(price(7).await, Ok(700));
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        FAILING.store(true, Ordering::SeqCst);
+        // Expired, and the body fails: the stale value answers.
+        assert_eq!(price(7).await, Ok(700));
+        assert!(cache.stats().stale_served >= 1);
+        // No value at all: the body's error propagates.
+        assert_eq!(price(8).await, Err(OriginError::Down));
+    }
+}
