@@ -662,7 +662,7 @@ impl Sessions {
             // The listing is right either way; the next one cleans up.
             tracing::warn!(error = %e, "could not drop ended sessions from a user index");
         }
-        live.sort_by(|a, b| b.last_seen_at_ms.cmp(&a.last_seen_at_ms));
+        live.sort_by_key(|s| std::cmp::Reverse(s.last_seen_at_ms));
         Ok(live)
     }
 
