@@ -1,7 +1,7 @@
 //! Typed publish/subscribe across app instances: [`Cache::publish`] and
 //! [`Cache::subscribe`].
 //!
-//! A message is encoded like a cached value (the [codec](crate::codec) envelope, the cache's
+//! A message is encoded like a cached value (the [`codec`] envelope, the cache's
 //! codec and type tags, the `max_value_size` limit) behind a 10-byte frame that names the
 //! instance that sent it. A subscriber receives a [`Subscription<T>`], a [`Stream`] of
 //! `Result<T, Lagged>`.

@@ -77,6 +77,14 @@ pub fn router(state: AppState) -> Router {
                 .layer(middleware::map_response(no_store)),
         )
         .route(
+            "/api/auth/logout-all",
+            post(session_api::logout_all).layer(middleware::map_response(no_store)),
+        )
+        .route(
+            "/api/user/sessions",
+            get(session_api::list_user_sessions).layer(middleware::map_response(no_store)),
+        )
+        .route(
             "/api/session",
             get(session_api::get_session).layer(middleware::map_response(no_store)),
         )

@@ -5,13 +5,16 @@
 //! one express-session + connect-redis write, and either backend can serve the other's
 //! logged-in users.
 
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
 use axum::Json;
-use cache_sdk::session::Session;
+use cache_sdk::session::{Session, Sessions};
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::app::AppState;
 use crate::error::{ApiError, JsonBody};
 
 /// What a session holds. `Default` is the anonymous session.
@@ -109,9 +112,25 @@ fn success() -> Json<Value> {
     Json(json!({ "success": true }))
 }
 
+/// Notes that the logged-in user's session was just used (its `lastSeenAt` in
+/// `GET /api/user/sessions`). The SDK writes at most once per touch interval, so this costs
+/// no Redis command on most requests; a failure only leaves `lastSeenAt` older.
+pub(crate) async fn note_seen(sessions: &Sessions, session: &Session<UserSession>) {
+    let (Some(user_id), Some(id)) = (session.read(|u| u.user_id), session.id()) else {
+        return;
+    };
+    if let Err(e) = sessions.user_seen(&id, &user_id.to_string()).await {
+        tracing::debug!(error = %e, user_id, "could not note a session as seen");
+    }
+}
+
 /// `POST /api/auth/login`: checks the credentials, then stores the user in the session
-/// under a new id (so an id planted before the login is worthless after it).
+/// under a new id (so an id planted before the login is worthless after it), and records
+/// the session as the user's (with the `User-Agent`), for `GET /api/user/sessions` and
+/// `POST /api/auth/logout-all`.
 pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
     session: Session<UserSession>,
     JsonBody(creds): JsonBody<Credentials>,
 ) -> Result<Json<Value>, ApiError> {
@@ -131,12 +150,39 @@ pub async fn login(
         tracing::error!(error = %e, "login: the session could not be stored");
         return Err(ApiError::internal("Failed to login"));
     }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let bound = match session.id() {
+        Some(id) => state
+            .sessions
+            .bind_user(&id, &user.id.to_string(), user_agent)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("the saved session has no id".to_owned()),
+    };
+    if let Err(e) = bound {
+        // A session the user's "log out everywhere" could not reach must not stay logged
+        // in: undo the login.
+        tracing::error!(error = %e, user_id = user.id, "login: the session could not be recorded as the user's");
+        session.destroy();
+        if let Err(e) = session.save().await {
+            tracing::error!(error = %e, "login: the unrecorded session could not be deleted");
+        }
+        return Err(ApiError::internal("Failed to login"));
+    }
     tracing::info!(user_id = user.id, "login");
     Ok(success())
 }
 
 /// `GET /api/user/profile`: the logged-in user, or 401.
-pub async fn profile(session: Option<Session<UserSession>>) -> Result<Json<Profile>, ApiError> {
+pub async fn profile(
+    State(state): State<AppState>,
+    session: Option<Session<UserSession>>,
+) -> Result<Json<Profile>, ApiError> {
+    if let Some(s) = &session {
+        note_seen(&state.sessions, s).await;
+    }
     let user = session.map(|s| s.get()).unwrap_or_default();
     match (user.user_id, user.username) {
         (Some(user_id), Some(username)) => Ok(Json(Profile { user_id, username })),

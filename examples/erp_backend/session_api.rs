@@ -4,13 +4,14 @@
 //! read, merging into a record another request saved meanwhile, so a page that sends many
 //! of these at once (on any instance) keeps every change.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::Json;
-use cache_sdk::session::Session;
+use cache_sdk::session::{Session, UserSessionInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{CartLine, UserSession};
+use crate::app::AppState;
+use crate::auth::{note_seen, CartLine, UserSession};
 use crate::error::{ApiError, JsonBody};
 
 /// The session of a logged-in user, or 401.
@@ -22,8 +23,12 @@ fn logged_in(session: Option<Session<UserSession>>) -> Result<Session<UserSessio
 }
 
 /// `GET /api/session`: `{"userId","username","preferences":{…},"cart":[…]}`.
-pub async fn get_session(session: Option<Session<UserSession>>) -> Result<Json<Value>, ApiError> {
+pub async fn get_session(
+    State(state): State<AppState>,
+    session: Option<Session<UserSession>>,
+) -> Result<Json<Value>, ApiError> {
     let session = logged_in(session)?;
+    note_seen(&state.sessions, &session).await;
     Ok(Json(session.read(|u| {
         json!({
             "userId": u.user_id,
@@ -72,4 +77,57 @@ pub async fn add_cart_item(
         });
     });
     Ok(Json(json!({ "success": true })))
+}
+
+/// The logged-in user's id and the current session's id, or 401.
+fn user_and_id(
+    session: Option<Session<UserSession>>,
+) -> Result<(Session<UserSession>, String, cache_sdk::session::SessionId), ApiError> {
+    let session = logged_in(session)?;
+    let user_id = session.read(|u| u.user_id).unwrap_or_default().to_string();
+    let id = session
+        .id()
+        .ok_or(ApiError::unauthorized("Not authenticated"))?;
+    Ok((session, user_id, id))
+}
+
+/// `GET /api/user/sessions`: the user's live sessions, most recently seen first:
+/// `[{"id": "<opaque>", "current", "createdAt", "lastSeenAt", "userAgent"}]` (times in
+/// Unix ms; `id` names a session without revealing its cookie).
+pub async fn list_user_sessions(
+    State(state): State<AppState>,
+    session: Option<Session<UserSession>>,
+) -> Result<Json<Vec<UserSessionInfo>>, ApiError> {
+    let (session, user_id, id) = user_and_id(session)?;
+    note_seen(&state.sessions, &session).await;
+    match state.sessions.user_sessions(&user_id, Some(&id)).await {
+        Ok(list) => Ok(Json(list)),
+        Err(e) => {
+            tracing::error!(error = %e, "the user's sessions could not be listed");
+            Err(ApiError::internal("Failed to list sessions"))
+        }
+    }
+}
+
+/// `POST /api/auth/logout-all`: logs the user out of every other session, on every
+/// instance at once; this one stays logged in. `{"success": true, "loggedOut": n}`.
+pub async fn logout_all(
+    State(state): State<AppState>,
+    session: Option<Session<UserSession>>,
+) -> Result<Json<Value>, ApiError> {
+    let (_session, user_id, id) = user_and_id(session)?;
+    match state
+        .sessions
+        .destroy_user_sessions(&user_id, Some(&id))
+        .await
+    {
+        Ok(n) => {
+            tracing::info!(user_id = %user_id, logged_out = n, "logout everywhere else");
+            Ok(Json(json!({ "success": true, "loggedOut": n })))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "logout everywhere: the sessions could not be destroyed");
+            Err(ApiError::internal("Failed to logout"))
+        }
+    }
 }

@@ -1573,3 +1573,136 @@ async fn an_expired_product_is_still_served_while_the_origin_fails() {
     // A product never cached has no stale value: the failure shows.
     assert_eq!(client.get("/api/products/6").await.status, 503);
 }
+
+/// Logs `user` in on `server` from a client that says it is `agent`.
+async fn login_from(server: &Backend, user: &str, agent: &str) -> Client {
+    let body = serde_json::to_vec(&json!({"username": user, "password": format!("{user}-pass")}))
+        .expect("json");
+    let r = try_send(
+        server.port,
+        "POST",
+        "/api/auth/login",
+        &[("Content-Type", "application/json"), ("User-Agent", agent)],
+        &body,
+    )
+    .await
+    .expect("login");
+    assert_eq!(r.expect(200), json!({"success": true}));
+    let cookie = r.set_cookies()[0]
+        .split(';')
+        .next()
+        .expect("name=value")
+        .trim()
+        .to_owned();
+    Client {
+        port: server.port,
+        cookie: Some(cookie),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_sessions_are_listed_without_their_ids() {
+    let redis = RedisServer::start();
+    let mut env = redis_env(&redis);
+    env.push(("SESSION_SECRET", "demo-secret".into()));
+    let a = Backend::start(&pairs(&env)).await;
+
+    let mut anonymous = a.client();
+    assert_eq!(anonymous.get("/api/user/sessions").await.status, 401);
+    assert_eq!(
+        anonymous
+            .post_json("/api/auth/logout-all", &json!({}))
+            .await
+            .status,
+        401
+    );
+
+    let mut first = login_from(&a, "alice", "agent-one").await;
+    let mut second = login_from(&a, "alice", "agent-two").await;
+    let _bob = login_from(&a, "bob", "agent-bob").await;
+
+    let r = second.get("/api/user/sessions").await;
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let list = r.expect(200);
+    let list = list.as_array().expect("an array");
+    assert_eq!(list.len(), 2, "{list:?}");
+    for s in list {
+        let keys: Vec<_> = s.as_object().expect("an object").keys().cloned().collect();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["createdAt", "current", "id", "lastSeenAt", "userAgent"]
+        );
+        assert!(s["createdAt"].as_u64().is_some() && s["lastSeenAt"].as_u64().is_some());
+        let id = s["id"].as_str().expect("id");
+        for c in [&first, &second] {
+            assert!(
+                !id.is_empty() && !c.session_id().contains(id) && !id.contains(&c.session_id())
+            );
+        }
+        let current = s["current"].as_bool().expect("current");
+        let agent = s["userAgent"].as_str().expect("userAgent");
+        assert_eq!(current, agent == "agent-two", "{s}");
+        assert!(agent == "agent-one" || agent == "agent-two");
+    }
+
+    // Logged out: no longer listed.
+    first
+        .post_json("/api/auth/logout", &json!({}))
+        .await
+        .expect(200);
+    let list = second.get("/api/user/sessions").await.expect(200);
+    assert_eq!(list.as_array().expect("an array").len(), 1);
+    assert_eq!(list[0]["current"], json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_all_ends_every_other_session_on_every_instance_at_once() {
+    let redis = RedisServer::start();
+    let mut env = redis_env(&redis);
+    env.push(("SESSION_SECRET", "demo-secret".into()));
+    let a = Backend::start(&pairs(&env)).await;
+    let b = Backend::start(&pairs(&env)).await;
+
+    let mut current = login_from(&a, "alice", "agent-current").await;
+    let others = [
+        login_from(&a, "alice", "agent-other-1").await,
+        login_from(&b, "alice", "agent-other-2").await,
+    ];
+    let mut bob = login_from(&b, "bob", "agent-bob").await;
+    let cookies: Vec<_> = [&current, &others[0], &others[1]]
+        .iter()
+        .map(|c| c.cookie.clone())
+        .collect();
+    assert_eq!(
+        cookies
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3,
+        "distinct cookies"
+    );
+    // Every session is known (and held in L1) on B.
+    for c in &others {
+        c.to(&b).get("/api/user/profile").await.expect(200);
+    }
+    current.to(&b).get("/api/user/profile").await.expect(200);
+
+    let r = current.post_json("/api/auth/logout-all", &json!({})).await;
+    assert_eq!(r.expect(200), json!({"success": true, "loggedOut": 2}));
+
+    // At once, on the other instance too.
+    for c in &others {
+        assert_eq!(c.to(&b).get("/api/user/profile").await.status, 401);
+        assert_eq!(c.clone().get("/api/user/profile").await.status, 401);
+    }
+    current.get("/api/user/profile").await.expect(200);
+    current.to(&b).get("/api/user/profile").await.expect(200);
+    bob.get("/api/user/profile").await.expect(200);
+
+    let list = current.to(&b).get("/api/user/sessions").await.expect(200);
+    assert_eq!(list.as_array().expect("an array").len(), 1);
+    assert_eq!(list[0]["current"], json!(true));
+    assert_eq!(list[0]["userAgent"], json!("agent-current"));
+}

@@ -40,4 +40,8 @@ pub enum SessionError {
     /// The session was destroyed (by another request) before this save.
     #[error("the session no longer exists (destroyed or expired meanwhile); not saved")]
     Gone,
+    /// The store does not keep what this operation needs (per-user session indexes:
+    /// see [`SessionStore::user_index`](crate::session::SessionStore::user_index)).
+    #[error("the session store does not support {0}")]
+    Unsupported(&'static str),
 }

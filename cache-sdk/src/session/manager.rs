@@ -21,6 +21,7 @@ use super::error::SessionError;
 use super::id::SessionId;
 use super::record_cache::SharedRecord;
 use super::store::{SaveIf, SessionStore, StoreStatus};
+use super::users::{UserIndex, UserSessionInfo};
 use crate::codec::now_ms;
 use crate::error::ConfigError;
 use crate::stats::StoreKind;
@@ -97,6 +98,9 @@ struct Inner {
     touched: Option<moka::sync::Cache<SessionId, u64>>,
     /// The stats' session count.
     count: Arc<SessionCount>,
+    /// Session id → this process refreshed its last-seen time in the user index within
+    /// the touch interval (so [`Sessions::user_seen`] costs no command then).
+    seen: Option<moka::sync::Cache<SessionId, ()>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -156,6 +160,12 @@ impl Sessions {
                 .time_to_live(config.touch_interval)
                 .build()
         });
+        let seen = (!config.touch_interval.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(TOUCH_MEMORY)
+                .time_to_live(config.touch_interval)
+                .build()
+        });
         tracing::info!(
             format = ?config.format,
             cookie = %config.cookie.name,
@@ -168,6 +178,7 @@ impl Sessions {
                 config,
                 touched,
                 count: Arc::default(),
+                seen,
             }),
         })
     }
@@ -520,6 +531,187 @@ impl Sessions {
             self.inner.count.destroyed();
         }
         Ok(existed)
+    }
+
+    fn user_index(&self) -> Result<&UserIndex, SessionError> {
+        self.inner
+            .store
+            .user_index()
+            .ok_or(SessionError::Unsupported("per-user session indexes"))
+    }
+
+    /// Records that session `id` belongs to `user_id` (call it at login, after the session
+    /// is saved under its new id), with an optional client description such as the
+    /// `User-Agent` (at most 512 bytes are kept). The user's index
+    /// (`sess-user:{user_id}`, see [`UserIndex`]) is changed atomically over concurrent
+    /// logins and lives as long as a session.
+    ///
+    /// # Errors
+    /// [`SessionError::Unsupported`] when the store keeps no user index, the store's error,
+    /// or [`SessionError::Contended`] when the index kept changing.
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// let id = sessions.create(&"alice", None).await?;
+    /// sessions.bind_user(&id, "1", Some("curl/8")).await?;
+    /// let list = sessions.user_sessions("1", Some(&id)).await?;
+    /// assert_eq!(list.len(), 1);
+    /// assert!(list[0].current);
+    /// assert_eq!(list[0].user_agent.as_deref(), Some("curl/8"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn bind_user(
+        &self,
+        id: &SessionId,
+        user_id: &str,
+        client: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let now = now_ms();
+        self.user_index()?
+            .bind(
+                user_id,
+                id,
+                client.map(str::to_owned),
+                self.inner.config.ttl,
+                now,
+            )
+            .await?;
+        if let Some(seen) = &self.inner.seen {
+            seen.insert(id.clone(), ());
+        }
+        Ok(())
+    }
+
+    /// Notes that session `id` of `user_id` was just used: its last-seen time in the
+    /// user's index moves to now, at most once per touch interval (this process remembers
+    /// when it last did, so calling this on every request costs no store command most of
+    /// the time; the index itself is not rewritten when another instance already did it
+    /// within the interval).
+    ///
+    /// # Errors
+    /// As [`Sessions::bind_user`].
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// let id = sessions.create(&"alice", None).await?;
+    /// sessions.bind_user(&id, "1", None).await?;
+    /// sessions.user_seen(&id, "1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn user_seen(&self, id: &SessionId, user_id: &str) -> Result<(), SessionError> {
+        if let Some(seen) = &self.inner.seen {
+            if seen.contains_key(id) {
+                return Ok(());
+            }
+        }
+        let interval =
+            u64::try_from(self.inner.config.touch_interval.as_millis()).unwrap_or(u64::MAX);
+        self.user_index()?
+            .seen(user_id, id, self.inner.config.ttl, interval, now_ms())
+            .await?;
+        if let Some(seen) = &self.inner.seen {
+            seen.insert(id.clone(), ());
+        }
+        Ok(())
+    }
+
+    /// The live sessions of `user_id`, most recently seen first; `current` (the session
+    /// asking, if any) is flagged. Each listed session is checked in the store: entries of
+    /// sessions that expired or were destroyed are never listed, and are dropped from the
+    /// index. Listings name sessions by [`opaque_id`](super::opaque_id), never by id.
+    ///
+    /// # Errors
+    /// As [`Sessions::bind_user`].
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// let id = sessions.create(&"alice", None).await?;
+    /// sessions.bind_user(&id, "1", None).await?;
+    /// sessions.destroy(&id).await?;
+    /// assert!(sessions.user_sessions("1", None).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn user_sessions(
+        &self,
+        user_id: &str,
+        current: Option<&SessionId>,
+    ) -> Result<Vec<UserSessionInfo>, SessionError> {
+        let index = self.user_index()?;
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for entry in index.entries(user_id).await? {
+            let alive = match entry.session_id() {
+                Some(id) => self.inner.store.load(&id).await?.is_some(),
+                None => false,
+            };
+            match UserIndex::info(&entry, current).filter(|_| alive) {
+                Some(info) => live.push(info),
+                None => dead.push(UserIndex::raw_id(&entry).to_owned()),
+            }
+        }
+        if let Err(e) = index.remove(user_id, &dead, self.inner.config.ttl).await {
+            // The listing is right either way; the next one cleans up.
+            tracing::warn!(error = %e, "could not drop ended sessions from a user index");
+        }
+        live.sort_by_key(|s| std::cmp::Reverse(s.last_seen_at_ms));
+        Ok(live)
+    }
+
+    /// Logs `user_id` out everywhere: destroys every session in the user's index except
+    /// `keep` (the current one, say), which evicts them from L1 on every instance (with a
+    /// coherent cache), so they answer as logged out at once. Returns how many sessions
+    /// were destroyed.
+    ///
+    /// # Errors
+    /// As [`Sessions::bind_user`].
+    ///
+    /// ```
+    /// # use cache_sdk::session::{CacheSessionStore, SessionConfig, Sessions};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sessions = Sessions::new(CacheSessionStore::new(cache_sdk::Cache::in_memory()), SessionConfig::development())?;
+    /// let (a, b) = (sessions.create(&1u8, None).await?, sessions.create(&1u8, None).await?);
+    /// sessions.bind_user(&a, "1", None).await?;
+    /// sessions.bind_user(&b, "1", None).await?;
+    /// assert_eq!(sessions.destroy_user_sessions("1", Some(&a)).await?, 1);
+    /// assert!(sessions.load::<u8>(&a).await?.is_some());
+    /// assert!(sessions.load::<u8>(&b).await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn destroy_user_sessions(
+        &self,
+        user_id: &str,
+        keep: Option<&SessionId>,
+    ) -> Result<u64, SessionError> {
+        let index = self.user_index()?;
+        let mut removed = Vec::new();
+        let mut destroyed = 0;
+        for entry in index.entries(user_id).await? {
+            let id = entry.session_id();
+            if id.is_some() && id.as_ref() == keep {
+                continue;
+            }
+            if let Some(id) = id {
+                if self.destroy(&id).await? {
+                    destroyed += 1;
+                }
+            }
+            removed.push(UserIndex::raw_id(&entry).to_owned());
+        }
+        index
+            .remove(user_id, &removed, self.inner.config.ttl)
+            .await?;
+        tracing::info!(destroyed, "user sessions destroyed");
+        Ok(destroyed)
     }
 
     /// How many sessions the store holds, counted now (with `SCAN` on Redis: costly with

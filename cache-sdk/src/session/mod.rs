@@ -13,6 +13,7 @@
 //! | [`Session<T>`] (feature `axum`) | the axum extractor handlers use |
 //! | [`SessionFormat`] | native JSON envelope, or express-session's record |
 //! | [`RecordCache`] | decoded records in L1, in front of a [`CacheSessionStore`] |
+//! | [`UserIndex`] | a user's sessions (`sess-user:{user_id}`): list, log out everywhere |
 //!
 //! # Layout (what may import what)
 //!
@@ -87,6 +88,7 @@ mod manager;
 mod merge;
 mod record_cache;
 mod store;
+mod users;
 
 #[cfg(feature = "axum")]
 mod extract;
@@ -105,6 +107,7 @@ pub use id::SessionId;
 pub use manager::{Loaded, SessionStats, Sessions};
 pub use record_cache::RecordCache;
 pub use store::{CacheSessionStore, SaveIf, SessionStore, StoreStatus, MAX_ID_ATTEMPTS};
+pub use users::{opaque_id, UserIndex, UserSessionInfo, MAX_SESSIONS_PER_USER, USER_INDEX_PREFIX};
 
 #[cfg(feature = "axum")]
 pub use extract::{Session, SessionData, SessionRejection};

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::error::SessionError;
 use super::id::SessionId;
 use super::record_cache::RecordCache;
+use super::users::UserIndex;
 use crate::cache::Cache;
 use crate::key::SESSION_PREFIX;
 use crate::tier::remote::cas::Cas;
@@ -186,6 +187,20 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     fn record_cache(&self) -> Option<&RecordCache> {
         None
     }
+
+    /// The per-user session indexes kept beside this store's records, if it has them:
+    /// then [`Sessions::bind_user`](crate::session::Sessions::bind_user) and the calls
+    /// that list or log out a user's sessions work. `None` (the default): they answer
+    /// [`SessionError::Unsupported`].
+    ///
+    /// ```
+    /// use cache_sdk::session::{CacheSessionStore, SessionStore};
+    /// let store = CacheSessionStore::new(cache_sdk::Cache::in_memory());
+    /// assert!(store.user_index().is_some());
+    /// ```
+    fn user_index(&self) -> Option<&UserIndex> {
+        None
+    }
 }
 
 /// A [`SessionStore`] over a [`Cache`]'s raw operations: records under `sess:{id}` in Redis
@@ -208,6 +223,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 pub struct CacheSessionStore {
     cache: Cache,
     records: RecordCache,
+    users: UserIndex,
 }
 
 impl CacheSessionStore {
@@ -216,6 +232,7 @@ impl CacheSessionStore {
     pub fn new(cache: Cache) -> Self {
         Self {
             records: RecordCache::new(cache.clone()),
+            users: UserIndex::new(cache.clone()),
             cache,
         }
     }
@@ -318,5 +335,9 @@ impl SessionStore for CacheSessionStore {
 
     fn record_cache(&self) -> Option<&RecordCache> {
         Some(&self.records)
+    }
+
+    fn user_index(&self) -> Option<&UserIndex> {
+        Some(&self.users)
     }
 }
