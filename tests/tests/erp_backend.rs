@@ -487,7 +487,8 @@ async fn no_configuration_runs_on_memory_and_sigterm_exits_zero() {
             "success": true,
             "store": "memory",
             "totalSessions": 1,
-            "redisStats": {"connected": false, "usingFallback": true, "inMemoryKeys": 1}
+            // The session and alice's session index (`sess-user:1`).
+            "redisStats": {"connected": false, "usingFallback": true, "inMemoryKeys": 2}
         })
     );
     let product = client.get("/api/products/1").await.expect(200);
