@@ -276,21 +276,38 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = R> + Send + 'static,
 {
-    match cache
-        .get_or_load_with(
-            key,
-            ttl,
-            &opts,
-            move || async move { M::split(loader().await) },
-        )
-        .await
-    {
+    match load_split::<M, R, F, Fut>(cache, key, ttl, &opts, loader).await {
         Ok(v) => M::join(Ok(v)),
         Err(LoadError::Loader(e)) => M::join(Err(e)),
         // No hard timeout was asked for; the load is cancelled only when the runtime shuts
         // down, which cancels this caller too.
         Err(_) => std::future::pending().await,
     }
+}
+
+/// The resilient read-through of a `#[cached]` body, its return value split by `M`.
+async fn load_split<M, R, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    ttl: LazyTtl<'_>,
+    opts: &LoadOptions,
+    loader: F,
+) -> std::result::Result<M::Value, LoadError<M::Error>>
+where
+    M: Mode<R>,
+    M::Value: CacheValue + Clone,
+    M::Error: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    cache
+        .get_or_load_with(
+            key,
+            ttl,
+            opts,
+            move || async move { M::split(loader().await) },
+        )
+        .await
 }
 
 /// `#[cached(hard_timeout = "...")]`: as [`cached_resilient`]; past the hard timeout with
@@ -309,15 +326,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = R> + Send + 'static,
 {
-    match cache
-        .get_or_load_with(
-            key,
-            ttl,
-            &opts,
-            move || async move { M::split(loader().await) },
-        )
-        .await
-    {
+    match load_split::<M, R, F, Fut>(cache, key, ttl, &opts, loader).await {
         Ok(v) => M::join(Ok(v)),
         Err(LoadError::Loader(e)) => M::join(Err(e)),
         Err(LoadError::Timeout(t)) => M::join(Err(M::timed_out(t))),
