@@ -722,6 +722,10 @@ async fn a_wrapping_store_keeps_sessions_in_l1_only_when_it_forwards_the_record_
         };
         let app = app(Sessions::new(store, config(&["wrap"])).expect("sessions"));
         let cookie = send(&app, "POST", "/visit", None).await.cookie();
+        // Tracking tells this instance about its own write: let that push arrive before
+        // the read that fills L1, or it could evict the entry just filled.
+        let c = cache.clone();
+        wait_until(Duration::from_secs(2), move || c.stats().invalidations > 0).await;
         // The first read fills L1 (when it may).
         send(&app, "GET", "/peek", Some(&cookie)).await;
         let before = command_calls(&server);
