@@ -143,7 +143,8 @@ mod tests {
     fn counter(
         probe: &Arc<Probe>,
         value: u64,
-    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Result<u64, SessionError>> {
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Result<u64, SessionError>> + use<>
+    {
         let probe = probe.clone();
         move || {
             Box::pin(async move {

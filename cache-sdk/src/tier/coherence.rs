@@ -448,7 +448,7 @@ impl CoherenceLink {
     }
 
     /// A listener for the remote tier's events (holds no reference to the tier itself).
-    pub(crate) fn data_events(&self, memory: MemoryStore) -> impl Fn(bool) + Send + Sync {
+    pub(crate) fn data_events(&self, memory: MemoryStore) -> impl Fn(bool) + Send + Sync + use<> {
         let signals = self.shared.signals.clone();
         move |lost: bool| {
             signals.data_down.store(lost, Ordering::SeqCst);
