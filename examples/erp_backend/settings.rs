@@ -73,6 +73,11 @@ impl Settings {
             tracing::info!(
                 "development mode: APP_ENV is not set (set APP_ENV=production and SESSION_SECRET for production)"
             );
+            // Said on its own line, as a warning: a server reachable over the network in
+            // this mode sends its session cookies in clear over plain HTTP.
+            tracing::warn!(
+                "development mode: session cookies are NOT Secure (sent over plain http); set APP_ENV=production to serve them over HTTPS only"
+            );
             vars.insert("APP_ENV".into(), "development".into());
         }
 
