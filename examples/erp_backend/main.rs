@@ -44,7 +44,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[tokio::main]
 async fn main() -> ExitCode {
     let vars = settings::read_environment();
-    init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
+    // Kept until `main` returns: dropping it flushes the lines still queued.
+    let _log_writer = init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
     tracing::info!("starting erp_backend");
     let configured = vars.and_then(|v| Ok((Settings::from_vars(&v)?, DbConfig::from_vars(&v)?, v)));
     let (settings, database, vars) = match configured {
@@ -64,15 +65,27 @@ async fn main() -> ExitCode {
 }
 
 /// `RUST_LOG` (from the environment or `.env`) filters the logs; the default is `info`.
-fn init_tracing(filter: Option<&String>) {
+///
+/// Lines go to stdout through a background writer thread ([`tracing_appender::non_blocking`]):
+/// a request formats its line and queues it, and never waits for the terminal or the log
+/// collector. When the queue is full (128k lines behind) new lines are dropped rather than
+/// slowing requests down. The returned guard flushes the queue when dropped: keep it alive
+/// for as long as the server runs.
+fn init_tracing(filter: Option<&String>) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = filter
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let colors = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("erp-log-writer")
+        .finish(std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colors)
+        .with_writer(writer)
         .init();
+    guard
 }
 
 async fn run(
