@@ -19,10 +19,13 @@
 mod admin;
 mod app;
 mod auth;
+mod cors;
 mod db;
 mod error;
 mod ops;
 mod products;
+mod ratelimit;
+mod server;
 mod session_api;
 mod settings;
 mod ws;
@@ -122,10 +125,19 @@ async fn run(
         );
     }
     // Live updates: one SDK subscription per instance, fanned out to the WebSockets.
-    let ws_config = ws::WsConfig::from_vars(vars, development)?;
+    let origins = cors::AllowedOrigins::from_vars(vars)?;
+    let ws_config = ws::WsConfig::from_vars(vars, development, origins.clone())?;
     let realtime = ws::Realtime::start(cache.clone(), ws_config).await?;
     let state = AppState::new(cache.clone(), sessions, db, development, realtime);
-    let router = app::router(state);
+    let limiter = ratelimit::LoginLimiter::new(
+        cache.clone(),
+        ratelimit::LimitConfig::from_vars(vars)?,
+    );
+    let mut router = app::router(state).layer(axum::Extension(limiter));
+    // Outermost: a preflight is answered before any session work.
+    if let Some(cors) = origins.layer() {
+        router = router.layer(cors);
+    }
 
     let (host, port) = &settings.addr;
     let listener = TcpListener::bind((host.as_str(), *port))
@@ -134,22 +146,27 @@ async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!("listening on http://{local}");
+    let limits = &settings.server;
+    tracing::info!(
+        header_timeout_secs = limits.header_timeout.as_secs(),
+        idle_timeout_secs = limits.idle_timeout.as_secs(),
+        max_connections = limits.max_connections,
+        "listening on http://{local}"
+    );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let serving = server::serve(listener, router, settings.server.clone(), async move {
         // Resolves when the sender says stop (or is dropped).
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
-    let mut server = tokio::spawn(async move { server.await });
+    let mut server = tokio::spawn(serving);
 
     tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down: no new connections, finishing in-flight requests");
             let _ = stop_tx.send(true);
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => return Err(format!("server error: {e}")),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(format!("server task failed: {e}")),
                 Err(_) => {
                     tracing::warn!(
@@ -161,10 +178,8 @@ async fn run(
             }
         }
         result = &mut server => {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("server error: {e}")),
-                Err(e) => return Err(format!("server task failed: {e}")),
+            if let Err(e) = result {
+                return Err(format!("server task failed: {e}"));
             }
         }
     }
