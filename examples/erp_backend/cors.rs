@@ -139,8 +139,8 @@ mod tests {
 
     #[test]
     fn the_older_name_is_read_and_must_agree() {
-        let old = AllowedOrigins::from_vars(&vars(&[("ALLOWED_ORIGINS", "https://a.example")]))
-            .unwrap();
+        let old =
+            AllowedOrigins::from_vars(&vars(&[("ALLOWED_ORIGINS", "https://a.example")])).unwrap();
         assert!(old.contains("https://a.example"));
         let err = AllowedOrigins::from_vars(&vars(&[
             ("CORS_ORIGINS", "https://a.example"),
@@ -152,7 +152,12 @@ mod tests {
 
     #[test]
     fn non_origins_are_refused() {
-        for bad in ["*", "erp.example.com", "https://erp.example.com/app", "ftp://x"] {
+        for bad in [
+            "*",
+            "erp.example.com",
+            "https://erp.example.com/app",
+            "ftp://x",
+        ] {
             let err = AllowedOrigins::from_vars(&vars(&[("CORS_ORIGINS", bad)])).unwrap_err();
             assert!(err.starts_with("CORS_ORIGINS"), "{bad}: {err}");
         }

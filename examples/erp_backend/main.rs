@@ -129,10 +129,8 @@ async fn run(
     let ws_config = ws::WsConfig::from_vars(vars, development, origins.clone())?;
     let realtime = ws::Realtime::start(cache.clone(), ws_config).await?;
     let state = AppState::new(cache.clone(), sessions, db, development, realtime);
-    let limiter = ratelimit::LoginLimiter::new(
-        cache.clone(),
-        ratelimit::LimitConfig::from_vars(vars)?,
-    );
+    let limiter =
+        ratelimit::LoginLimiter::new(cache.clone(), ratelimit::LimitConfig::from_vars(vars)?);
     let mut router = app::router(state).layer(axum::Extension(limiter));
     // Outermost: a preflight is answered before any session work.
     if let Some(cors) = origins.layer() {

@@ -72,7 +72,9 @@ impl ServerConfig {
                     .ok()
                     .filter(|n| (1..=max).contains(n))
                     .map(Some)
-                    .ok_or_else(|| format!("{name}={v:?} is invalid: not a whole number in 1-{max}")),
+                    .ok_or_else(|| {
+                        format!("{name}={v:?} is invalid: not a whole number in 1-{max}")
+                    }),
             }
         };
         let mut c = Self::default();
