@@ -11,7 +11,10 @@
 //! - the stats and health endpoints operators look at (`ops.rs`);
 //! - a product database in a SQLite file shared by every instance given the same file
 //!   (`db.rs`), and in development mode an origin control to slow it down or make it fail
-//!   (`admin.rs`).
+//!   (`admin.rs`);
+//! - what a server on the open internet needs: header-read and idle timeouts and a
+//!   connection limit (`server.rs`), CORS for listed origins (`cors.rs`), failed logins
+//!   limited across instances (`ratelimit.rs`), logs through a non-blocking writer.
 //!
 //! Run it with `cargo run --example erp_backend` (no configuration needed) and see
 //! `examples/README.md` for the endpoints, the environment variables and a curl walkthrough.
