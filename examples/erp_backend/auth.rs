@@ -5,9 +5,12 @@
 //! one express-session + connect-redis write, and either backend can serve the other's
 //! logged-in users.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap};
-use axum::Json;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use cache_sdk::session::{Session, Sessions};
 use std::collections::BTreeMap;
 
@@ -16,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::{ApiError, JsonBody};
+use crate::ratelimit::LoginLimiter;
 
 /// What a session holds. `Default` is the anonymous session.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -124,20 +128,46 @@ pub(crate) async fn note_seen(sessions: &Sessions, session: &Session<UserSession
     }
 }
 
-/// `POST /api/auth/login`: checks the credentials, then stores the user in the session
-/// under a new id (so an id planted before the login is worthless after it), and records
-/// the session as the user's (with the `User-Agent`), for `GET /api/user/sessions` and
-/// `POST /api/auth/logout-all`.
+/// `POST /api/auth/login`: checks the failed-login limits (`ratelimit.rs`: 429 with
+/// `Retry-After` once a username or a client address has used up its failures) and the
+/// credentials, then stores the user in the session under a new id (so an id planted
+/// before the login is worthless after it), and records the session as the user's (with
+/// the `User-Agent`), for `GET /api/user/sessions` and `POST /api/auth/logout-all`.
 pub async fn login(
     State(state): State<AppState>,
+    Extension(limiter): Extension<LoginLimiter>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     session: Session<UserSession>,
     JsonBody(creds): JsonBody<Credentials>,
-) -> Result<Json<Value>, ApiError> {
+) -> Response {
+    let client = limiter.client_addr(peer.map(|Extension(ConnectInfo(a))| a), &headers);
+    let attempt = limiter.attempt(&creds.username, client);
+    if let Err(blocked) = limiter.check(&attempt).await {
+        tracing::info!("login refused: too many failures");
+        return blocked.into_response();
+    }
     let Some(user) = authenticate(&creds.username, &creds.password) else {
         tracing::info!("login refused: invalid credentials");
-        return Err(ApiError::unauthorized("Invalid credentials"));
+        if let Err(blocked) = limiter.failed(&attempt).await {
+            return blocked.into_response();
+        }
+        return ApiError::unauthorized("Invalid credentials").into_response();
     };
+    limiter.succeeded(&attempt).await;
+    match start_session(&state, &headers, &session, user).await {
+        Ok(()) => success().into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The login itself, once the credentials are checked.
+async fn start_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    session: &Session<UserSession>,
+    user: &User,
+) -> Result<(), ApiError> {
     session.regenerate();
     session.replace(UserSession {
         user_id: Some(user.id),
@@ -172,7 +202,7 @@ pub async fn login(
         return Err(ApiError::internal("Failed to login"));
     }
     tracing::info!(user_id = user.id, "login");
-    Ok(success())
+    Ok(())
 }
 
 /// `GET /api/user/profile`: the logged-in user, or 401.

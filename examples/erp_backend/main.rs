@@ -11,7 +11,10 @@
 //! - the stats and health endpoints operators look at (`ops.rs`);
 //! - a product database in a SQLite file shared by every instance given the same file
 //!   (`db.rs`), and in development mode an origin control to slow it down or make it fail
-//!   (`admin.rs`).
+//!   (`admin.rs`);
+//! - what a server on the open internet needs: header-read and idle timeouts and a
+//!   connection limit (`server.rs`), CORS for listed origins (`cors.rs`), failed logins
+//!   limited across instances (`ratelimit.rs`), logs through a non-blocking writer.
 //!
 //! Run it with `cargo run --example erp_backend` (no configuration needed) and see
 //! `examples/README.md` for the endpoints, the environment variables and a curl walkthrough.
@@ -19,10 +22,13 @@
 mod admin;
 mod app;
 mod auth;
+mod cors;
 mod db;
 mod error;
 mod ops;
 mod products;
+mod ratelimit;
+mod server;
 mod session_api;
 mod settings;
 mod ws;
@@ -44,7 +50,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[tokio::main]
 async fn main() -> ExitCode {
     let vars = settings::read_environment();
-    init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
+    // Kept until `main` returns: dropping it flushes the lines still queued.
+    let _log_writer = init_tracing(vars.as_ref().ok().and_then(|v| v.get("RUST_LOG")));
     tracing::info!("starting erp_backend");
     let configured = vars.and_then(|v| Ok((Settings::from_vars(&v)?, DbConfig::from_vars(&v)?, v)));
     let (settings, database, vars) = match configured {
@@ -64,15 +71,27 @@ async fn main() -> ExitCode {
 }
 
 /// `RUST_LOG` (from the environment or `.env`) filters the logs; the default is `info`.
-fn init_tracing(filter: Option<&String>) {
+///
+/// Lines go to stdout through a background writer thread ([`tracing_appender::non_blocking`]):
+/// a request formats its line and queues it, and never waits for the terminal or the log
+/// collector. When the queue is full (128k lines behind) new lines are dropped rather than
+/// slowing requests down. The returned guard flushes the queue when dropped: keep it alive
+/// for as long as the server runs.
+fn init_tracing(filter: Option<&String>) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = filter
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let colors = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("erp-log-writer")
+        .finish(std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colors)
+        .with_writer(writer)
         .init();
+    guard
 }
 
 async fn run(
@@ -109,10 +128,17 @@ async fn run(
         );
     }
     // Live updates: one SDK subscription per instance, fanned out to the WebSockets.
-    let ws_config = ws::WsConfig::from_vars(vars, development)?;
+    let origins = cors::AllowedOrigins::from_vars(vars)?;
+    let ws_config = ws::WsConfig::from_vars(vars, development, origins.clone())?;
     let realtime = ws::Realtime::start(cache.clone(), ws_config).await?;
     let state = AppState::new(cache.clone(), sessions, db, development, realtime);
-    let router = app::router(state);
+    let limiter =
+        ratelimit::LoginLimiter::new(cache.clone(), ratelimit::LimitConfig::from_vars(vars)?);
+    let mut router = app::router(state).layer(axum::Extension(limiter));
+    // Outermost: a preflight is answered before any session work.
+    if let Some(cors) = origins.layer() {
+        router = router.layer(cors);
+    }
 
     let (host, port) = &settings.addr;
     let listener = TcpListener::bind((host.as_str(), *port))
@@ -121,22 +147,27 @@ async fn run(
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!("listening on http://{local}");
+    let limits = &settings.server;
+    tracing::info!(
+        header_timeout_secs = limits.header_timeout.as_secs(),
+        idle_timeout_secs = limits.idle_timeout.as_secs(),
+        max_connections = limits.max_connections,
+        "listening on http://{local}"
+    );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let serving = server::serve(listener, router, settings.server.clone(), async move {
         // Resolves when the sender says stop (or is dropped).
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
-    let mut server = tokio::spawn(async move { server.await });
+    let mut server = tokio::spawn(serving);
 
     tokio::select! {
         signal = shutdown_signal() => {
             tracing::info!(signal, "shutting down: no new connections, finishing in-flight requests");
             let _ = stop_tx.send(true);
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => return Err(format!("server error: {e}")),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(format!("server task failed: {e}")),
                 Err(_) => {
                     tracing::warn!(
@@ -148,10 +179,8 @@ async fn run(
             }
         }
         result = &mut server => {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("server error: {e}")),
-                Err(e) => return Err(format!("server task failed: {e}")),
+            if let Err(e) = result {
+                return Err(format!("server task failed: {e}"));
             }
         }
     }

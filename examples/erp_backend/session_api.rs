@@ -122,6 +122,7 @@ pub async fn logout_all(
         .await
     {
         Ok(n) => {
+            crate::ws::user_sessions_ended(&state, &user_id, &id).await;
             tracing::info!(user_id = %user_id, logged_out = n, "logout everywhere else");
             Ok(Json(json!({ "success": true, "loggedOut": n })))
         }

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use cache_sdk::session::SessionConfig;
 use cache_sdk::{Cache, CacheConfig};
 
+use crate::server::ServerConfig;
+
 /// The default port, as in the Node backend this server mirrors.
 const DEFAULT_PORT: u16 = 3000;
 /// Loopback by default: a demo server with demo users should not be reachable from the
@@ -23,6 +25,8 @@ pub struct Settings {
     pub cache: CacheConfig,
     /// The session configuration: `SESSION_*` variables and `APP_ENV`.
     pub session: SessionConfig,
+    /// The serving loop's timeouts and connection limit: `HTTP_*` variables.
+    pub server: ServerConfig,
     /// `REDIS_ENABLED` was set to a false value.
     redis_switched_off: bool,
 }
@@ -73,6 +77,11 @@ impl Settings {
             tracing::info!(
                 "development mode: APP_ENV is not set (set APP_ENV=production and SESSION_SECRET for production)"
             );
+            // Said on its own line, as a warning: a server reachable over the network in
+            // this mode sends its session cookies in clear over plain HTTP.
+            tracing::warn!(
+                "development mode: session cookies are NOT Secure (sent over plain http); set APP_ENV=production to serve them over HTTPS only"
+            );
             vars.insert("APP_ENV".into(), "development".into());
         }
 
@@ -86,6 +95,7 @@ impl Settings {
 
         let cache = CacheConfig::from_vars(vars.clone()).map_err(|e| e.to_string())?;
         let session = SessionConfig::from_vars(vars.clone()).map_err(|e| e.to_string())?;
+        let server = ServerConfig::from_vars(&vars)?;
         let redis_switched_off = set("REDIS_ENABLED").is_some_and(|v| {
             matches!(
                 v.to_ascii_lowercase().as_str(),
@@ -97,6 +107,7 @@ impl Settings {
             addr: (host, port),
             cache,
             session,
+            server,
             redis_switched_off,
         })
     }

@@ -1,18 +1,20 @@
 //! Live updates over WebSockets: `GET /api/ws` and `GET /api/ws/stats`.
 //!
 //! - Only a logged-in session may open a socket (401 otherwise), and a browser's `Origin`
-//!   must be one of the allowed origins (403 otherwise): `ALLOWED_ORIGINS`, a comma-separated
-//!   list such as `https://erp.example.com`; without it, the server's own `Host` and, in
-//!   development mode, `http://localhost:*` and `http://127.0.0.1:*`. A request without
-//!   `Origin` (not a browser) is not checked: it has no victim's cookies to abuse.
+//!   must be one of the allowed origins (403 otherwise): `CORS_ORIGINS`, the list CORS uses
+//!   too (`cors.rs`); without it, the server's own `Host` and, in development mode,
+//!   `http://localhost:*` and `http://127.0.0.1:*`. A request without `Origin` (not a
+//!   browser) is not checked: it has no victim's cookies to abuse.
 //! - Product changes made on **any** instance reach every socket as JSON
 //!   (`{"type":"product.updated","id":3}`, `{"type":"product.deleted","id":3}`): handlers
 //!   call [`Realtime::publish`], which goes through the SDK's typed pub/sub
 //!   ([`cache_sdk::Cache::publish`]) on the channel [`CHANNEL`].
 //! - A logout on any instance publishes `SessionDestroyed` with an opaque hash of the
 //!   session id (never the id itself), and every instance closes that session's sockets at
-//!   once; a check every [`SESSION_CHECK`] closes them too when the event was missed (Redis
-//!   outage, "log out everywhere" by deleting records).
+//!   once. "Log out everywhere" (`POST /api/auth/logout-all`) publishes `UserSessionsEnded`
+//!   with hashes of the user id and of the session kept, and every instance closes that
+//!   user's other sockets. A check every [`SESSION_CHECK`] closes them too when the event
+//!   was missed (a Redis outage: pub/sub keeps no history) or the session expired.
 //! - Heartbeats: a ping every `WS_PING_SECS` (20 s); a socket silent for two intervals is
 //!   closed. At most `WS_MAX_PER_SESSION` (5) sockets per session and `WS_MAX_CONNECTIONS`
 //!   (1000) per instance.
@@ -38,6 +40,7 @@ use tokio::sync::broadcast;
 
 use crate::app::AppState;
 use crate::auth::UserSession;
+use crate::cors::AllowedOrigins;
 use crate::error::ApiError;
 
 /// The SDK pub/sub channel the instances share.
@@ -55,6 +58,13 @@ pub enum Event {
     ProductDeleted(u64),
     /// A session was destroyed: its [`session_hash`].
     SessionDestroyed(String),
+    /// Every session of a user but one was destroyed ("log out everywhere").
+    UserSessionsEnded {
+        /// The user's [`user_hash`].
+        user: String,
+        /// The [`session_hash`] of the session that stays.
+        keep: String,
+    },
 }
 
 impl Event {
@@ -63,7 +73,7 @@ impl Event {
         let (kind, id) = match self {
             Event::ProductUpdated(id) => ("product.updated", id),
             Event::ProductDeleted(id) => ("product.deleted", id),
-            Event::SessionDestroyed(_) => return None,
+            Event::SessionDestroyed(_) | Event::UserSessionsEnded { .. } => return None,
         };
         Some(format!(r#"{{"type":"{kind}","id":{id}}}"#))
     }
@@ -76,11 +86,17 @@ pub fn session_hash(id: &SessionId) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// An opaque name for a user in events: a hash of the user id.
+pub fn user_hash(user_id: &str) -> String {
+    let digest = Sha256::digest(format!("erp-ws-user:{user_id}").as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
 /// WebSocket settings (environment variables).
 #[derive(Debug, Clone)]
 pub struct WsConfig {
-    /// `ALLOWED_ORIGINS`; empty: the server's own host (and localhost in development).
-    pub allowed_origins: Vec<String>,
+    /// `CORS_ORIGINS`; empty: the server's own host (and localhost in development).
+    pub allowed_origins: AllowedOrigins,
     /// Development mode: `http://localhost:*` and `http://127.0.0.1:*` are allowed too.
     pub development: bool,
     /// `WS_PING_SECS`.
@@ -92,11 +108,16 @@ pub struct WsConfig {
 }
 
 impl WsConfig {
-    /// Reads the settings from the environment's variables.
+    /// Reads the settings from the environment's variables; `allowed_origins` is the list
+    /// CORS uses (`CORS_ORIGINS`).
     ///
     /// # Errors
     /// A message naming the variable that is not a positive number.
-    pub fn from_vars(vars: &HashMap<String, String>, development: bool) -> Result<Self, String> {
+    pub fn from_vars(
+        vars: &HashMap<String, String>,
+        development: bool,
+        allowed_origins: AllowedOrigins,
+    ) -> Result<Self, String> {
         let number = |name: &str, default: u64| -> Result<u64, String> {
             match vars.get(name).map(|v| v.trim()) {
                 None | Some("") => Ok(default),
@@ -107,15 +128,6 @@ impl WsConfig {
                     .ok_or_else(|| format!("{name}={v:?}: expected a positive whole number")),
             }
         };
-        let allowed_origins = vars
-            .get("ALLOWED_ORIGINS")
-            .map(|v| {
-                v.split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
-                    .filter(|o| !o.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
         Ok(Self {
             allowed_origins,
             development,
@@ -285,19 +297,43 @@ pub async fn upgrade(
     }
     let logged_in = session
         .as_ref()
-        .filter(|s| s.read(|u| u.user_id.is_some()))
-        .and_then(|s| s.id());
-    let Some(id) = logged_in else {
+        .and_then(|s| Some((s.read(|u| u.user_id)?, s.id()?)));
+    let Some((user_id, id)) = logged_in else {
         return Err(ApiError::unauthorized("Not authenticated"));
     };
-    let hash = session_hash(&id);
-    let guard = realtime.admit(&hash)?;
+    let owner = Owner {
+        session: session_hash(&id),
+        user: user_hash(&user_id.to_string()),
+        id,
+    };
+    let guard = realtime.admit(&owner.session)?;
     let realtime = realtime.clone();
     let sessions = state.sessions.clone();
     Ok(ws
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| serve(socket, realtime, sessions, id, hash, guard))
+        .on_upgrade(move |socket| serve(socket, realtime, sessions, owner, guard))
         .into_response())
+}
+
+/// Whose socket it is.
+struct Owner {
+    /// The session.
+    id: SessionId,
+    /// Its [`session_hash`].
+    session: String,
+    /// The [`user_hash`] of its user.
+    user: String,
+}
+
+impl Owner {
+    /// Whether `event` ends this socket's session.
+    fn ended_by(&self, event: &Event) -> bool {
+        match event {
+            Event::SessionDestroyed(h) => *h == self.session,
+            Event::UserSessionsEnded { user, keep } => *user == self.user && *keep != self.session,
+            Event::ProductUpdated(_) | Event::ProductDeleted(_) => false,
+        }
+    }
 }
 
 /// One socket: forwards events, answers and sends pings, and closes when the session ends,
@@ -306,8 +342,7 @@ async fn serve(
     mut socket: WebSocket,
     realtime: Realtime,
     sessions: Sessions,
-    id: SessionId,
-    hash: String,
+    owner: Owner,
     _guard: SocketGuard,
 ) {
     let inner = &realtime.inner;
@@ -321,7 +356,7 @@ async fn serve(
     let reason = loop {
         tokio::select! {
             event = events.recv() => match event {
-                Ok(Event::SessionDestroyed(h)) if h == hash => break "session ended",
+                Ok(event) if owner.ended_by(&event) => break "session ended",
                 Ok(event) => {
                     if let Some(text) = event.to_client() {
                         if socket.send(Message::Text(text.into())).await.is_err() {
@@ -354,7 +389,7 @@ async fn serve(
             _ = check.tick() => {
                 // Gone (logout on an instance whose event was missed, or expiry); an
                 // error of the store keeps the socket (the next check decides).
-                if let Ok(None) = sessions.load::<UserSession>(&id).await {
+                if let Ok(None) = sessions.load::<UserSession>(&owner.id).await {
                     break "session ended";
                 }
             }
@@ -388,6 +423,18 @@ pub async fn after_logout(State(state): State<AppState>, req: Request, next: Nex
     res
 }
 
+/// After a successful "log out everywhere" (`POST /api/auth/logout-all`) by `user_id` from
+/// the session `kept`: tells every instance to close the user's other sockets.
+pub async fn user_sessions_ended(state: &AppState, user_id: &str, kept: &SessionId) {
+    state
+        .realtime
+        .publish(Event::UserSessionsEnded {
+            user: user_hash(user_id),
+            keep: session_hash(kept),
+        })
+        .await;
+}
+
 /// `GET /api/ws/stats`: `{"connections","subscribers","messagesSent","messagesReceived"}`
 /// for this instance.
 pub async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -415,9 +462,10 @@ mod tests {
     fn config(origins: &[&str], development: bool) -> WsConfig {
         let mut vars = HashMap::new();
         if !origins.is_empty() {
-            vars.insert("ALLOWED_ORIGINS".to_owned(), origins.join(","));
+            vars.insert("CORS_ORIGINS".to_owned(), origins.join(","));
         }
-        WsConfig::from_vars(&vars, development).expect("config")
+        let allowed = AllowedOrigins::from_vars(&vars).expect("origins");
+        WsConfig::from_vars(&vars, development, allowed).expect("config")
     }
 
     #[test]
@@ -449,9 +497,36 @@ mod tests {
     }
 
     #[test]
+    fn events_end_the_right_sockets() {
+        let mine = SessionId::generate();
+        let other = SessionId::generate();
+        let owner = Owner {
+            session: session_hash(&mine),
+            user: user_hash("1"),
+            id: mine.clone(),
+        };
+        assert!(owner.ended_by(&Event::SessionDestroyed(session_hash(&mine))));
+        assert!(!owner.ended_by(&Event::SessionDestroyed(session_hash(&other))));
+        let everywhere = |user: &str, keep: &SessionId| Event::UserSessionsEnded {
+            user: user_hash(user),
+            keep: session_hash(keep),
+        };
+        assert!(owner.ended_by(&everywhere("1", &other)));
+        assert!(!owner.ended_by(&everywhere("1", &mine)), "the kept session");
+        assert!(!owner.ended_by(&everywhere("2", &other)), "another user");
+        assert!(!owner.ended_by(&Event::ProductUpdated(1)));
+        assert!(Event::UserSessionsEnded {
+            user: String::new(),
+            keep: String::new()
+        }
+        .to_client()
+        .is_none());
+    }
+
+    #[test]
     fn bad_numbers_are_refused() {
         let mut vars = HashMap::new();
         vars.insert("WS_PING_SECS".to_owned(), "0".to_owned());
-        assert!(WsConfig::from_vars(&vars, false).is_err());
+        assert!(WsConfig::from_vars(&vars, false, AllowedOrigins::default()).is_err());
     }
 }

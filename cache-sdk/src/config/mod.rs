@@ -671,6 +671,18 @@ mod tests {
     }
 
     #[test]
+    fn a_url_database_out_of_range_is_refused_like_redis_db() {
+        for url in ["redis://h:6379/16", "redis://:secret@h:6379/99"] {
+            let err = built(&[("REDIS_URL", url)]).unwrap_err().to_string();
+            assert!(err.starts_with("REDIS_URL="), "{err}");
+            assert!(err.contains("0-15"), "{err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+        let cfg = built(&[("REDIS_URL", "redis://h:6379/15")]).unwrap();
+        assert!(cfg.redis.is_some());
+    }
+
+    #[test]
     #[cfg(feature = "cluster")]
     fn a_cluster_has_only_database_0() {
         let err = built(&[("REDIS_CLUSTER_NODES", "a:1,b:2"), ("REDIS_DB", "1")]).unwrap_err();

@@ -609,13 +609,21 @@ pub(super) fn parse_nodes(name: &'static str, v: &str) -> Result<Vec<String>, Co
         .collect()
 }
 
-/// Whether redis-rs accepts `url`; the error never shows the password.
+/// Whether redis-rs accepts `url` and its database number (the `/db` path) is in 0–15, the
+/// range `REDIS_DB` accepts; the error never shows the password.
 pub(super) fn check_url(url: &str) -> Result<(), ConfigError> {
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|e| ConfigError::Invalid {
+    let client = redis::Client::open(url).map_err(|e| ConfigError::Invalid {
+        name: "REDIS_URL",
+        value: redact_url(url),
+        reason: format!("not a Redis URL ({})", e.category()),
+    })?;
+    let db = client.get_connection_info().redis_settings().db();
+    if !(0..=15).contains(&db) {
+        return Err(ConfigError::Invalid {
             name: "REDIS_URL",
             value: redact_url(url),
-            reason: format!("not a Redis URL ({})", e.category()),
-        })
+            reason: format!("database {db} is not a database number (0-15)"),
+        });
+    }
+    Ok(())
 }
