@@ -76,9 +76,11 @@ fn build_binary() -> PathBuf {
 /// Variables of the test's own environment that would configure the server: removed, so
 /// that a server only ever sees the Redis its test started.
 fn is_config_var(name: &str) -> bool {
-    ["REDIS_", "SESSION_", "CACHE_"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    [
+        "REDIS_", "SESSION_", "CACHE_", "HTTP_", "LOGIN_", "WS_", "ERP_DB_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
         || [
             "APP_ENV",
             "NODE_ENV",
@@ -86,9 +88,11 @@ fn is_config_var(name: &str) -> bool {
             "HOST",
             "RUST_LOG",
             "DATABASE_URL",
+            "CORS_ORIGINS",
+            "ALLOWED_ORIGINS",
+            "TRUST_PROXY_HOPS",
         ]
         .contains(&name)
-        || name.starts_with("ERP_DB_")
 }
 
 /// A running `erp_backend`, killed on drop.
