@@ -19,6 +19,7 @@
 mod admin;
 mod app;
 mod auth;
+mod catalog;
 mod db;
 mod error;
 mod ops;
