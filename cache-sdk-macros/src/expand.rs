@@ -441,9 +441,9 @@ impl Gen<'_> {
         let keys: Vec<TokenStream> = self.patterns.iter().map(|pat| self.key(pat)).collect();
         let n = keys.len();
         let mode = self.mode();
-        let tags = self.tag_list().map(|list| {
-            quote!(let __cache_sdk_tags: ::std::vec::Vec<::std::string::String> = #list;)
-        });
+        let tags = self.tag_list().map(
+            |list| quote!(let __cache_sdk_tags: ::std::vec::Vec<::std::string::String> = #list;),
+        );
         let evict_tags = tags
             .as_ref()
             .map(|_| quote!(#p::evict_tags(&__cache_sdk_cache, &__cache_sdk_tags).await;));

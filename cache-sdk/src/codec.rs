@@ -581,8 +581,8 @@ mod tests {
     fn tagged_values_keep_their_tags_and_times_in_place() {
         let tags = vec!["product:7".to_string(), "catalog".to_string()];
         for &codec in CODECS {
-            let bytes = encode_tagged(&product(), codec, U, Some(Duration::from_secs(5)), &tags)
-                .unwrap();
+            let bytes =
+                encode_tagged(&product(), codec, U, Some(Duration::from_secs(5)), &tags).unwrap();
             assert_eq!(bytes[1], VERSION_TAGGED);
             assert_eq!(tags_of(&bytes).unwrap(), vec!["product:7", "catalog"]);
             assert_eq!(decode::<Product>(&bytes, U, 1 << 20), Ok(product()));

@@ -56,7 +56,8 @@ pub async fn list_products(
     let catalog = state.catalog.clone();
     let entry = cache_sdk::global()
         .get_or_load_entry_with(&key, Ttl::Api, &opts, move || async move {
-            let (offset, limit) = page.map_or((0, None), |p| ((p - 1) * PAGE_SIZE, Some(PAGE_SIZE)));
+            let (offset, limit) =
+                page.map_or((0, None), |p| ((p - 1) * PAGE_SIZE, Some(PAGE_SIZE)));
             catalog.db().list(offset, limit).await
         })
         .await

@@ -1740,7 +1740,13 @@ async fn catalog_lists_are_invalidated_by_tag_and_the_cache_is_cleared_everywher
     assert_eq!(status(&on_b), "cache-sdk; hit", "B reads A's cached page");
     assert_eq!(ids(&b.get("/api/products").await.expect(200)).len(), 100);
     assert_eq!(status(&b.get("/api/products").await), "cache-sdk; hit");
-    assert!(b.get("/api/products?page=6").await.expect(200).as_array().unwrap().is_empty());
+    assert!(b
+        .get("/api/products?page=6")
+        .await
+        .expect(200)
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert_eq!(b.get("/api/products?page=0").await.status, 422);
 
     // A PUT on A invalidates the tag `catalog`: B's very next list read reflects it.
@@ -1752,10 +1758,16 @@ async fn catalog_lists_are_invalidated_by_tag_and_the_cache_is_cleared_everywher
     let all = b.get("/api/products").await.expect(200);
     assert_eq!(all[2]["name"], "Tagged Monitor");
     // The product itself was written after the invalidation: a hit with the new value.
-    assert_eq!(b.get("/api/products/3").await.expect(200)["name"], "Tagged Monitor");
+    assert_eq!(
+        b.get("/api/products/3").await.expect(200)["name"],
+        "Tagged Monitor"
+    );
 
     // A DELETE on B: A's next list read no longer has the product.
-    assert_eq!(b.send("DELETE", "/api/products/9", None, b"").await.status, 204);
+    assert_eq!(
+        b.send("DELETE", "/api/products/9", None, b"").await.status,
+        204
+    );
     let listed = ids(&a.get("/api/products?page=1").await.expect(200));
     assert!(!listed.contains(&9) && listed.len() == 20, "{listed:?}");
 

@@ -247,9 +247,14 @@ async fn tags_and_clear_work_on_a_cluster() {
     let (a, b) = (on().await, on().await);
     let keys: Vec<String> = (0..30).map(|i| format!("cache:c:{i}")).collect();
     for (i, k) in keys.iter().enumerate() {
-        a.set_with(k, &(i as u64), Ttl::Api, &tagged(&["group", &format!("item:{i}")]))
-            .await
-            .unwrap();
+        a.set_with(
+            k,
+            &(i as u64),
+            Ttl::Api,
+            &tagged(&["group", &format!("item:{i}")]),
+        )
+        .await
+        .unwrap();
     }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let got = b.get_many::<u64>(&refs).await.unwrap();
@@ -302,7 +307,10 @@ async fn macros_write_and_invalidate_tags() {
     assert_eq!(shop.product(1).await, 10);
     assert_eq!(shop.product(1).await, 10);
     assert_eq!(shop.loads.load(Ordering::SeqCst), 1);
-    assert_eq!(other.get::<u64>("cache:m:product:1").await.unwrap(), Some(10));
+    assert_eq!(
+        other.get::<u64>("cache:m:product:1").await.unwrap(),
+        Some(10)
+    );
     shop.product_invalidate_tags(1).await.unwrap();
     until_is(&other, "cache:m:product:1", None).await;
     assert_eq!(shop.product(1).await, 10);

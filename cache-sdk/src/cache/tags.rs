@@ -240,11 +240,12 @@ impl Cache {
 
     /// Writes a stamp: an empty envelope whose written-at time is now.
     async fn write_stamp(&self, key: &str) -> Result<()> {
-        let bytes = codec::encode(&(), Codec::Bincode, TypeTag::UNTAGGED, Some(MAX_TTL))
-            .map_err(|message| Error::Encode {
+        let bytes = codec::encode(&(), Codec::Bincode, TypeTag::UNTAGGED, Some(MAX_TTL)).map_err(
+            |message| Error::Encode {
                 key: key.to_owned(),
                 message,
-            })?;
+            },
+        )?;
         self.inner.local.invalidate(key);
         let result = self.inner.remote.set(key, bytes, Some(MAX_TTL)).await;
         // A read in flight may have put the old stamp back.

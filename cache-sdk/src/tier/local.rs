@@ -622,7 +622,10 @@ mod tests {
         assert!(l1.get::<u32>("k").is_none());
         let t = l1.ticket("~t");
         l1.insert("~t", Arc::new(Stamp(100)), None, t);
-        assert!(l1.get::<u32>("k").is_none(), "invalidated at its write time");
+        assert!(
+            l1.get::<u32>("k").is_none(),
+            "invalidated at its write time"
+        );
     }
 
     #[test]
