@@ -38,7 +38,7 @@ pub async fn list_products(
         Some(p) => Some(
             p.parse::<u64>()
                 .ok()
-                .filter(|&p| p >= 1 && p <= u64::MAX / PAGE_SIZE)
+                .filter(|p| (1..=u64::MAX / PAGE_SIZE).contains(p))
                 .ok_or_else(|| {
                     ApiError::unprocessable("Invalid page")
                         .detail("page must be a whole number from 1")

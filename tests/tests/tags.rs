@@ -140,7 +140,7 @@ async fn get_or_load_with_tags_reloads_after_the_tag_is_invalidated() {
     assert_eq!(read(b.clone()).await, 0);
     a.invalidate_tag("product:1").await.unwrap();
     let b2 = b.clone();
-    let read2 = read.clone();
+    let read2 = read;
     let reloaded = async move {
         for _ in 0..200 {
             if read2(b2.clone()).await == 1 {
