@@ -61,6 +61,13 @@ pub(crate) fn check(opts: &Options, func: &Func) -> syn::Result<Vec<Pattern>> {
     };
     let mut patterns = Vec::new();
     for lit in tags {
+        if lit.value().is_empty() {
+            push(syn::Error::new(
+                lit.span(),
+                "empty tag: a tag has 1 to 256 bytes",
+            ));
+            continue;
+        }
         let pattern = match Pattern::parse(lit) {
             Ok(p) => p,
             Err(e) => {
@@ -71,12 +78,7 @@ pub(crate) fn check(opts: &Options, func: &Func) -> syn::Result<Vec<Pattern>> {
                 continue;
             }
         };
-        if lit.value().is_empty() {
-            push(syn::Error::new(
-                lit.span(),
-                "empty tag: a tag has 1 to 256 bytes",
-            ));
-        } else if pattern.placeholders.is_empty() && lit.value().len() > MAX_TAG_LEN {
+        if pattern.placeholders.is_empty() && lit.value().len() > MAX_TAG_LEN {
             push(syn::Error::new(
                 lit.span(),
                 "the tag is over 256 bytes, the longest the cache accepts",
