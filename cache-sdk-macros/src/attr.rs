@@ -37,9 +37,10 @@ impl Which {
                 "hard_timeout",
                 "refresh_ahead",
                 "crate",
+                "tags",
             ],
-            Which::Evict => &["key", "cache", "tier", "before", "crate"],
-            Which::Put => &["key", "ttl", "cache", "tier", "jitter", "crate"],
+            Which::Evict => &["key", "cache", "tier", "before", "crate", "tags"],
+            Which::Put => &["key", "ttl", "cache", "tier", "jitter", "crate", "tags"],
         }
     }
 }
@@ -86,6 +87,9 @@ pub(crate) struct Options {
     pub(crate) hard_timeout: Option<(u64, Span)>,
     /// `refresh_ahead = 0.8`.
     pub(crate) refresh_ahead: Option<(f64, Span)>,
+    /// `tags = ["product:{id}", "catalog"]`: the tags written (or, for `#[cache_evict]`,
+    /// invalidated), with the span of the option.
+    pub(crate) tags: Option<(Vec<LitStr>, Span)>,
 }
 
 impl Options {
@@ -108,6 +112,7 @@ impl Options {
             soft_timeout: None,
             hard_timeout: None,
             refresh_ahead: None,
+            tags: None,
         };
         let mut seen: Vec<String> = Vec::new();
         while !input.is_empty() {
@@ -153,6 +158,7 @@ impl Options {
                     }
                 }
                 "refresh_ahead" => o.refresh_ahead = Some(parse_fraction(input)?),
+                "tags" => o.tags = Some(crate::tags::parse(input, name.span())?),
                 _ => {
                     let s: LitStr = input.parse()?;
                     o.krate = Some(s.parse().map_err(|_| {
@@ -164,7 +170,8 @@ impl Options {
                 input.parse::<Token![,]>()?;
             }
         }
-        if o.keys.is_empty() {
+        // `#[cache_evict(tags = [...])]` may name no key.
+        if o.keys.is_empty() && !(which == Which::Evict && o.tags.is_some()) {
             return Err(syn::Error::new(
                 Span::call_site(),
                 format!(

@@ -29,10 +29,12 @@ pub(crate) fn run(which: Which, attr: TokenStream, item: TokenStream) -> TokenSt
         })?;
         let func = Func::new(fn_item);
         let patterns = valid::check(&opts, &func)?;
+        let tags = crate::tags::check(&opts, &func)?;
         Ok(Gen {
             opts: &opts,
             func: &func,
             patterns: &patterns,
+            tags: &tags,
         }
         .expand())
     });
@@ -43,6 +45,8 @@ struct Gen<'a> {
     opts: &'a Options,
     func: &'a Func,
     patterns: &'a [Pattern],
+    /// The `tags` option's patterns (empty without it).
+    tags: &'a [Pattern],
 }
 
 impl Gen<'_> {
@@ -76,6 +80,11 @@ impl Gen<'_> {
             quote::quote_spanned!(span=> #p::part(&(#root #(.#fields)*)))
         });
         quote!(::std::format!(#fmt #(, #parts)*))
+    }
+
+    /// The tags as a `Vec<String>` expression, when there are any.
+    fn tag_list(&self) -> Option<TokenStream> {
+        (!self.tags.is_empty()).then(|| crate::tags::list(self.tags, |p| self.key(p)))
     }
 
     fn ttl_spec(&self) -> TokenStream {
@@ -159,6 +168,10 @@ impl Gen<'_> {
                 };
                 if self.opts.resilient() {
                     let opts = self.load_options();
+                    let opts = match self.tag_list() {
+                        Some(list) => quote!(#opts.tags(#list)),
+                        None => opts,
+                    };
                     let call = if self.opts.hard_timeout.is_some() {
                         quote!(#p::cached_deadline)
                     } else {
@@ -174,6 +187,24 @@ impl Gen<'_> {
                             &__cache_sdk_key,
                             #p::ttl(__cache_sdk_cache, #spec, #jitter),
                             #opts,
+                            move || async move {
+                                let __cache_sdk_value: #ret = #block;
+                                __cache_sdk_value
+                            },
+                        )
+                        .await
+                    });
+                }
+                if let Some(list) = self.tag_list() {
+                    return self.wrap(quote! {
+                        let __cache_sdk_cache: &#p::Cache = #cache;
+                        let __cache_sdk_key: ::std::string::String = #key;
+                        let __cache_sdk_tags: ::std::vec::Vec<::std::string::String> = #list;
+                        #p::cached_tagged::<#mode, _, _, _>(
+                            __cache_sdk_cache,
+                            &__cache_sdk_key,
+                            #p::ttl(__cache_sdk_cache, #spec, #jitter),
+                            &__cache_sdk_tags,
                             move || async move {
                                 let __cache_sdk_value: #ret = #block;
                                 __cache_sdk_value
@@ -221,6 +252,17 @@ impl Gen<'_> {
         } = &self.func.item;
         let invalidate = self.invalidate_companion();
         let refresh = self.refresh_companion();
+        let invalidate_tags = self.tag_list().map(|list| {
+            crate::tags::companion(
+                self.func,
+                self.tags,
+                &self.private(),
+                self.cache_ref(),
+                list,
+                &self.cfg_attrs(),
+                |used| filter_generics(&self.func.item.sig.generics, used),
+            )
+        });
         quote! {
             #(#attrs)*
             #vis #sig {
@@ -228,6 +270,7 @@ impl Gen<'_> {
             }
             #invalidate
             #refresh
+            #invalidate_tags
         }
     }
 
@@ -398,12 +441,18 @@ impl Gen<'_> {
         let keys: Vec<TokenStream> = self.patterns.iter().map(|pat| self.key(pat)).collect();
         let n = keys.len();
         let mode = self.mode();
+        let tags = self.tag_list().map(
+            |list| quote!(let __cache_sdk_tags: ::std::vec::Vec<::std::string::String> = #list;),
+        );
+        let evict_tags = tags
+            .as_ref()
+            .map(|_| quote!(#p::evict_tags(&__cache_sdk_cache, &__cache_sdk_tags).await;));
         let (setup, evict) = match self.opts.tier() {
             Tier::Both => {
                 let cache = self.cache_ref();
                 (
-                    quote!(let __cache_sdk_cache: #p::Cache = #p::Cache::clone(#cache);),
-                    quote!(#p::evict(&__cache_sdk_cache, &__cache_sdk_keys).await;),
+                    quote!(let __cache_sdk_cache: #p::Cache = #p::Cache::clone(#cache); #tags),
+                    quote!(#p::evict(&__cache_sdk_cache, &__cache_sdk_keys).await; #evict_tags),
                 )
             }
             Tier::L1 => (quote!(), quote!(#p::evict_local(&__cache_sdk_keys);)),
@@ -445,15 +494,32 @@ impl Gen<'_> {
         let (setup, write) = match self.opts.tier() {
             Tier::Both => {
                 let cache = self.cache_ref();
+                let (tags, put) = match self.tag_list() {
+                    Some(list) => (
+                        quote!(let __cache_sdk_tags: ::std::vec::Vec<::std::string::String> = #list;),
+                        quote!(#p::put_tagged(
+                            &__cache_sdk_cache,
+                            &__cache_sdk_key,
+                            __cache_sdk_value,
+                            #p::ttl(&__cache_sdk_cache, #spec, #jitter),
+                            &__cache_sdk_tags,
+                        )
+                        .await;),
+                    ),
+                    None => (
+                        quote!(),
+                        quote!(#p::put(
+                            &__cache_sdk_cache,
+                            &__cache_sdk_key,
+                            __cache_sdk_value,
+                            #p::ttl(&__cache_sdk_cache, #spec, #jitter),
+                        )
+                        .await;),
+                    ),
+                };
                 (
-                    quote!(let __cache_sdk_cache: #p::Cache = #p::Cache::clone(#cache);),
-                    quote!(#p::put(
-                        &__cache_sdk_cache,
-                        &__cache_sdk_key,
-                        __cache_sdk_value,
-                        #p::ttl(&__cache_sdk_cache, #spec, #jitter),
-                    )
-                    .await;),
+                    quote!(let __cache_sdk_cache: #p::Cache = #p::Cache::clone(#cache); #tags),
+                    put,
                 )
             }
             Tier::L1 => (
@@ -480,7 +546,7 @@ impl Gen<'_> {
 }
 
 /// Every identifier (and lifetime name) in `tokens`.
-fn idents(tokens: TokenStream, out: &mut BTreeSet<String>) {
+pub(crate) fn idents(tokens: TokenStream, out: &mut BTreeSet<String>) {
     for tt in tokens {
         match tt {
             TokenTree::Ident(i) => {

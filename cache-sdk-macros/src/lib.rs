@@ -14,6 +14,7 @@ mod attr;
 mod expand;
 mod fallback;
 mod pattern;
+mod tags;
 mod valid;
 
 use attr::Which;

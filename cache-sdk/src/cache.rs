@@ -3,6 +3,8 @@
 // The atomic compare-and-set that session saves use.
 #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 mod cas;
+// Tags, `invalidate_tag` and `clear`.
+pub(crate) mod tags;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use crate::key;
 use crate::pubsub::PubSub;
 use crate::stats::{bump, read, CacheCounters, CoherenceState, Stats, StoreKind};
 use crate::tier::coherence::CoherenceLink;
-use crate::tier::local::{AnyValue, Local, Ticket};
+use crate::tier::local::{AnyValue, Depends, Local, Ticket};
 /// The generic L1 hook for values kept with their stored bytes (the session record cache
 /// uses it).
 pub(crate) use crate::tier::local::{Held, RawBacked};
@@ -290,6 +292,7 @@ impl Cache {
     async fn l2_get<T: CacheValue>(&self, key: &str) -> Result<Option<Arc<T>>> {
         let ticket = self.inner.local.ticket(key);
         let bytes = self.inner.remote.get(key).await?;
+        let (bytes, depends) = self.screen(key, bytes).await?;
         if bytes.is_none() {
             // Redis may have been lost during this very read: L1's reserve then serves.
             if let Some(v) = self
@@ -301,7 +304,7 @@ impl Cache {
                 return Ok(Some(v));
             }
         }
-        Ok(self.accept::<T>(key, bytes, ticket))
+        Ok(self.accept::<T>(key, bytes, depends, ticket))
     }
 
     /// Decodes bytes read from L2 and puts the value into L1 (unless `key` was invalidated
@@ -310,6 +313,7 @@ impl Cache {
         &self,
         key: &str,
         bytes: Option<Vec<u8>>,
+        depends: Option<Arc<Depends>>,
         ticket: Ticket,
     ) -> Option<Arc<T>> {
         let c = &self.inner.counters;
@@ -331,9 +335,13 @@ impl Cache {
             Ok(value) => {
                 bump(&c.l2_hits);
                 let value = Arc::new(value);
-                self.inner
-                    .local
-                    .insert(key, value.clone() as AnyValue, remaining, ticket);
+                self.inner.local.insert_depending(
+                    key,
+                    value.clone() as AnyValue,
+                    remaining,
+                    depends,
+                    ticket,
+                );
                 Some(value)
             }
             Err(e) => {
@@ -355,13 +363,24 @@ impl Cache {
     }
 
     fn encode<T: CacheValue>(&self, key: &str, value: &T, ttl: Duration) -> Result<Vec<u8>> {
+        self.encode_tagged(key, value, ttl, &[])
+    }
+
+    /// As `encode`, for a value that carries `tags`.
+    fn encode_tagged<T: CacheValue>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<Vec<u8>> {
         let tag = self.inner.types.of::<T>();
-        let bytes = codec::encode(value, self.inner.codec, tag, Some(ttl)).map_err(|message| {
-            Error::Encode {
+        let bytes = codec::encode_tagged(value, self.inner.codec, tag, Some(ttl), tags).map_err(
+            |message| Error::Encode {
                 key: log_key(key).to_owned(),
                 message,
-            }
-        })?;
+            },
+        )?;
         if bytes.len() > self.inner.max_value_size {
             return Err(Error::ValueTooLarge {
                 key: log_key(key).to_owned(),
@@ -413,16 +432,33 @@ impl Cache {
         value: Arc<T>,
         ttl: impl Into<Ttl>,
     ) -> Result<()> {
+        self.set_arc_tagged(key, value, ttl.into(), None).await
+    }
+
+    /// `set_arc`, with the tags the value carries.
+    async fn set_arc_tagged<T: CacheValue>(
+        &self,
+        key: &str,
+        value: Arc<T>,
+        ttl: Ttl,
+        tags: Option<&tags::TagList>,
+    ) -> Result<()> {
         key::validate(key)?;
-        let ttl = self.resolve(&ttl.into())?;
-        let bytes = self.encode(key, &*value, ttl)?;
+        let ttl = self.resolve(&ttl)?;
+        let tag_names = tags.map_or(&[][..], |t| &t.names[..]);
+        let bytes = self.encode_tagged(key, &*value, ttl, tag_names)?;
+        let depends = tags.and_then(|t| t.depends(&bytes));
         let ticket = self.inner.local.ticket(key);
         let result = self.inner.remote.set(key, bytes, Some(ttl)).await;
         match result {
             Ok(()) => {
-                self.inner
-                    .local
-                    .insert_own(key, value as AnyValue, Some(ttl), ticket);
+                self.inner.local.insert_own_depending(
+                    key,
+                    value as AnyValue,
+                    Some(ttl),
+                    depends,
+                    ticket,
+                );
                 self.written([key]).await;
             }
             Err(_) => self.inner.local.invalidate(key),
@@ -567,8 +603,9 @@ impl Cache {
             .collect();
         let values = self.inner.remote.mget(&miss_keys).await?;
         for ((&i, bytes), ticket) in missing.iter().zip(values).zip(tickets) {
+            let (bytes, depends) = self.screen(keys[i], bytes).await?;
             out[i] = self
-                .accept::<T>(keys[i], bytes, ticket)
+                .accept::<T>(keys[i], bytes, depends, ticket)
                 .map(|v| (*v).clone());
         }
         Ok(out)
@@ -774,6 +811,22 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
     {
+        self.get_or_load_tagged(key, ttl, None, loader).await
+    }
+
+    /// `get_or_load_arc`, storing what it loads with `tags`.
+    pub(crate) async fn get_or_load_tagged<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: impl Into<Ttl>,
+        tags: Option<&tags::TagList>,
+        loader: F,
+    ) -> std::result::Result<Arc<T>, E>
+    where
+        T: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
         let c = &self.inner.counters;
         if let Some(v) = self.inner.local.get::<T>(key) {
             bump(&c.l1_hits);
@@ -801,7 +854,7 @@ impl Cache {
                     loader().await.inspect_err(|_| bump(&c.load_errors))
                 },
                 |value| async move {
-                    if let Err(e) = self.set_arc(key, value, ttl).await {
+                    if let Err(e) = self.set_arc_tagged(key, value, ttl, tags).await {
                         tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
                     }
                 },

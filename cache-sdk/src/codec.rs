@@ -10,6 +10,12 @@
 //! bytes 23..   payload
 //! ```
 //!
+//! A value written with [tags](crate::Cache::invalidate_tag) has format version 2: the
+//! same 23-byte header, then the tags (a count, one byte, and each tag as a 2-byte little
+//! endian length and its UTF-8 bytes), then the payload. Untagged values stay version 1,
+//! so a reader that predates tags treats a tagged value as a miss (it could not check
+//! the tags), never as a value.
+//!
 //! A value that is not an envelope, has another version or codec, carries a type tag the
 //! reader does not accept, or whose payload does not decode, gives a [`DecodeError`]; the
 //! cache treats it as a miss (counted in [`Stats::decode_errors`](crate::Stats::decode_errors))
@@ -63,6 +69,10 @@ use crate::error::ConfigError;
 const BINCODE_LIMIT: usize = 64 * 1024 * 1024;
 const MAGIC: u8 = 0xCA;
 const VERSION: u8 = 1;
+/// The format version of a value that carries tags.
+const VERSION_TAGGED: u8 = 2;
+/// The most tags one value carries.
+pub(crate) const MAX_TAGS: usize = 64;
 /// Size of the envelope header in bytes.
 pub const HEADER_LEN: usize = 23;
 
@@ -173,7 +183,7 @@ impl Header {
         if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
             return Err(DecodeError::NotAnEnvelope);
         }
-        if bytes[1] != VERSION {
+        if bytes[1] != VERSION && bytes[1] != VERSION_TAGGED {
             return Err(DecodeError::Version(bytes[1]));
         }
         let codec = Codec::from_id(bytes[2]).ok_or(DecodeError::UnknownCodec(bytes[2]))?;
@@ -382,15 +392,55 @@ pub fn encode<T: Serialize + ?Sized>(
     tag: TypeTag,
     ttl: Option<Duration>,
 ) -> Result<Vec<u8>, String> {
+    encode_tagged(value, codec, tag, ttl, &[])
+}
+
+/// As [`encode`], for a value that carries `tags` (format version 2 when there are any).
+///
+/// # Errors
+/// A message when the codec cannot serialize the value, or when there are more than 64
+/// tags or a tag is longer than 65,535 bytes.
+///
+/// ```
+/// use cache_sdk::codec::{decode, encode_tagged, tags_of, TypeTag};
+/// let tags = ["catalog".to_string()];
+/// let bytes = encode_tagged(&7u8, cache_sdk::Codec::Bincode, TypeTag::UNTAGGED, None, &tags).unwrap();
+/// assert_eq!(tags_of(&bytes).unwrap(), vec!["catalog"]);
+/// assert_eq!(decode::<u8>(&bytes, TypeTag::UNTAGGED, 1024).unwrap(), 7);
+/// ```
+pub fn encode_tagged<T: Serialize + ?Sized>(
+    value: &T,
+    codec: Codec,
+    tag: TypeTag,
+    ttl: Option<Duration>,
+    tags: &[String],
+) -> Result<Vec<u8>, String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("{} tags, at most {MAX_TAGS} allowed", tags.len()));
+    }
     let now = now_ms();
     let expires = ttl.map_or(0, |t| {
         now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
     });
     let mut out = Vec::with_capacity(HEADER_LEN + 32);
-    out.extend_from_slice(&[MAGIC, VERSION, codec.id()]);
+    let version = if tags.is_empty() {
+        VERSION
+    } else {
+        VERSION_TAGGED
+    };
+    out.extend_from_slice(&[MAGIC, version, codec.id()]);
     out.extend_from_slice(&tag.value.to_le_bytes());
     out.extend_from_slice(&now.to_le_bytes());
     out.extend_from_slice(&expires.to_le_bytes());
+    if !tags.is_empty() {
+        // At most MAX_TAGS (64): fits a byte.
+        out.push(tags.len() as u8);
+        for t in tags {
+            let len = u16::try_from(t.len()).map_err(|_| "a tag is over 65,535 bytes")?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(t.as_bytes());
+        }
+    }
     match codec {
         Codec::Bincode => {
             let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
@@ -431,7 +481,7 @@ pub fn decode<T: DeserializeOwned>(
     if !tag.accepts(header.type_tag) {
         return Err(DecodeError::TypeMismatch);
     }
-    let payload = &bytes[HEADER_LEN..];
+    let payload = &bytes[payload_start(bytes)?..];
     match header.codec {
         Codec::Bincode => {
             let config = bincode::config::standard().with_limit::<BINCODE_LIMIT>();
@@ -450,6 +500,54 @@ pub fn decode<T: DeserializeOwned>(
             serde_json::from_slice(payload).map_err(|e| DecodeError::Payload(e.to_string()))
         }
     }
+}
+
+/// Where the payload of an envelope starts: after the header, and after the tags of a
+/// version 2 envelope. `bytes` must hold a valid header.
+fn payload_start(bytes: &[u8]) -> Result<usize, DecodeError> {
+    if bytes[1] != VERSION_TAGGED {
+        return Ok(HEADER_LEN);
+    }
+    let mut at = HEADER_LEN;
+    let count = *bytes.get(at).ok_or(DecodeError::NotAnEnvelope)?;
+    at += 1;
+    for _ in 0..count {
+        let len = bytes
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+            .ok_or(DecodeError::NotAnEnvelope)?;
+        at += 2 + len;
+        if at > bytes.len() {
+            return Err(DecodeError::NotAnEnvelope);
+        }
+    }
+    Ok(at)
+}
+
+/// The tags an envelope carries (none for a version 1 envelope).
+///
+/// # Errors
+/// As [`Header::parse`], or [`DecodeError::NotAnEnvelope`] when the tags are truncated or
+/// not UTF-8.
+///
+/// ```
+/// use cache_sdk::codec::{encode, tags_of, TypeTag};
+/// let bytes = encode(&7u8, cache_sdk::Codec::Bincode, TypeTag::UNTAGGED, None).unwrap();
+/// assert!(tags_of(&bytes).unwrap().is_empty());
+/// ```
+pub fn tags_of(bytes: &[u8]) -> Result<Vec<&str>, DecodeError> {
+    Header::parse(bytes)?;
+    let end = payload_start(bytes)?;
+    let mut tags = Vec::new();
+    let mut at = HEADER_LEN + 1;
+    while at < end && bytes[1] == VERSION_TAGGED {
+        let len = usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
+        let tag = std::str::from_utf8(&bytes[at + 2..at + 2 + len])
+            .map_err(|_| DecodeError::NotAnEnvelope)?;
+        tags.push(tag);
+        at += 2 + len;
+    }
+    Ok(tags)
 }
 
 #[cfg(test)]
@@ -477,6 +575,29 @@ mod tests {
 
     fn named(name: &str, version: u32) -> TypeTag {
         TypeTag::named(name, version).unwrap()
+    }
+
+    #[test]
+    fn tagged_values_keep_their_tags_and_times_in_place() {
+        let tags = vec!["product:7".to_string(), "catalog".to_string()];
+        for &codec in CODECS {
+            let bytes =
+                encode_tagged(&product(), codec, U, Some(Duration::from_secs(5)), &tags).unwrap();
+            assert_eq!(bytes[1], VERSION_TAGGED);
+            assert_eq!(tags_of(&bytes).unwrap(), vec!["product:7", "catalog"]);
+            assert_eq!(decode::<Product>(&bytes, U, 1 << 20), Ok(product()));
+            let h = Header::parse(&bytes).unwrap();
+            assert!(h.written_at_ms > 0 && h.expires_at_ms > h.written_at_ms);
+            // Truncated inside the tags: not an envelope, never a panic.
+            for cut in HEADER_LEN..HEADER_LEN + 12 {
+                assert!(decode::<Product>(&bytes[..cut], U, 1 << 20).is_err());
+                let _ = tags_of(&bytes[..cut]);
+            }
+        }
+        let untagged = encode(&1u8, Codec::Bincode, U, None).unwrap();
+        assert_eq!(untagged[1], VERSION);
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| i.to_string()).collect();
+        assert!(encode_tagged(&1u8, Codec::Bincode, U, None, &many).is_err());
     }
 
     #[test]

@@ -26,6 +26,13 @@ macro_rules! session_prefix {
     };
 }
 
+/// The prefix of the keys the cache keeps for itself (inside the namespace): the stamps of
+/// tags and of clear (see `cache/tags.rs`). Always tracked by the coherence link.
+pub(crate) const RESERVED_PREFIX: &str = "__cache-sdk__:";
+
+/// The clear stamp: hearing that it was written empties L1.
+pub(crate) const CLEAR_KEY: &str = "__cache-sdk__:clear";
+
 /// The prefix of every session record's key, `sess:` (connect-redis' default): session
 /// ids ([`Key::session`]), the session count (`SCAN MATCH sess:*`) and log redaction all
 /// use it.

@@ -73,6 +73,7 @@ pub use builder::CacheBuilder;
 pub use cache::load::{
     Entry, LoadError, LoadOptions, LoadTimeout, StaleReason, DEFAULT_FAIL_SAFE_THROTTLE,
 };
+pub use cache::tags::SetOptions;
 pub use cache::{Cache, CacheValue};
 pub use codec::Codec;
 pub use config::{CacheConfig, Coherence, RedisConfig, SentinelConfig, MAX_VALUE_SIZE_LIMIT};

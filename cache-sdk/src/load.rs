@@ -48,11 +48,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use super::{log_key, Cache, CacheValue, Inner};
+use super::{log_key, tags, Cache, CacheValue, Inner};
 use crate::codec::{self, now_ms, Header};
 use crate::key;
 use crate::stats::bump;
-use crate::tier::local::AnyValue;
+use crate::tier::local::{AnyValue, Depends};
 use crate::tier::remote::millis;
 use crate::ttl::{Ttl, MAX_TTL};
 
@@ -76,7 +76,7 @@ pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
 ///     .refresh_ahead(0.8);
 /// assert_eq!(opts.fail_safe_window(), Some(Duration::from_secs(3600)));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub struct LoadOptions {
     fail_safe: Option<Duration>,
@@ -84,6 +84,8 @@ pub struct LoadOptions {
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
     refresh_ahead: Option<f64>,
+    /// The tags loaded values carry (see [`LoadOptions::tags`]).
+    tags: Option<Arc<[String]>>,
 }
 
 impl Default for LoadOptions {
@@ -107,6 +109,7 @@ impl LoadOptions {
             soft_timeout: None,
             hard_timeout: None,
             refresh_ahead: None,
+            tags: None,
         }
     }
 
@@ -211,6 +214,34 @@ impl LoadOptions {
     }
 
     /// How long values live physically past `ttl`.
+    /// The tags values loaded with these options carry (replacing any set before):
+    /// [`Cache::invalidate_tag`] with any of them makes the value a miss. At most 64 tags
+    /// of 1 to 256 bytes each; invalid tags are logged and the value is not cached.
+    ///
+    /// ```
+    /// let o = cache_sdk::LoadOptions::new().tags(["product:7", "catalog"]);
+    /// assert_eq!(o.tag_names(), ["product:7", "catalog"]);
+    /// ```
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let tags: Arc<[String]> = tags.into_iter().map(Into::into).collect();
+        self.tags = (!tags.is_empty()).then_some(tags);
+        self
+    }
+
+    /// The tags set with [`LoadOptions::tags`].
+    ///
+    /// ```
+    /// assert!(cache_sdk::LoadOptions::new().tag_names().is_empty());
+    /// ```
+    #[must_use]
+    pub fn tag_names(&self) -> &[String] {
+        self.tags.as_deref().unwrap_or_default()
+    }
+
     fn physical(&self, ttl: Duration) -> Duration {
         match self.fail_safe {
             Some(w) => ttl.saturating_add(w).min(MAX_TTL),
@@ -479,6 +510,8 @@ pub(crate) struct Stamped<T> {
     fresh_until_ms: u64,
     /// Set when a stale value was re-armed: served as stale, without loading, until then.
     throttled_until_ms: u64,
+    /// The stamps of its tags, when it has any (see `tags.rs`).
+    depends: Option<Arc<Depends>>,
 }
 
 /// How a stamped value stands now.
@@ -600,7 +633,7 @@ impl Cache {
     /// assert_eq!(opts.refresh_fraction(), Some(0.9));
     /// ```
     pub fn load_options(&self) -> LoadOptions {
-        self.inner.load_defaults
+        self.inner.load_defaults.clone()
     }
 
     /// Read-through with the cache's default [`LoadOptions`], telling a fresh value from
@@ -632,7 +665,7 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let opts = self.inner.load_defaults;
+        let opts = self.inner.load_defaults.clone();
         self.get_or_load_entry_with(key, ttl, &opts, loader).await
     }
 
@@ -860,9 +893,13 @@ impl Cache {
                 let ticket = self.inner.local.ticket(key);
                 let left = s.fresh_until_ms.saturating_sub(now_ms());
                 let l1_ttl = (s.fresh_until_ms != 0).then(|| Duration::from_millis(left));
-                self.inner
-                    .local
-                    .insert(key, s.clone() as AnyValue, l1_ttl, ticket);
+                self.inner.local.insert_depending(
+                    key,
+                    s.clone() as AnyValue,
+                    l1_ttl,
+                    s.depends.clone(),
+                    ticket,
+                );
                 Some(Arc::new(s.entry(None, false)))
             }
             _ => {
@@ -887,7 +924,8 @@ impl Cache {
         &self,
         key: &str,
     ) -> crate::Result<Option<Arc<Stamped<T>>>> {
-        let Some(bytes) = self.inner.remote.get(key).await? else {
+        let bytes = self.inner.remote.get(key).await?;
+        let (Some(bytes), depends) = self.screen(key, bytes).await? else {
             return Ok(None);
         };
         let header = Header::parse(&bytes);
@@ -902,6 +940,7 @@ impl Cache {
                 written_at_ms: h.written_at_ms,
                 fresh_until_ms: h.expires_at_ms,
                 throttled_until_ms: 0,
+                depends,
             }))),
             (_, Err(e)) | (Err(e), _) => {
                 bump(&self.inner.counters.decode_errors);
@@ -1018,18 +1057,26 @@ impl Cache {
             written_at_ms: st.written_at_ms,
             fresh_until_ms: st.fresh_until_ms,
             throttled_until_ms: now_ms().saturating_add(millis(opts.throttle)),
+            depends: st.depends.clone(),
         });
         let ticket = self.inner.local.ticket(key);
-        self.inner
-            .local
-            .insert(key, rearmed as AnyValue, Some(opts.throttle), ticket);
+        let depends = st.depends.clone();
+        self.inner.local.insert_depending(
+            key,
+            rearmed as AnyValue,
+            Some(opts.throttle),
+            depends,
+            ticket,
+        );
         if let Ok(Landed::Stored(fresh)) = rx.try_recv() {
             let ticket = self.inner.local.ticket(key);
             let left = fresh.fresh_until_ms.saturating_sub(now_ms()).max(1);
-            self.inner.local.insert(
+            let depends = fresh.depends.clone();
+            self.inner.local.insert_depending(
                 key,
                 fresh as AnyValue,
                 Some(Duration::from_millis(left)),
+                depends,
                 ticket,
             );
         }
@@ -1055,7 +1102,7 @@ impl Cache {
         let (tx, rx) = oneshot::channel();
         let weak = Arc::downgrade(&self.inner);
         let key = key.to_owned();
-        let opts = *opts;
+        let opts = opts.clone();
         bump(&self.inner.counters.loads);
         let task = async move {
             let result = AssertUnwindSafe(async move { loader().await })
@@ -1107,15 +1154,22 @@ impl Cache {
             written_at_ms: now,
             fresh_until_ms: now.saturating_add(millis(ttl)),
             throttled_until_ms: 0,
+            depends: None,
         };
         let physical = opts.physical(ttl);
         let ticket = self.inner.local.ticket(key);
-        let written = match self.encode(key, &*stamped.value, ttl) {
-            Ok(bytes) => {
+        let encoded = tags::TagList::new(opts.tag_names()).and_then(|tags| {
+            let names = tags.as_ref().map_or(&[][..], |t| &t.names[..]);
+            let bytes = self.encode_tagged(key, &*stamped.value, ttl, names)?;
+            Ok((bytes, tags))
+        });
+        let written = match encoded {
+            Ok((bytes, tags)) => {
                 if let Ok(h) = Header::parse(&bytes) {
                     stamped.written_at_ms = h.written_at_ms;
                     stamped.fresh_until_ms = h.expires_at_ms;
                 }
+                stamped.depends = tags.and_then(|t| t.depends(&bytes));
                 self.inner.remote.set(key, bytes, Some(physical)).await
             }
             Err(e) => Err(e),
@@ -1123,9 +1177,13 @@ impl Cache {
         let stamped = Arc::new(stamped);
         match written {
             Ok(()) => {
-                self.inner
-                    .local
-                    .insert(key, stamped.clone() as AnyValue, Some(physical), ticket);
+                self.inner.local.insert_depending(
+                    key,
+                    stamped.clone() as AnyValue,
+                    Some(physical),
+                    stamped.depends.clone(),
+                    ticket,
+                );
                 self.written([key]).await;
             }
             Err(e) => {
@@ -1163,7 +1221,7 @@ impl Cache {
             key: key.to_owned(),
         };
         let seen_at = seen.written_at_ms;
-        let opts = *opts;
+        let opts = opts.clone();
         bump(&self.inner.counters.refreshes_started);
         let task = async move {
             let guard = guard;
@@ -1233,6 +1291,7 @@ impl<T> Clone for Stamped<T> {
             written_at_ms: self.written_at_ms,
             fresh_until_ms: self.fresh_until_ms,
             throttled_until_ms: self.throttled_until_ms,
+            depends: self.depends.clone(),
         }
     }
 }

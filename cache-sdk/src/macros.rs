@@ -43,6 +43,7 @@
 /// | `jitter` | spread each TTL by a random ± fraction: `0.1` or `"10%"` (at most 0.5) | none |
 /// | `cache_none` | `true` caches `None` as well (for `Option` returns) | `false` |
 /// | `crate` | the path of `cache_sdk` when renamed: `crate = "my_cache"` | `"::cache_sdk"` |
+/// | `tags` | tags the value carries, patterns like the key: `["product:{id}", "catalog"]` (see [`Cache::invalidate_tag`](crate::Cache::invalidate_tag)); not with `tier = "l1"` | none |
 ///
 /// An option given twice, an unknown option, a malformed TTL (`"5 minutes"`, `0`, more
 /// than 365 days) or a bad key is a compile error pointing at it.
@@ -110,6 +111,7 @@
 /// |---|---|---|
 /// | `name_invalidate` | only those the key uses (plus `&self` for a method) | drops the cached value from L1 and L2; async functions get `async fn … -> cache_sdk::Result<()>`, sync ones `fn …` |
 /// | `name_refresh` | the same as `name` | drops the cached value, then calls `name`: the body runs and its value is cached afresh (a bypass for one call) |
+/// | `name_invalidate_tags` (with `tags`) | only those the tags use (plus `&self` for a method) | invalidates every tag of `name` for those arguments: `async fn … -> cache_sdk::Result<()>` |
 ///
 /// # Tiers and the process-local store
 ///
@@ -189,7 +191,8 @@ pub use cache_sdk_macros::cached;
 ///
 /// | option | value | default |
 /// |---|---|---|
-/// | `key` | a pattern, or a list of patterns `["cache:product:{id}", "cache:catalog"]` (required) | — |
+/// | `key` | a pattern, or a list of patterns `["cache:product:{id}", "cache:catalog"]` (required unless `tags` is given) | — |
+/// | `tags` | tags to invalidate, patterns like the key: `["product:{id}", "catalog"]` (see [`Cache::invalidate_tag`](crate::Cache::invalidate_tag)); not with `tier = "l1"` | none |
 /// | `before` | `true` evicts before the body runs, whatever it returns | `false` |
 /// | `cache` | the [`Cache`](crate::Cache), as for [`cached`] | the global cache |
 /// | `tier` | `"both"`, or `"l1"` to evict only from the process-local store (what a sync fn can do) | `"both"` |
@@ -241,6 +244,7 @@ pub use cache_sdk_macros::cache_evict;
 /// | `key` | a pattern (required) | — |
 /// | `ttl` | as for [`cached`] | `"api"` |
 /// | `jitter` | as for [`cached`] | none |
+/// | `tags` | as for [`cached`] | none |
 /// | `cache` | the [`Cache`](crate::Cache), as for [`cached`] | the global cache |
 /// | `tier` | `"both"`, or `"l1"` for the process-local store (what a sync fn can do) | `"both"` |
 /// | `crate` | the path of `cache_sdk` when renamed | `"::cache_sdk"` |

@@ -402,6 +402,79 @@ pub async fn forget(cache: &Cache, key: &str) {
     }
 }
 
+/// `#[cached(tags = [...])]`: as [`cached`], storing the value with `tags`. Invalid tags
+/// are logged and the value is returned uncached.
+pub async fn cached_tagged<M, R, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    ttl: LazyTtl<'_>,
+    tags: &[String],
+    loader: F,
+) -> R
+where
+    M: Mode<R>,
+    M::Value: CacheValue + Clone,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let list = match crate::cache::tags::TagList::new(tags) {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!(key = log_key(key), error = %e, "#[cached] cannot cache with these tags; running the function");
+            return loader().await;
+        }
+    };
+    M::join(
+        cache
+            .get_or_load_tagged(key, ttl, list.as_ref(), || async move {
+                M::split(loader().await)
+            })
+            .await
+            .map(|v| (*v).clone()),
+    )
+}
+
+/// `#[cache_put(tags = [...])]`: as [`put`], the value carrying `tags`.
+pub async fn put_tagged<T: CacheValue + Clone>(
+    cache: &Cache,
+    key: &str,
+    value: &T,
+    ttl: LazyTtl<'_>,
+    tags: &[String],
+) {
+    forget_local(key);
+    let opts = crate::SetOptions::new().tags(tags.iter().cloned());
+    if let Err(e) = cache.set_with(key, value, ttl, &opts).await {
+        tracing::warn!(key = log_key(key), error = %e, "#[cache_put] could not write the value; evicting the key instead");
+        if let Err(e) = cache.delete(key).await {
+            tracing::error!(key = log_key(key), error = %e, "#[cache_put] could not evict the key either");
+        }
+    }
+}
+
+/// `#[cache_evict(tags = [...])]`: invalidates each tag, logging failures.
+pub async fn evict_tags(cache: &Cache, tags: &[String]) {
+    if let Err(e) = invalidate_tags(cache, tags).await {
+        tracing::error!(error = %e, "#[cache_evict] could not invalidate a tag");
+    }
+}
+
+/// The generated `<fn>_invalidate_tags`: invalidates each tag (all are tried).
+///
+/// # Errors
+/// The first error of [`Cache::invalidate_tag`].
+pub async fn invalidate_tags(cache: &Cache, tags: &[String]) -> Result<()> {
+    let mut first = Ok(());
+    for tag in tags {
+        if let Err(e) = cache.invalidate_tag(tag).await {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
 fn forget_local(key: &str) {
     if let Some(local) = LOCAL.get() {
         local.invalidate(key);

@@ -7,6 +7,8 @@
 //! | `GET /api/admin/origin` | `{"latencyMs":20,"failing":false,"loads":3}` |
 //! | `POST /api/admin/origin` `{"latencyMs":500}` and/or `{"failing":true}` | the new state, same shape |
 //!
+//! | `POST /api/admin/cache/clear` | `{"cleared":true}`: the whole cache is emptied on every instance ([`Cache::clear`](cache_sdk::Cache::clear)); sessions stay |
+//!
 //! `latencyMs` is the simulated latency of each database call (`ERP_DB_LATENCY_MS` at
 //! start); `failing` makes every call fail after that latency (product reads that reach the
 //! database then answer 503); `loads` counts the calls this instance made since it started,
@@ -75,4 +77,20 @@ pub async fn set_origin(
         "origin control changed this instance's access to the product database"
     );
     Ok(Json(origin))
+}
+
+/// `POST /api/admin/cache/clear`: empties the cache on every instance (one Redis command;
+/// see `Cache::clear`). The next product read on any instance is a miss. Sessions are not
+/// cache entries and stay.
+pub async fn clear_cache() -> Result<Json<serde_json::Value>, ApiError> {
+    cache_sdk::global().clear().await.map_err(|e| {
+        tracing::error!(error = %e, "the cache could not be cleared");
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "The cache could not be cleared",
+        )
+        .detail(e.to_string())
+    })?;
+    tracing::warn!("the cache was cleared on every instance");
+    Ok(Json(serde_json::json!({ "cleared": true })))
 }

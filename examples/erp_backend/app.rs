@@ -14,7 +14,7 @@ use cache_sdk::Cache;
 use crate::db::Database;
 use crate::products::Catalog;
 use crate::ws::Realtime;
-use crate::{admin, auth, error, ops, products, session_api, ws};
+use crate::{admin, auth, catalog, error, ops, products, session_api, ws};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
             "/api/admin/origin",
             get(admin::get_origin).post(admin::set_origin),
         );
+        routes = routes.route("/api/admin/cache/clear", post(admin::clear_cache));
     }
     routes
         .route(
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
                 .put(products::put_product)
                 .delete(products::delete_product),
         )
+        .route("/api/products", get(catalog::list_products))
         .route("/api/cache/stats", get(ops::cache_stats))
         .route("/healthz", get(ops::healthz))
         .fallback(error::not_found)

@@ -512,6 +512,24 @@ impl Database {
         }
         Ok(())
     }
+
+    /// `SELECT … ORDER BY id`: every product, or the `limit` products after the first
+    /// `offset`, in one call.
+    ///
+    /// # Errors
+    /// [`DbError::Unavailable`].
+    pub async fn list(&self, offset: u64, limit: Option<u64>) -> Result<Vec<Product>, DbError> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        // SQLite: a negative LIMIT means no limit.
+        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.call("list", move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("{SELECT} ORDER BY id LIMIT ?1 OFFSET ?2"))?;
+            let rows = stmt.query_map(params![limit, offset], product)?;
+            rows.collect()
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 mod admin;
 mod app;
 mod auth;
+mod catalog;
 mod cors;
 mod db;
 mod error;

@@ -4,8 +4,11 @@
 //! | request | database | cache |
 //! |---|---|---|
 //! | `GET /api/products/{id}` | read on a miss only | `get_or_load_entry_with`: L1, then Redis, then the database; fresh for the `api` preset (10 min, `CACHE_TTL_API`), kept 1 h more for fail-safe, refreshed in the background after 80 % of it; a slow database (over 100 ms) is answered from the stale value, no caller waits over 2 s. The `Cache-Status` header (RFC 9211) says which |
-//! | `PUT /api/products/{id}` | update | `#[cache_put]`: the new value replaces the cached one in L1 and Redis |
-//! | `DELETE /api/products/{id}` | delete | `#[cache_evict]`: the key is removed from L1 and Redis |
+//! | `PUT /api/products/{id}` | update | `#[cache_evict(tags = ["catalog"])]` after the update (every cached catalogue page is a miss on every instance), then `#[cache_put]`: the new value replaces the cached one in L1 and Redis |
+//! | `DELETE /api/products/{id}` | delete | `#[cache_evict]`: the key is removed from L1 and Redis, and the tag `catalog` is invalidated |
+//!
+//! Every product is cached with the tags `product:{id}` and `catalog`, and the catalogue
+//! lists (`catalog.rs`) with `catalog`.
 //!
 //! Errors are never cached: an unknown id (`DbError::NotFound`, 404) reaches the database
 //! each time, and so does a read while the database is unavailable (`DbError::Unavailable`,
@@ -63,6 +66,11 @@ impl Catalog {
             .refresh_ahead(0.8)
     }
 
+    /// The options of one product's read: [`Catalog::load_options`] with its tags.
+    fn product_options(id: u64) -> LoadOptions {
+        Self::load_options().tags([format!("product:{id}"), "catalog".to_owned()])
+    }
+
     /// Reads a product with what the cache did: from the cache when it holds it fresh,
     /// else from the database (cached for the `api` preset); when the database fails or
     /// is slow and an expired value exists, that value, marked stale.
@@ -75,7 +83,7 @@ impl Catalog {
             .get_or_load_entry_with(
                 &format!("cache:product:{id}"),
                 Ttl::Api,
-                &Self::load_options(),
+                &Self::product_options(id),
                 move || async move { catalog.db.find(id).await },
             )
             .await
@@ -83,13 +91,24 @@ impl Catalog {
 
     /// Updates a product and writes the new value to the cache, so the next read needs
     /// no query and no reader sees the old one.
-    #[cache_put(key = "cache:product:{product.id}", ttl = "api")]
+    #[cache_put(
+        key = "cache:product:{product.id}",
+        ttl = "api",
+        tags = ["product:{product.id}", "catalog"]
+    )]
     pub async fn update_product(&self, product: Product) -> Result<Product, DbError> {
+        self.update_row(product).await
+    }
+
+    /// The update itself; once it succeeded, every cached catalogue list is invalidated
+    /// (before the new value is written, so that value is not invalidated with them).
+    #[cache_evict(tags = ["catalog"])]
+    async fn update_row(&self, product: Product) -> Result<Product, DbError> {
         self.db.update(product).await
     }
 
-    /// Deletes a product and evicts it from the cache.
-    #[cache_evict(key = "cache:product:{id}")]
+    /// Deletes a product and evicts it from the cache, and the catalogue lists with it.
+    #[cache_evict(key = "cache:product:{id}", tags = ["catalog"])]
     pub async fn delete_product(&self, id: u64) -> Result<(), DbError> {
         self.db.delete(id).await
     }
@@ -171,7 +190,7 @@ pub async fn get_product(
 }
 
 /// The `Cache-Status` value (RFC 9211) for what the cache did.
-fn cache_status<T>(entry: &Entry<T>) -> &'static str {
+pub(crate) fn cache_status<T>(entry: &Entry<T>) -> &'static str {
     match (
         entry.is_stale(),
         entry.was_loaded(),

@@ -1199,6 +1199,8 @@ async fn production_has_no_origin_control_and_uses_erp_db_by_default() {
         .post_json("/api/admin/origin", &json!({"failing": true}))
         .await;
     assert_eq!(r.expect(404), json!({"error": "Not found"}));
+    let r = client.post_json("/api/admin/cache/clear", &json!({})).await;
+    assert_eq!(r.expect(404), json!({"error": "Not found"}));
     assert_eq!(client.get("/api/products/1").await.expect(200)["id"], 1);
     // Without DATABASE_URL the file is erp.db in the working directory.
     assert!(server.dir.join("erp.db").exists());
@@ -1710,4 +1712,79 @@ async fn logout_all_ends_every_other_session_on_every_instance_at_once() {
     assert_eq!(list.as_array().expect("an array").len(), 1);
     assert_eq!(list[0]["current"], json!(true));
     assert_eq!(list[0]["userAgent"], json!("agent-current"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_lists_are_invalidated_by_tag_and_the_cache_is_cleared_everywhere() {
+    let redis = RedisServer::start();
+    let dir = DbDir::new("catalog");
+    let url = dir.url();
+    let mut env = redis_env(&redis);
+    env.push(("DATABASE_URL", url));
+    env.push(("ERP_DB_LATENCY_MS", "1".to_owned()));
+    let env = pairs(&env);
+    let (a, b) = tokio::join!(Backend::start(&env), Backend::start(&env));
+    let (mut a, mut b) = (a.client(), b.client());
+    let status = |r: &Response| r.header("cache-status").unwrap_or_default().to_owned();
+    let ids = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|p| p["id"].as_u64().expect("id"))
+            .collect()
+    };
+
+    // Pages of 20, and the whole catalogue without `page`; cached and shared.
+    let first = a.get("/api/products?page=1").await;
+    assert!(status(&first).contains("fwd=miss"), "{}", status(&first));
+    assert_eq!(ids(&first.expect(200)), (1..=20).collect::<Vec<_>>());
+    let again = a.get("/api/products?page=1").await;
+    assert_eq!(status(&again), "cache-sdk; hit");
+    let on_b = b.get("/api/products?page=1").await;
+    assert_eq!(status(&on_b), "cache-sdk; hit", "B reads A's cached page");
+    assert_eq!(ids(&b.get("/api/products").await.expect(200)).len(), 100);
+    assert_eq!(status(&b.get("/api/products").await), "cache-sdk; hit");
+    assert!(b
+        .get("/api/products?page=6")
+        .await
+        .expect(200)
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.get("/api/products?page=0").await.status, 422);
+
+    // A PUT on A invalidates the tag `catalog`: B's very next list read reflects it.
+    let changed = json!({"name": "Tagged Monitor", "priceCents": 12_900, "stock": 2});
+    a.put_json("/api/products/3", &changed).await.expect(200);
+    let page = b.get("/api/products?page=1").await;
+    assert!(status(&page).contains("fwd=miss"), "{}", status(&page));
+    assert_eq!(page.expect(200)[2]["name"], "Tagged Monitor");
+    let all = b.get("/api/products").await.expect(200);
+    assert_eq!(all[2]["name"], "Tagged Monitor");
+    // The product itself was written after the invalidation: a hit with the new value.
+    assert_eq!(
+        b.get("/api/products/3").await.expect(200)["name"],
+        "Tagged Monitor"
+    );
+
+    // A DELETE on B: A's next list read no longer has the product.
+    assert_eq!(
+        b.send("DELETE", "/api/products/9", None, b"").await.status,
+        204
+    );
+    let listed = ids(&a.get("/api/products?page=1").await.expect(200));
+    assert!(!listed.contains(&9) && listed.len() == 20, "{listed:?}");
+
+    // Clear on A: the next product read on either instance is a miss.
+    a.get("/api/products/5").await.expect(200);
+    assert_eq!(status(&a.get("/api/products/5").await), "cache-sdk; hit");
+    assert_eq!(status(&b.get("/api/products/5").await), "cache-sdk; hit");
+    let cleared = a.post_json("/api/admin/cache/clear", &json!({})).await;
+    assert_eq!(cleared.expect(200), json!({"cleared": true}));
+    let on_b = b.get("/api/products/5").await;
+    assert!(status(&on_b).contains("fwd=miss"), "B: {}", status(&on_b));
+    assert_eq!(on_b.expect(200)["id"], 5);
+    let on_a = a.get("/api/products/7").await;
+    assert!(status(&on_a).contains("fwd=miss"), "A: {}", status(&on_a));
+    assert!(status(&a.get("/api/products?page=1").await).contains("fwd=miss"));
 }

@@ -54,7 +54,7 @@ async fn a_failing_origin_is_answered_from_stale_and_asked_once_per_throttle_per
     let mut tasks = Vec::new();
     while start.elapsed() < Duration::from_millis(1000) {
         for _ in 0..8 {
-            let (cache, origin) = (cache.clone(), origin.clone());
+            let (cache, origin, opts) = (cache.clone(), origin.clone(), opts.clone());
             tasks.push(tokio::spawn(async move {
                 cache
                     .get_or_load_entry_with(key, TTL, &opts, move || async move {
@@ -303,9 +303,9 @@ async fn a_panicking_loader_serves_stale_or_panics_only_its_caller() {
         (1, Some(StaleReason::LoadFailed))
     );
     // No stale value: the panic reaches the caller's task only.
-    let c = cache.clone();
+    let (c, o) = (cache.clone(), opts.clone());
     let joined = tokio::spawn(async move {
-        c.get_or_load_entry_with("cache:fs:panic2", TTL, &opts, || async {
+        c.get_or_load_entry_with("cache:fs:panic2", TTL, &o, || async {
             if true {
                 panic!("loader bug");
             }

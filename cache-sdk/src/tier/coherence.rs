@@ -122,7 +122,7 @@ impl Signals {
                             .ok()
                             .and_then(|s| s.strip_prefix(self.strip.as_str()))
                         {
-                            self.local.invalidate(key);
+                            self.evict(key);
                             n += 1;
                         }
                     }
@@ -150,7 +150,7 @@ impl Signals {
         for key in lines {
             any = true;
             if !key.is_empty() {
-                self.local.invalidate(key);
+                self.evict(key);
                 n += 1;
             }
         }
@@ -158,6 +158,15 @@ impl Signals {
             self.invalidations.fetch_add(n, Ordering::Relaxed);
         } else {
             self.flush();
+        }
+    }
+
+    /// One key written elsewhere: dropped from L1; the cache's clear stamp empties L1.
+    fn evict(&self, key: &str) {
+        if key == crate::key::CLEAR_KEY {
+            self.local.clear();
+        } else {
+            self.local.invalidate(key);
         }
     }
 
@@ -351,7 +360,15 @@ impl CoherenceLink {
         };
         let ns = cfg.namespace.as_ref().map(|ns| format!("{ns}:"));
         // Empty: every key (`BCAST` without `PREFIX`).
-        let prefixes = cfg.tracked_prefixes();
+        let mut prefixes = cfg.tracked_prefixes();
+        if !cfg.coherence_prefixes.is_empty() {
+            // Narrowed to some prefixes: the stamps of tags and clear are tracked too.
+            prefixes.push(format!(
+                "{}{}",
+                ns.as_deref().unwrap_or_default(),
+                crate::key::RESERVED_PREFIX
+            ));
+        }
         local.suspend();
         let signals = Arc::new(Signals {
             local: local.clone(),

@@ -90,6 +90,20 @@ fn backing_of<R: RawBacked>(value: &AnyValue) -> Option<Backing> {
     })
 }
 
+/// What a tagged entry depends on (see [`Local::insert_depending`]): it is served only
+/// while each of these keys holds, in L1, a [`Stamp`] older than the entry's write time.
+#[derive(Debug)]
+pub(crate) struct Depends {
+    /// When the entry was written (ms since the Unix epoch).
+    pub(crate) written_at_ms: u64,
+    /// The L1 keys of the stamps.
+    pub(crate) keys: Box<[String]>,
+}
+
+/// A time (ms since the Unix epoch) kept in L1 under a key that entries depend on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp(pub(crate) u64);
+
 /// Slots of per-key invalidation generations (a power of two).
 const SLOTS: usize = 1024;
 
@@ -100,6 +114,8 @@ pub(crate) struct L1Entry {
     epoch: u64,
     /// Set for raw-backed values ([`Local::insert_backed`]).
     backing: Option<BackingOf>,
+    /// Set for tagged values ([`Local::insert_depending`]).
+    depends: Option<Arc<Depends>>,
 }
 
 impl L1Entry {
@@ -189,7 +205,26 @@ impl Local {
         if e.epoch != current && !self.in_reserve(e.epoch, current) {
             return None;
         }
+        if let Some(d) = &e.depends {
+            if !self.stamps_allow(d, current) {
+                return None;
+            }
+        }
         e.value.downcast::<T>().ok()
+    }
+
+    /// Whether every stamp a tagged entry depends on is in L1 and older than the entry.
+    #[cold]
+    fn stamps_allow(&self, d: &Depends, current: u64) -> bool {
+        let Some(map) = &self.map else { return false };
+        d.keys.iter().all(|k| {
+            map.get(k).is_some_and(|s| {
+                (s.epoch == current || self.in_reserve(s.epoch, current))
+                    && s.value
+                        .downcast_ref::<Stamp>()
+                        .is_some_and(|stamp| stamp.0 < d.written_at_ms)
+            })
+        })
     }
 
     /// One lookup for a raw-backed value: as `T`, or only its stored bytes when L1 holds a
@@ -201,6 +236,11 @@ impl Local {
         let current = self.guard.epoch.load(Ordering::Acquire);
         if e.epoch != current && !self.in_reserve(e.epoch, current) {
             return None;
+        }
+        if let Some(d) = &e.depends {
+            if !self.stamps_allow(d, current) {
+                return None;
+            }
         }
         Held::of(e.value, e.backing)
     }
@@ -232,6 +272,19 @@ impl Local {
     /// Stores `value` for at most `ttl` (capped by the L1 maximum), unless `key` was
     /// invalidated since `ticket` was taken, or L1 is suspended.
     pub(crate) fn insert(&self, key: &str, value: AnyValue, ttl: Option<Duration>, ticket: Ticket) {
+        self.insert_depending(key, value, ttl, None, ticket);
+    }
+
+    /// As [`Local::insert`], for a tagged value: it is served only while the stamps it
+    /// `depends` on are in L1 and older than it (else a read misses and checks L2).
+    pub(crate) fn insert_depending(
+        &self,
+        key: &str,
+        value: AnyValue,
+        ttl: Option<Duration>,
+        depends: Option<Arc<Depends>>,
+        ticket: Ticket,
+    ) {
         if self.map.is_none() || ticket.epoch & 1 == 1 {
             return;
         }
@@ -239,7 +292,7 @@ impl Local {
         if slot.load(Ordering::SeqCst) != ticket.generation {
             return;
         }
-        self.put(key, value, ttl, None, ticket);
+        self.put(key, value, ttl, None, depends, ticket);
     }
 
     /// As [`Local::insert`], for a value that keeps its stored bytes: it stays no longer
@@ -259,7 +312,7 @@ impl Local {
             return;
         }
         let backing: BackingOf = backing_of::<R>;
-        self.put(key, value, Some(left), Some(backing), ticket);
+        self.put(key, value, Some(left), Some(backing), None, ticket);
     }
 
     /// Puts the entry for at most `ttl` (capped by the L1 maximum), then takes it out again
@@ -271,6 +324,7 @@ impl Local {
         value: AnyValue,
         ttl: Option<Duration>,
         backing: Option<BackingOf>,
+        depends: Option<Arc<Depends>>,
         ticket: Ticket,
     ) {
         let Ticket {
@@ -292,6 +346,7 @@ impl Local {
                 expires_at: Instant::now() + ttl,
                 epoch,
                 backing,
+                depends,
             },
         );
         if slot.load(Ordering::SeqCst) != generation {
@@ -308,6 +363,18 @@ impl Local {
         key: &str,
         value: AnyValue,
         ttl: Option<Duration>,
+        ticket: Ticket,
+    ) {
+        self.insert_own_depending(key, value, ttl, None, ticket);
+    }
+
+    /// As [`Local::insert_own`], for a tagged value (see [`Local::insert_depending`]).
+    pub(crate) fn insert_own_depending(
+        &self,
+        key: &str,
+        value: AnyValue,
+        ttl: Option<Duration>,
+        depends: Option<Arc<Depends>>,
         ticket: Ticket,
     ) {
         if self.map.is_none() {
@@ -328,6 +395,7 @@ impl Local {
             value,
             ttl,
             None,
+            depends,
             Ticket {
                 generation: next,
                 ..ticket
@@ -535,6 +603,29 @@ mod tests {
         l1.insert_own("k", v(3), None, w2);
         l1.insert_own("k", v(4), None, w1);
         assert!(l1.get::<u32>("k").is_none());
+    }
+
+    #[test]
+    fn a_tagged_entry_is_served_only_while_its_stamps_are_older() {
+        let l1 = Local::new(100, Duration::from_secs(60));
+        let depends = Arc::new(Depends {
+            written_at_ms: 100,
+            keys: vec!["~t".to_string()].into_boxed_slice(),
+        });
+        let t = l1.ticket("k");
+        l1.insert_depending("k", v(1), None, Some(depends.clone()), t);
+        assert!(l1.get::<u32>("k").is_none(), "stamp unknown: a miss");
+        let t = l1.ticket("~t");
+        l1.insert("~t", Arc::new(Stamp(99)), None, t);
+        assert_eq!(l1.get::<u32>("k").as_deref(), Some(&1));
+        l1.invalidate("~t");
+        assert!(l1.get::<u32>("k").is_none());
+        let t = l1.ticket("~t");
+        l1.insert("~t", Arc::new(Stamp(100)), None, t);
+        assert!(
+            l1.get::<u32>("k").is_none(),
+            "invalidated at its write time"
+        );
     }
 
     #[test]

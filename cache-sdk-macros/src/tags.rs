@@ -1,0 +1,177 @@
+//! The `tags = ["product:{id}", "catalog"]` option: parsing, checks (placeholders like the
+//! key's) and the generated tag expressions and companion.
+
+use std::collections::BTreeSet;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote};
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{LitStr, Token};
+
+use crate::ast::Func;
+use crate::attr::{Options, Tier};
+use crate::pattern::Pattern;
+
+/// The longest tag the cache accepts, in bytes.
+const MAX_TAG_LEN: usize = 256;
+/// The most tags one value carries.
+const MAX_TAGS: usize = 64;
+
+/// `["a", "b:{id}"]`, or one string.
+pub(crate) fn parse(input: ParseStream<'_>, option: Span) -> syn::Result<(Vec<LitStr>, Span)> {
+    if input.peek(syn::token::Bracket) {
+        let content;
+        let bracket = syn::bracketed!(content in input);
+        let tags: Punctuated<LitStr, Token![,]> =
+            content.parse_terminated(<LitStr as Parse>::parse, Token![,])?;
+        if tags.is_empty() {
+            return Err(syn::Error::new(
+                bracket.span.join(),
+                "the list of tags is empty: name at least one tag, or remove `tags`",
+            ));
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(syn::Error::new(
+                bracket.span.join(),
+                format!("{} tags: a value carries at most {MAX_TAGS}", tags.len()),
+            ));
+        }
+        return Ok((tags.into_iter().collect(), option));
+    }
+    Ok((vec![input.parse()?], option))
+}
+
+/// Checks the tags against the function; returns their patterns (empty without `tags`).
+pub(crate) fn check(opts: &Options, func: &Func) -> syn::Result<Vec<Pattern>> {
+    let Some((tags, span)) = &opts.tags else {
+        return Ok(Vec::new());
+    };
+    if opts.tier() == Tier::L1 {
+        return Err(syn::Error::new(
+            *span,
+            "`tags` does not apply with `tier = \"l1\"`: tags are kept by the `Cache` (L1 and Redis); \
+             remove one of the two options",
+        ));
+    }
+    let mut errors: Option<syn::Error> = None;
+    let mut push = |e: syn::Error| match &mut errors {
+        Some(all) => all.combine(e),
+        None => errors = Some(e),
+    };
+    let mut patterns = Vec::new();
+    for lit in tags {
+        if lit.value().is_empty() {
+            push(syn::Error::new(
+                lit.span(),
+                "empty tag: a tag has 1 to 256 bytes",
+            ));
+            continue;
+        }
+        let pattern = match Pattern::parse(lit) {
+            Ok(p) => p,
+            Err(e) => {
+                push(syn::Error::new(
+                    lit.span(),
+                    e.to_string().replace("in the key", "in the tag"),
+                ));
+                continue;
+            }
+        };
+        if pattern.placeholders.is_empty() && lit.value().len() > MAX_TAG_LEN {
+            push(syn::Error::new(
+                lit.span(),
+                "the tag is over 256 bytes, the longest the cache accepts",
+            ));
+        }
+        for ph in &pattern.placeholders {
+            let known = if ph.root == "self" {
+                func.has_receiver
+            } else {
+                func.arg(&ph.root).is_some()
+            };
+            if !known {
+                push(syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "unknown placeholder `{{{}}}` in the tag: the function has no argument `{}`; {}",
+                        ph.display(),
+                        ph.root,
+                        func.arg_list()
+                    ),
+                ));
+            }
+        }
+        patterns.push(pattern);
+    }
+    match errors {
+        Some(e) => Err(e),
+        None => Ok(patterns),
+    }
+}
+
+/// The tags as a `Vec<String>` expression; `key` turns one pattern into a `String`.
+pub(crate) fn list(patterns: &[Pattern], key: impl Fn(&Pattern) -> TokenStream) -> TokenStream {
+    let tags = patterns.iter().map(key);
+    quote!(::std::vec![#(#tags),*])
+}
+
+/// `<name>_invalidate_tags(<tag arguments>)`: invalidates every tag of a `#[cached]`
+/// function for those arguments.
+pub(crate) fn companion(
+    func: &Func,
+    patterns: &[Pattern],
+    p: &TokenStream,
+    cache: TokenStream,
+    list: TokenStream,
+    cfgs: &[&syn::Attribute],
+    generics: impl Fn(BTreeSet<String>) -> (TokenStream, TokenStream),
+) -> TokenStream {
+    if patterns.is_empty() || func.pattern_arg.is_some() || opts_sync(func) {
+        return TokenStream::new();
+    }
+    let sig = &func.item.sig;
+    let vis = &func.item.vis;
+    let name = format_ident!("{}_invalidate_tags", sig.ident);
+    let shown: Vec<String> = patterns.iter().map(|p| p.lit.value()).collect();
+    let doc = format!(
+        "Invalidates the tags `{}` cached by `{}` for these arguments: every value carrying one \
+         of them becomes a miss, on every instance. Generated by `#[cached]`.",
+        shown.join("`, `"),
+        sig.ident
+    );
+    let roots: BTreeSet<&str> = patterns
+        .iter()
+        .flat_map(|p| p.placeholders.iter().map(|ph| ph.root.as_str()))
+        .collect();
+    let args: Vec<_> = func
+        .args
+        .iter()
+        .filter(|a| roots.contains(a.ident.to_string().as_str()))
+        .collect();
+    let receiver = func.has_receiver.then(|| quote!(&self,));
+    let params = args.iter().map(|a| {
+        let (ident, ty) = (&a.ident, &a.ty);
+        quote!(#ident: #ty)
+    });
+    let mut used = BTreeSet::new();
+    for a in &args {
+        crate::expand::idents(quote::ToTokens::to_token_stream(&a.ty), &mut used);
+    }
+    let (generics, where_clause) = generics(used);
+    quote! {
+        #[doc = #doc]
+        #[allow(dead_code)]
+        #(#cfgs)*
+        #vis async fn #name #generics(#receiver #(#params),*) -> #p::Result<()> #where_clause {
+            let __cache_sdk_cache: &#p::Cache = #cache;
+            let __cache_sdk_tags: ::std::vec::Vec<::std::string::String> = #list;
+            #p::invalidate_tags(__cache_sdk_cache, &__cache_sdk_tags).await
+        }
+    }
+}
+
+/// A sync fn (necessarily `tier = "l1"`) has no tags; nothing to generate.
+fn opts_sync(func: &Func) -> bool {
+    !func.is_async()
+}
