@@ -126,6 +126,10 @@ impl LoadOptions {
     /// How long a stale value served after a failure is served again without asking the
     /// origin ([`DEFAULT_FAIL_SAFE_THROTTLE`] unless set; at least 1 ms).
     ///
+    /// The throttle is kept in this process's L1 (the re-armed stale value is never written
+    /// to L2), so each instance asks a failing origin about a key at most once per throttle
+    /// period: with N instances, up to N calls per key per period.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let o = cache_sdk::LoadOptions::new().fail_safe_throttle(Duration::from_secs(5));
