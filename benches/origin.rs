@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amalgam::provider::{DistributedCache, DistributedSerializer, JsonSerializer};
 use amalgam::provider::RedisDistributedCache;
+use amalgam::provider::{DistributedCache, DistributedSerializer, JsonSerializer};
 use amalgam::{EagerThreshold, EntryOptions, FactoryContext, Timeout};
 use cache_sdk::{Cache, LoadOptions, Ttl};
 use cache_sdk_tests::RedisServer;
@@ -363,8 +363,7 @@ fn summarize(name: &'static str, origin: &Origin, reads: &[Read]) -> Outcome {
         (mean, max, stale)
     };
     let (mean_age_us, max_age_us, stale) = ages(false);
-    let (mean_age_outside_outage_us, max_age_outside_outage_us, stale_outside_outage) =
-        ages(true);
+    let (mean_age_outside_outage_us, max_age_outside_outage_us, stale_outside_outage) = ages(true);
     Outcome {
         name,
         reads: reads.len(),
@@ -393,7 +392,7 @@ fn ms(us: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
     let ms = us as f64 / 1000.0;
     if ms < 1.0 {
-        format!("{ms:.3} ms")
+        format!("{us} µs")
     } else {
         format!("{ms:.1} ms")
     }
