@@ -123,7 +123,7 @@ impl Origin {
         if outage {
             self.calls_in_outage.fetch_add(1, Ordering::Relaxed);
         }
-        if outage || splitmix(n) % ERROR_ONE_IN == 0 {
+        if outage || splitmix(n).is_multiple_of(ERROR_ONE_IN) {
             self.failed.fetch_add(1, Ordering::Relaxed);
             return Err(OriginDown);
         }
