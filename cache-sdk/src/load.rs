@@ -129,6 +129,10 @@ impl LoadOptions {
     /// How long a stale value served after a failure is served again without asking the
     /// origin ([`DEFAULT_FAIL_SAFE_THROTTLE`] unless set; at least 1 ms).
     ///
+    /// The throttle is kept in this process's L1 (the re-armed stale value is never written
+    /// to L2), so each instance asks a failing origin about a key at most once per throttle
+    /// period: with N instances, up to N calls per key per period.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let o = cache_sdk::LoadOptions::new().fail_safe_throttle(Duration::from_secs(5));
@@ -181,7 +185,10 @@ impl LoadOptions {
 
     /// Eager refresh: a hit arriving after `fraction` of the TTL (e.g. `0.8`) returns the
     /// cached value at once and starts one background refresh of the key (one per key in
-    /// this process). A fraction outside `(0, 1)` (or NaN) turns it off.
+    /// this process). A failed refresh is retried once; when that fails too, the same value
+    /// gets no new one for the [throttle period](LoadOptions::fail_safe_throttle): it
+    /// expires with its TTL and the next load takes the regular path (fail-safe, timeouts). A fraction outside `(0, 1)`
+    /// (or NaN) turns it off.
     ///
     /// ```
     /// let o = cache_sdk::LoadOptions::new().refresh_ahead(0.8);
@@ -571,7 +578,30 @@ pub(crate) struct Background {
     tasks: Mutex<tokio::task::JoinSet<()>>,
     /// Keys with an eager refresh running in this process.
     refreshing: Mutex<std::collections::HashSet<String>>,
+    /// Keys whose last eager refresh failed: the written-at time of the value it tried to
+    /// refresh, how many refreshes of it failed, and until when it gets no new one.
+    refresh_failed: Mutex<std::collections::HashMap<String, FailedRefresh>>,
 }
+
+/// A failed eager refresh, remembered for the throttle period.
+#[derive(Debug, Clone, Copy)]
+struct FailedRefresh {
+    /// The written-at time of the value the refresh was for.
+    written_at_ms: u64,
+    /// How many eager refreshes of that value failed.
+    failures: u32,
+    /// After [`REFRESH_ATTEMPTS`] failures, no new eager refresh of that value before this
+    /// time (the throttle period after the last failure).
+    until_ms: u64,
+}
+
+/// How many eager refreshes of one value may fail before it gets no more for the throttle
+/// period: one retry rides out an occasional error (the value stays fresh), without asking
+/// a failing origin on every hit until the value expires.
+const REFRESH_ATTEMPTS: u32 = 2;
+
+/// How many failed refreshes are remembered before the outdated ones are swept.
+const FAILED_REFRESH_SWEEP: usize = 1024;
 
 impl Background {
     /// Spawns `task` on the current runtime; hands it back when there is none.
@@ -586,12 +616,57 @@ impl Background {
         Ok(())
     }
 
-    /// Marks `key` as refreshing; `false` when a refresh of it runs already.
-    fn start_refresh(&self, key: &str) -> bool {
+    /// Marks `key` as refreshing; `false` when a refresh of it runs already, or when
+    /// [`REFRESH_ATTEMPTS`] refreshes of the same value (written at `written_at_ms`) failed,
+    /// the last less than a throttle period ago: a failing origin is then asked again only
+    /// once the value expires, on the regular path (fail-safe, timeouts), not by every hit
+    /// past the refresh point.
+    fn start_refresh(&self, key: &str, written_at_ms: u64, now: u64) -> bool {
+        {
+            let mut failed = self
+                .refresh_failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(f) = failed.get(key) {
+                if f.written_at_ms == written_at_ms {
+                    if f.failures >= REFRESH_ATTEMPTS && now < f.until_ms {
+                        return false;
+                    }
+                } else {
+                    failed.remove(key);
+                }
+            }
+        }
         self.refreshing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.to_owned())
+    }
+
+    /// Remembers that an eager refresh of the value of `key` written at `written_at_ms`
+    /// failed (after [`REFRESH_ATTEMPTS`] failures: no new one for that value until
+    /// `until_ms`).
+    fn refresh_failed(&self, key: &str, written_at_ms: u64, until_ms: u64, now: u64) {
+        let mut failed = self
+            .refresh_failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed.len() >= FAILED_REFRESH_SWEEP {
+            failed.retain(|_, f| f.until_ms > now);
+        }
+        let failures = failed
+            .get(key)
+            .filter(|f| f.written_at_ms == written_at_ms)
+            .map_or(0, |f| f.failures)
+            .saturating_add(1);
+        failed.insert(
+            key.to_owned(),
+            FailedRefresh {
+                written_at_ms,
+                failures,
+                until_ms,
+            },
+        );
     }
 
     fn end_refresh(&self, key: &str) {
@@ -718,7 +793,8 @@ impl Cache {
     /// - **hard timeout**: the longest wait; past it the stale value, else
     ///   [`LoadError::Timeout`]; the loader still finishes and its value is stored;
     /// - **eager refresh**: a hit past the given fraction of the TTL starts one background
-    ///   refresh of the key and returns the cached value at once.
+    ///   refresh of the key and returns the cached value at once; after two failed
+    ///   refreshes, the same value is not refreshed again for the throttle period.
     ///
     /// The loader runs as a task on the current runtime (hence `Send + 'static`), tied to
     /// the cache: dropping the cache aborts it. A panicking loader is caught: it counts as a
@@ -1213,7 +1289,11 @@ impl Cache {
         let Ok(ttl) = self.resolve(&ttl) else {
             return false;
         };
-        if !self.inner.background.start_refresh(key) {
+        if !self
+            .inner
+            .background
+            .start_refresh(key, seen.written_at_ms, now_ms())
+        {
             return false;
         }
         let guard = RefreshGuard {
@@ -1254,6 +1334,13 @@ impl Cache {
                 Ok(Landed::Stored(_)) => bump(&inner.counters.refreshes_completed),
                 _ => {
                     bump(&inner.counters.refreshes_failed);
+                    let now = now_ms();
+                    inner.background.refresh_failed(
+                        &key,
+                        seen_at,
+                        now.saturating_add(millis(opts.throttle)),
+                        now,
+                    );
                     tracing::warn!(
                         key = log_key(&key),
                         "eager refresh failed; the cached value stays until its TTL"

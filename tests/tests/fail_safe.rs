@@ -220,6 +220,68 @@ async fn eager_refresh_keeps_a_hot_key_fresh_without_callers_waiting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_eager_refresh_is_not_retried_by_every_hit() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let opts = fail_safe()
+        .fail_safe_throttle(Duration::from_secs(5))
+        .refresh_ahead(0.2);
+    let key = "cache:fs:refresh-fails";
+    cache
+        .get_or_load_entry_with(key, TTL, &opts, || async { Ok::<_, String>(1u32) })
+        .await
+        .unwrap();
+    // Past 0.2 of the TTL: every hit may start a refresh, and every refresh fails.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(500) {
+        let calls = calls.clone();
+        let e = cache
+            .get_or_load_entry_with(key, TTL, &opts, move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err::<u32, _>("db down".to_string())
+            })
+            .await
+            .unwrap();
+        assert_eq!((**e.value(), e.is_stale()), (1, false));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // One refresh of that value and one retry, then none for the throttle period (not one
+    // per hit).
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let stats = cache.stats();
+    assert_eq!((stats.refreshes_started, stats.refreshes_failed), (2, 2));
+
+    // A new value (written by a regular load once it expired) is refreshed again.
+    let_it_expire().await;
+    let e = cache
+        .get_or_load_entry_with(key, TTL, &opts, || async { Ok::<_, String>(2u32) })
+        .await
+        .unwrap();
+    assert!(e.was_loaded());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let mut started = false;
+    while !started && start.elapsed() < Duration::from_millis(500) {
+        started = cache
+            .get_or_load_entry_with(key, TTL, &opts, || async { Ok::<_, String>(3u32) })
+            .await
+            .unwrap()
+            .refresh_started();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "{:?}", cache.stats());
+    assert!(
+        wait_until(Duration::from_secs(5), || cache.stats().refreshes_completed
+            == 1)
+        .await
+        .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_fail_safe_loader_errors_propagate() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
