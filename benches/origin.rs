@@ -211,7 +211,7 @@ async fn cache_sdk(server: &RedisServer) -> Contender {
         .refresh_ahead(REFRESH_AHEAD);
     let cache = Cache::builder()
         .redis_url(server.url())
-        .load_options(opts)
+        .load_options(opts.clone())
         .build()
         .await
         .expect("cache-sdk cache");
