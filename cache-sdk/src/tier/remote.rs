@@ -23,7 +23,10 @@
 //!   over a newer one: the replay keeps a value written at or after it (written-at times in
 //!   the envelopes);
 //! - a write to a pending key lands after the key's replay, so an older replayed `SET`
-//!   cannot overwrite it, and a delete cannot be undone by it (no tombstone is needed);
+//!   cannot overwrite it, and a delete cannot be undone by it. Writes and deletes of
+//!   *other* instances are protected by the replay scripts instead: a value's written-at
+//!   time, and the tombstone a delete leaves while the replay window is open (see
+//!   [`replay`](super::replay));
 //! - an increment of a pending key is applied after the pending delta, which is applied
 //!   once (the replay of increments is idempotent, see [`replay`](super::replay)), so
 //!   `incr` answers the full count;
@@ -65,7 +68,9 @@ use tokio::sync::Notify;
 use super::memory::{MemEntry, MemoryStore};
 use super::redis::{classify, Failure, RedisLink};
 use super::replay::driver::{replay_now, supervise};
-use super::replay::{Pending, ReplayLog, Scripts};
+use super::replay::{
+    tombstone_key, Pending, ReplayLog, Scripts, LIVE_DEL_SCRIPT, TOMBSTONE_TTL, WINDOW_KEY,
+};
 use super::tasks::Tasks;
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
@@ -688,14 +693,34 @@ impl Remote {
         .await
     }
 
+    /// A `DEL` that leaves a tombstone while the replay window is open (on a cluster,
+    /// always), so that an older outage write replayed by another instance cannot bring the
+    /// key back (see [`replay`](super::replay)).
     pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(&*self.rkey(key));
+        let rkey = self.rkey(key);
+        let window = self.inner.rkey(WINDOW_KEY);
+        let delete_cmd = |cluster: bool| {
+            let Some(tombstone) = tombstone_key(&rkey, cluster) else {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(&*rkey);
+                return cmd;
+            };
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(LIVE_DEL_SCRIPT)
+                .arg(if cluster { 2 } else { 3 })
+                .arg(&*rkey)
+                .arg(tombstone);
+            if !cluster {
+                cmd.arg(&window);
+            }
+            cmd.arg(now_ms()).arg(millis(TOMBSTONE_TTL));
+            cmd
+        };
         self.write(
             &[key],
             |l| {
-                let cmd = &cmd;
-                async move { Ok(l.query::<i64>(cmd).await? > 0) }
+                let cmd = delete_cmd(l.is_cluster());
+                async move { Ok(l.query::<i64>(&cmd).await? > 0) }
             },
             |m, log| {
                 if let Some(log) = log {

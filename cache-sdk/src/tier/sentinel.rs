@@ -12,7 +12,10 @@
 //! sentinels move the master while the link is still connected to the old one (a planned
 //! `SENTINEL FAILOVER` leaves the old master up, and taking writes, until the sentinels
 //! turn it into a replica, up to ten seconds later), the link drops its connection at
-//! once, and the next connection goes first to the address announced.
+//! once, and the next connection goes first to the address announced. The announcement
+//! also wakes the link's owner ([`Sentinels::switched`]): after the old master died, the
+//! data link's probe reconnects at once instead of at its next probe (up to the probe
+//! interval later).
 //!
 //! This is the client protocol Redis documents for Sentinel clients. It is written here
 //! rather than taken from redis-rs's `sentinel` module so that every step is bounded by
@@ -27,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::Notify;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
@@ -52,6 +56,9 @@ pub(crate) struct Sentinels {
     current: Arc<Mutex<Option<String>>>,
     /// The address the last `+switch-master` named, tried first at the next connection.
     announced: Arc<Mutex<Option<(String, u16)>>>,
+    /// Notified on each `+switch-master` to a new address, so that the owner of the link
+    /// reconnects at once rather than at its next probe.
+    switched: Arc<Notify>,
     /// Which link this is, for logs.
     link: &'static str,
 }
@@ -91,8 +98,15 @@ impl Sentinels {
             connect_timeout,
             current: Arc::default(),
             announced: Arc::default(),
+            switched: Arc::new(Notify::new()),
             link,
         })
+    }
+
+    /// Notified (one permit) each time the sentinels announce that the master moved to an
+    /// address other than the one last connected to: the link should reconnect now.
+    pub(crate) fn switched(&self) -> Arc<Notify> {
+        self.switched.clone()
     }
 
     /// Connects to the current master: `open` makes the connection from a client for the
@@ -231,6 +245,7 @@ impl Sentinels {
     ) -> Option<MultiplexedConnection> {
         let name = self.master_name.clone();
         let (current, announced) = (self.current.clone(), self.announced.clone());
+        let switched = self.switched.clone();
         let link = self.link;
         let sender = move |push: PushInfo| {
             if push.kind == PushKind::Message {
@@ -241,6 +256,7 @@ impl Sentinels {
                             tracing::info!(master_name = %name, to = %addr, link, "redis sentinel: +switch-master; reconnecting to the new master");
                             *lock(&announced) = Some((host, port));
                             on_switch();
+                            switched.notify_one();
                         }
                     }
                 }
