@@ -99,19 +99,16 @@ async fn recover(inner: &Inner) -> bool {
         tracing::debug!(error = %failure, "redis still unavailable");
         return false;
     }
-    match Scripts::load(link).await {
-        Ok(scripts) => inner.set_scripts(scripts),
-        Err(why) => {
-            tracing::debug!(error = %why, "redis answers but the replay scripts could not be loaded");
-            return false;
-        }
-    }
-    // Other instances may be replaying too (or this one is about to): from now on their
+    // With the scripts, the replay window opens (at once: one round trip): other
+    // instances may be replaying too (or this one is about to), and from now on their
     // deletes leave tombstones, so no replayed write can undo them. Before any call of
     // this instance goes to Redis again.
-    if let Err(why) = open_window(inner, link).await {
-        tracing::debug!(error = %why, "redis answers but the replay window could not be opened");
-        return false;
+    match tokio::try_join!(Scripts::load(link), open_window(inner, link)) {
+        Ok((scripts, ())) => inner.set_scripts(scripts),
+        Err(why) => {
+            tracing::debug!(error = %why, "redis answers but the replay scripts could not be loaded or the replay window opened");
+            return false;
+        }
     }
     // A short outage (one pipeline of writes at most) is replayed while calls still use
     // the fallback, and the switch goes straight to `Up`; a longer one is replayed after
