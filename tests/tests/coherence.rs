@@ -917,6 +917,8 @@ fn where_the_propagation_time_goes() {
         let mut worst: Vec<(f64, f64, f64)> = vec![];
         // The reader's eviction after the plain thread read the push: the Tokio side.
         let mut tokio_side = vec![];
+        // The plain OS thread's read of the push after the writer's SET reply (0 if before).
+        let mut thread_after_reply = vec![];
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let started = Instant::now();
         // Write 0 only puts the key in place.
@@ -953,6 +955,7 @@ fn where_the_propagation_time_goes() {
             };
             worst.push((signed(ev, t1), signed(th, t1), signed(ta, t1)));
             tokio_side.push(signed(ev, th));
+            thread_after_reply.push(ms(th.saturating_duration_since(t1)));
         }
         worst.sort_by(|a, b| b.0.total_cmp(&a.0));
         let worst: Vec<String> = worst
@@ -962,7 +965,7 @@ fn where_the_propagation_time_goes() {
             .collect();
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!(
-            "coherence propagation, {writes} writes in {:?} (load average {}), from the start of the writer's SET:\n  {}\n  {}\n  {}\n  {}\n  {}\n  {}\n  slowest evictions after the SET reply, ms (and when the push reached the OS thread, the Tokio task):\n    {}",
+            "coherence propagation, {writes} writes in {:?} (load average {}), from the start of the writer's SET:\n  {}\n  {}\n  {}\n  {}\n  {}\n  {}\n  {}\n  slowest evictions after the SET reply, ms (and when the push reached the OS thread, the Tokio task):\n    {}",
             started.elapsed(),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             summary("writer's SET reply", reply),
@@ -970,6 +973,7 @@ fn where_the_propagation_time_goes() {
             summary("push read by a Tokio task on the reader's runtime", task),
             summary("reader's L1 eviction", evict),
             summary("reader's L1 eviction after the writer's SET reply", after_reply),
+            summary("push read by the plain OS thread after the writer's SET reply", thread_after_reply),
             summary("reader's L1 eviction after the plain OS thread read the push (Tokio wakeup)", tokio_side),
             worst.join("\n    "),
         );

@@ -121,7 +121,10 @@ async fn killed_master_under_load_fails_over_with_no_error_and_no_lost_write() {
                 if tripped && connected {
                     return Instant::now();
                 }
-                assert!(kill_at.elapsed() < Duration::from_secs(30), "not back on Redis");
+                assert!(
+                    kill_at.elapsed() < Duration::from_secs(30),
+                    "not back on Redis"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }

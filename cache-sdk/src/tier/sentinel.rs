@@ -31,12 +31,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::Notify;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
     RedisError, RedisResult, Role, Value,
 };
+use tokio::sync::Notify;
 
 use crate::config::{RedisConfig, SentinelConfig};
 use crate::tls::TlsMaterial;
