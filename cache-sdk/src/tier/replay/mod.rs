@@ -538,4 +538,22 @@ mod tests {
         assert_eq!(marker_key("a{b", "i1", true), None);
         assert_eq!(marker_key("a{}b", "i1", true), None);
     }
+
+    #[test]
+    #[cfg(feature = "cluster")]
+    fn a_tombstone_shares_the_key_prefix_and_hash_slot() {
+        use redis::cluster_routing::Slot;
+        assert_eq!(
+            tombstone_key("cache:k", false).as_deref(),
+            Some("cache:k:~deleted")
+        );
+        for key in ["cache:k", "ns:sess:{abc}", "cache:user:7"] {
+            let Some(tombstone) = tombstone_key(key, true) else {
+                panic!("{key}: no tombstone");
+            };
+            assert!(tombstone.starts_with(key), "{tombstone}");
+            assert_eq!(Slot::for_key(key), Slot::for_key(&tombstone), "{key}");
+        }
+        assert_eq!(tombstone_key("a}b", true), None);
+    }
 }
