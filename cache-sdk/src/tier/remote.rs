@@ -163,6 +163,9 @@ pub(crate) struct Inner {
     pub(crate) settled: Notify,
     /// How long a call waits for its keys' replay before it uses the fallback.
     replay_wait: Duration,
+    /// How deletes are sent ([`DeleteMode`] as a byte): an ACL user whose key patterns
+    /// leave out the window key (or the tombstone) moves it down, once.
+    delete_mode: AtomicU8,
     /// The replay scripts as loaded into the server.
     scripts: Mutex<Arc<Scripts>>,
     /// Names this instance in the markers of replayed increments.
@@ -243,6 +246,7 @@ impl Remote {
             wake: Arc::new(Notify::new()),
             settled: Notify::new(),
             replay_wait: cfg.timeout,
+            delete_mode: AtomicU8::new(DeleteMode::Window as u8),
             scripts: Mutex::new(Arc::new(Scripts::default())),
             instance: format!("{:016x}", rand::random::<u64>()),
             listeners: Mutex::new(Vec::new()),
@@ -695,23 +699,28 @@ impl Remote {
 
     /// A `DEL` that leaves a tombstone while the replay window is open (on a cluster,
     /// always), so that an older outage write replayed by another instance cannot bring the
-    /// key back (see [`replay`](super::replay)).
+    /// key back (see [`replay`](super::replay)). An ACL user not allowed the window key
+    /// (`NOPERM`) leaves a tombstone at every delete instead; one not allowed that either
+    /// sends a plain `DEL`.
     pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
         let rkey = self.rkey(key);
         let window = self.inner.rkey(WINDOW_KEY);
-        let delete_cmd = |cluster: bool| {
-            let Some(tombstone) = tombstone_key(&rkey, cluster) else {
+        let delete_cmd = |mode: DeleteMode, cluster: bool| {
+            let tombstone = match mode {
+                DeleteMode::Plain => None,
+                _ => tombstone_key(&rkey, cluster),
+            };
+            let Some(tombstone) = tombstone else {
                 let mut cmd = redis::cmd("DEL");
                 cmd.arg(&*rkey);
                 return cmd;
             };
             let mut cmd = redis::cmd("EVAL");
-            cmd.arg(LIVE_DEL_SCRIPT)
-                .arg(if cluster { 2 } else { 3 })
-                .arg(&*rkey)
-                .arg(tombstone);
-            if !cluster {
-                cmd.arg(&window);
+            cmd.arg(LIVE_DEL_SCRIPT);
+            if mode == DeleteMode::Window {
+                cmd.arg(3).arg(&*rkey).arg(tombstone).arg(&window);
+            } else {
+                cmd.arg(2).arg(&*rkey).arg(tombstone);
             }
             cmd.arg(now_ms()).arg(millis(TOMBSTONE_TTL));
             cmd
@@ -719,8 +728,39 @@ impl Remote {
         self.write(
             &[key],
             |l| {
-                let cmd = delete_cmd(l.is_cluster());
-                async move { Ok(l.query::<i64>(&cmd).await? > 0) }
+                let delete_cmd = &delete_cmd;
+                async move {
+                    loop {
+                        let mut mode = DeleteMode::from(self.inner.delete_mode.load(Ordering::Relaxed));
+                        if l.is_cluster() && mode == DeleteMode::Window {
+                            // The window key is in another hash slot: always a tombstone.
+                            mode = DeleteMode::Always;
+                        }
+                        match l.query::<i64>(&delete_cmd(mode, l.is_cluster())).await {
+                            Err(Failure::Rejected(e))
+                                if e.code() == Some("NOPERM") && mode != DeleteMode::Plain =>
+                            {
+                                let next = if mode == DeleteMode::Window {
+                                    DeleteMode::Always
+                                } else {
+                                    DeleteMode::Plain
+                                };
+                                self.inner.delete_mode.store(next as u8, Ordering::Relaxed);
+                                tracing::warn!(
+                                    error = %e,
+                                    mode = ?next,
+                                    "redis refused the delete script (ACL): deletes now leave {}",
+                                    if next == DeleteMode::Always {
+                                        "a tombstone every time"
+                                    } else {
+                                        "no tombstone (an older write replayed by another instance after an outage may undo them)"
+                                    }
+                                );
+                            }
+                            answer => return Ok(answer? > 0),
+                        }
+                    }
+                }
             },
             |m, log| {
                 if let Some(log) = log {
@@ -820,6 +860,28 @@ impl Remote {
             |m| m.scan(pattern),
         )
         .await
+    }
+}
+
+/// How a live delete is sent (see [`Remote::delete`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum DeleteMode {
+    /// The script that leaves a tombstone while the replay window is open.
+    Window = 0,
+    /// The script that always leaves a tombstone (a cluster; or the window key refused).
+    Always = 1,
+    /// A plain `DEL` (the scripts refused).
+    Plain = 2,
+}
+
+impl From<u8> for DeleteMode {
+    fn from(b: u8) -> Self {
+        match b {
+            0 => DeleteMode::Window,
+            1 => DeleteMode::Always,
+            _ => DeleteMode::Plain,
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 use super::{marker_key, tombstone_key, Pending, Scripts, MARKER_TTL, TOMBSTONE_TTL, WINDOW_KEY};
 use crate::error::BackendError;
-use crate::tier::redis::RedisLink;
+use crate::tier::redis::{Failure, RedisLink};
 use crate::tier::remote::{lock, millis, Inner, State, StoreEvent};
 
 /// Writes replayed per pipeline. Calls share the connection with the replay: a call waits
@@ -166,7 +166,9 @@ async fn recover(inner: &Inner) -> bool {
 
 /// Opens (or keeps open) the replay window, for [`TOMBSTONE_TTL`]: while it is open,
 /// live deletes of every instance leave tombstones (see the log's module documentation).
-/// Not on a cluster, where every delete leaves one.
+/// Not on a cluster, where every delete leaves one. A refusal (an ACL user whose key
+/// patterns leave out the window key) is logged, not an outage: that user's deletes then
+/// leave a tombstone every time.
 async fn open_window(inner: &Inner, link: &RedisLink) -> Result<(), BackendError> {
     if link.is_cluster() {
         return Ok(());
@@ -176,7 +178,14 @@ async fn open_window(inner: &Inner, link: &RedisLink) -> Result<(), BackendError
         .arg(&inner.instance)
         .arg("PX")
         .arg(millis(TOMBSTONE_TTL));
-    link.query::<()>(&cmd).await.map_err(|f| f.into_error())
+    match link.query::<()>(&cmd).await {
+        Ok(()) => Ok(()),
+        Err(Failure::Rejected(why)) => {
+            tracing::debug!(error = %why, "redis refused the replay window key");
+            Ok(())
+        }
+        Err(Failure::Unavailable(why)) => Err(why),
+    }
 }
 
 /// Takes the next round of writes from the log: up to [`REPLAY_PARALLEL`] batches.
