@@ -69,7 +69,8 @@ use super::memory::{MemEntry, MemoryStore};
 use super::redis::{classify, Failure, RedisLink};
 use super::replay::driver::{replay_now, supervise};
 use super::replay::{
-    tombstone_key, Pending, ReplayLog, Scripts, LIVE_DEL_SCRIPT, TOMBSTONE_TTL, WINDOW_KEY,
+    is_beside_key, tombstone_key, Pending, ReplayLog, Scripts, LIVE_DEL_SCRIPT, TOMBSTONE_TTL,
+    WINDOW_KEY,
 };
 use super::tasks::Tasks;
 use crate::codec::now_ms;
@@ -845,6 +846,8 @@ impl Remote {
     }
 
     /// Keys (without the namespace) matching a glob pattern (itself without the namespace).
+    /// The replay's own keys beside the cache's (tombstones, increment markers) are left
+    /// out.
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Error> {
         let rpattern = self.rkey(pattern);
         let strip = self.inner.namespace.as_ref().map_or(0, |ns| ns.len() + 1);
@@ -854,6 +857,7 @@ impl Remote {
                 let keys = l.scan(&rpattern).await?;
                 Ok(keys
                     .into_iter()
+                    .filter(|k| !is_beside_key(k))
                     .map(|k| k[strip.min(k.len())..].to_owned())
                     .collect())
             },

@@ -268,6 +268,12 @@ pub(crate) fn tombstone_key(rkey: &str, cluster: bool) -> Option<String> {
     beside(rkey, ":~deleted", cluster)
 }
 
+/// Whether `rkey` is one of the replay's keys beside a cache key (a tombstone or an
+/// increment marker), which a `SCAN` of the cache's keys leaves out.
+pub(crate) fn is_beside_key(rkey: &str) -> bool {
+    rkey.ends_with(":~deleted") || rkey.contains(":~deleted{") || rkey.contains(":~replayed:")
+}
+
 /// The key that holds the replay window open (see the module documentation), given the
 /// namespaced form of [`WINDOW_KEY`].
 pub(crate) const WINDOW_KEY: &str = "__cache-sdk__:replay-window";
@@ -555,5 +561,11 @@ mod tests {
             assert_eq!(Slot::for_key(key), Slot::for_key(&tombstone), "{key}");
         }
         assert_eq!(tombstone_key("a}b", true), None);
+        for key in ["cache:k", "sess:abc"] {
+            assert!(is_beside_key(&tombstone_key(key, false).unwrap()));
+            assert!(is_beside_key(&tombstone_key(key, true).unwrap()));
+            assert!(is_beside_key(&marker_key(key, "i1", true).unwrap()));
+            assert!(!is_beside_key(key));
+        }
     }
 }
