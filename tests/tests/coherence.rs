@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -772,4 +773,211 @@ async fn on_a_cluster_writes_on_one_instance_evict_the_others_l1() {
         sees(&b, &key, None).await;
     }
     assert!(b.stats().invalidations >= 12, "{:?}", b.stats());
+}
+
+/// Records the instants of the coherence module's `trace` event "L1 entries evicted", on
+/// the threads where it is the default subscriber.
+#[derive(Debug, Default)]
+struct EvictionClock {
+    at: std::sync::Mutex<Vec<Instant>>,
+}
+
+impl tracing::Subscriber for EvictionClock {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        m.is_event()
+            && *m.level() == tracing::Level::TRACE
+            && m.target() == "cache_sdk::tier::coherence"
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        self.at.lock().unwrap().push(Instant::now());
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A tracking client on a plain blocking socket read by an OS thread of its own (no Tokio):
+/// the instant each invalidation push arrives, as close to Redis' delivery as a client
+/// can see it.
+fn thread_observer(
+    port: u16,
+    prefix: &str,
+) -> (
+    Arc<std::sync::Mutex<Vec<Instant>>>,
+    std::net::TcpStream,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_nodelay(true).unwrap();
+    write!(
+        sock,
+        "HELLO 3\r\nCLIENT TRACKING ON BCAST PREFIX {prefix}\r\n"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(5).any(|w| w == b"+OK\r\n") {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "tracking refused");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let stamps = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (out, closer) = (stamps.clone(), sock.try_clone().unwrap());
+    let thread = std::thread::spawn(move || loop {
+        let n = match sock.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        let pushes = buf[..n].windows(10).filter(|w| w == b"invalidate").count();
+        out.lock().unwrap().extend(std::iter::repeat_n(now, pushes));
+    });
+    (stamps, closer, thread)
+}
+
+fn summary(name: &str, mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{name}: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms",
+        p(0.5),
+        p(0.99),
+        p(0.999),
+        v[v.len() - 1]
+    )
+}
+
+/// Where the propagation time goes: for each write by A, from the start of A's `SET` to
+/// its reply, to the push reaching a plain OS thread (Redis and the kernel), to the push
+/// reaching a Tokio task on the reader's runtime (the same path as the reader's link), and
+/// to the reader's L1 eviction (its link's push handler). Prints the distributions; the
+/// figures are recorded in `RESILIENCE.md`. `COHERENCE_TAIL_WRITES` sets the number of
+/// writes (2,000 by default).
+#[test]
+fn where_the_propagation_time_goes() {
+    let writes: usize = std::env::var("COHERENCE_TAIL_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let clock = Arc::new(EvictionClock::default());
+    let dispatch = tracing::Dispatch::from(clock.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            // For the life of the worker thread.
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        })
+        .build()
+        .unwrap();
+    let server = RedisServer::start();
+    let key = "cache:tail:k";
+    let (thread_stamps, closer, observer) = thread_observer(server.port(), "cache:tail");
+    rt.block_on(async {
+        let writer = Cache::builder()
+            .redis_url(server.url())
+            .require_redis(true)
+            .l1_capacity(0)
+            .build()
+            .await
+            .expect("writer");
+        let reader = cache_with(&server, Coherence::Tracking).await;
+        // A tracking client on a Tokio task of the reader's runtime.
+        let task_stamps = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config = {
+            let out = task_stamps.clone();
+            redis::AsyncConnectionConfig::new().set_push_sender(move |p: redis::PushInfo| {
+                if p.kind == redis::PushKind::Invalidate {
+                    out.lock().unwrap().push(Instant::now());
+                }
+                Ok::<(), std::convert::Infallible>(())
+            })
+        };
+        let client = redis::Client::open(format!("{}?protocol=resp3", server.url())).unwrap();
+        let mut task_conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        redis::cmd("CLIENT")
+            .arg(&["TRACKING", "ON", "BCAST", "PREFIX", "cache:tail"])
+            .query_async::<()>(&mut task_conn)
+            .await
+            .unwrap();
+        let (mut reply, mut thread, mut task, mut evict, mut after_reply) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        // Per write, after the writer's SET reply: (eviction, plain thread, Tokio task).
+        let mut worst: Vec<(f64, f64, f64)> = vec![];
+        // The reader's eviction after the plain thread read the push: the Tokio side.
+        let mut tokio_side = vec![];
+        // The plain OS thread's read of the push after the writer's SET reply (0 if before).
+        let mut thread_after_reply = vec![];
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let started = Instant::now();
+        // Write 0 only puts the key in place.
+        for i in 0..=writes {
+            if i > 0 {
+                assert_eq!(hold(&reader, key).await, Some(i as u64 - 1));
+            }
+            let t0 = Instant::now();
+            writer.set(key, &(i as u64), Ttl::Api).await.expect("set");
+            let t1 = Instant::now();
+            let got = wait_until(BOUND, || {
+                thread_stamps.lock().unwrap().len() > i
+                    && task_stamps.lock().unwrap().len() > i
+                    && clock.at.lock().unwrap().len() > i
+            })
+            .await;
+            assert!(got.is_some(), "write {i} was not seen everywhere");
+            if i == 0 {
+                continue;
+            }
+            let at = |v: &std::sync::Mutex<Vec<Instant>>| v.lock().unwrap()[i];
+            let (th, ta, ev) = (at(&thread_stamps), at(&task_stamps), at(&clock.at));
+            reply.push(ms(t1 - t0));
+            thread.push(ms(th.saturating_duration_since(t0)));
+            task.push(ms(ta.saturating_duration_since(t0)));
+            evict.push(ms(ev.saturating_duration_since(t0)));
+            after_reply.push(ms(ev.saturating_duration_since(t1)));
+            let signed = |a: Instant, b: Instant| {
+                if a >= b {
+                    ms(a - b)
+                } else {
+                    -ms(b - a)
+                }
+            };
+            worst.push((signed(ev, t1), signed(th, t1), signed(ta, t1)));
+            tokio_side.push(signed(ev, th));
+            thread_after_reply.push(ms(th.saturating_duration_since(t1)));
+        }
+        worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let worst: Vec<String> = worst
+            .iter()
+            .take(8)
+            .map(|(e, th, ta)| format!("eviction {e:.2} / OS thread {th:.2} / Tokio task {ta:.2}"))
+            .collect();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!(
+            "coherence propagation, {writes} writes in {:?} (load average {}), from the start of the writer's SET:\n  {}\n  {}\n  {}\n  {}\n  {}\n  {}\n  {}\n  slowest evictions after the SET reply, ms (and when the push reached the OS thread, the Tokio task):\n    {}",
+            started.elapsed(),
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            summary("writer's SET reply", reply),
+            summary("push read by a plain OS thread", thread),
+            summary("push read by a Tokio task on the reader's runtime", task),
+            summary("reader's L1 eviction", evict),
+            summary("reader's L1 eviction after the writer's SET reply", after_reply),
+            summary("push read by the plain OS thread after the writer's SET reply", thread_after_reply),
+            summary("reader's L1 eviction after the plain OS thread read the push (Tokio wakeup)", tokio_side),
+            worst.join("\n    "),
+        );
+    });
+    closer.shutdown(std::net::Shutdown::Both).unwrap();
+    observer.join().unwrap();
 }

@@ -805,3 +805,115 @@ async fn back_on_redis_at_once_with_50000_outage_keys_and_no_stale_read() {
     }
     assert_eq!(fresh.stats().outages, 0, "the checks read Redis itself");
 }
+
+/// A cache whose background tasks (the probe and the replay) and connection run on a
+/// runtime of their own, on a thread that holds that runtime still until `release` is
+/// sent: the cache stays cut off from Redis after Redis returns, for as long as the test
+/// wants. Dropping `release` also lets the thread end.
+struct HeldCache {
+    cache: Cache,
+    release: std::sync::mpsc::Sender<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn held_cache(url: String) -> HeldCache {
+    let (cache_tx, cache_rx) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cache = rt.block_on(async {
+            Cache::builder()
+                .redis_url(url)
+                .l1_capacity(0)
+                .build()
+                .await
+                .expect("build")
+        });
+        cache_tx.send(cache).unwrap();
+        // Held: nothing spawned on this runtime runs until the release.
+        let _ = released.recv();
+        rt.block_on(async {
+            let _ = stopped.await;
+        });
+    });
+    HeldCache {
+        cache: cache_rx.recv().unwrap(),
+        release,
+        stop,
+        thread,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_newer_writes_of_another_instance_survive_the_replay() {
+    cache_sdk_tests::init_tracing();
+    let mut server = RedisServer::start();
+    let a = held_cache(server.url());
+    let b = Cache::builder()
+        .redis_url(server.url())
+        .l1_capacity(0)
+        .build()
+        .await
+        .expect("build");
+    server.kill();
+    // A writes during the outage: more than one pipeline, so that A replays after its
+    // switch back, in the `Replaying` state.
+    const N: u64 = 2_000;
+    let key = |i: u64| format!("cache:replay-vs-b:{i}");
+    for i in 0..N {
+        a.cache.set(&key(i), &i, Ttl::Api).await.unwrap();
+    }
+    assert!(!a.cache.stats().connected);
+    // B notices the outage too (its first call trips to its fallback).
+    assert_eq!(b.get::<u64>("cache:replay-vs-b:none").await.unwrap(), None);
+    assert!(!b.stats().connected);
+
+    // Redis returns (empty). B is back first; A is held cut off.
+    server.restart();
+    back_on_redis(&b).await;
+    assert!(!a.cache.stats().connected);
+    // B, after A's outage writes: deletes every third key, overwrites the next one, and
+    // deletes a key that Redis does not hold anymore (A's outage write of it is pending).
+    for i in (0..N).step_by(3) {
+        assert!(!b.delete(&key(i)).await.unwrap(), "Redis restarted empty");
+        b.set(&key(i + 1), &(i + 1 + N), Ttl::Api).await.unwrap();
+    }
+    let tombstones = server.cli(&["KEYS", "*:~deleted"]).lines().count();
+
+    // A returns and replays its 2,000 outage writes over B's changes.
+    a.release.send(()).unwrap();
+    back_on_redis(&a.cache).await;
+    let s = a.cache.stats();
+    eprintln!(
+        "replay over another instance's changes: {N} outage writes, replayed {}, skipped {} \
+         (B deleted {} keys, leaving {tombstones} tombstones, and overwrote {} keys)",
+        s.replayed,
+        s.replay_skipped,
+        N.div_ceil(3),
+        N.div_ceil(3)
+    );
+
+    let fresh = verifier(&server).await;
+    for i in 0..N {
+        let expected = match i % 3 {
+            0 => None,
+            1 => Some(i + N),
+            _ => Some(i),
+        };
+        assert_eq!(fresh.get::<u64>(&key(i)).await.unwrap(), expected, "{i}");
+    }
+    assert_eq!(
+        tombstones as u64,
+        N.div_ceil(3),
+        "B's deletes left tombstones: the window was open"
+    );
+    assert!(s.replay_skipped >= 2 * N.div_ceil(3), "{s:?}");
+
+    a.stop.send(()).unwrap();
+    a.thread.join().unwrap();
+}

@@ -128,6 +128,8 @@ impl Signals {
                     }
                 }
                 self.invalidations.fetch_add(n, Ordering::Relaxed);
+                // For latency measurements (see docs/coherence.md); free when disabled.
+                tracing::trace!(keys = n, "cache coherence: L1 entries evicted");
             }
             // FLUSHDB / FLUSHALL.
             Some(Value::Nil) | None => self.flush(),
@@ -156,6 +158,7 @@ impl Signals {
         }
         if any {
             self.invalidations.fetch_add(n, Ordering::Relaxed);
+            tracing::trace!(keys = n, "cache coherence: L1 entries evicted");
         } else {
             self.flush();
         }

@@ -228,6 +228,15 @@ impl RedisLink {
         })
     }
 
+    /// Through Sentinel: notified when the sentinels announce a new master (see
+    /// [`Sentinels::switched`]).
+    pub(crate) fn switched(&self) -> Option<Arc<tokio::sync::Notify>> {
+        match &self.client {
+            LinkClient::Sentinel(sentinels) => Some(sentinels.switched()),
+            _ => None,
+        }
+    }
+
     /// Whether this link talks to a Redis Cluster.
     pub(crate) fn is_cluster(&self) -> bool {
         #[cfg(feature = "cluster")]

@@ -23,7 +23,10 @@
 //!   over a newer one: the replay keeps a value written at or after it (written-at times in
 //!   the envelopes);
 //! - a write to a pending key lands after the key's replay, so an older replayed `SET`
-//!   cannot overwrite it, and a delete cannot be undone by it (no tombstone is needed);
+//!   cannot overwrite it, and a delete cannot be undone by it. Writes and deletes of
+//!   *other* instances are protected by the replay scripts instead: a value's written-at
+//!   time, and the tombstone a delete leaves while the replay window is open (see
+//!   [`replay`](super::replay));
 //! - an increment of a pending key is applied after the pending delta, which is applied
 //!   once (the replay of increments is idempotent, see [`replay`](super::replay)), so
 //!   `incr` answers the full count;
@@ -65,7 +68,10 @@ use tokio::sync::Notify;
 use super::memory::{MemEntry, MemoryStore};
 use super::redis::{classify, Failure, RedisLink};
 use super::replay::driver::{replay_now, supervise};
-use super::replay::{Pending, ReplayLog, Scripts};
+use super::replay::{
+    is_beside_key, tombstone_key, Pending, ReplayLog, Scripts, LIVE_DEL_SCRIPT, TOMBSTONE_TTL,
+    WINDOW_KEY,
+};
 use super::tasks::Tasks;
 use crate::codec::now_ms;
 use crate::config::CacheConfig;
@@ -158,6 +164,9 @@ pub(crate) struct Inner {
     pub(crate) settled: Notify,
     /// How long a call waits for its keys' replay before it uses the fallback.
     replay_wait: Duration,
+    /// How deletes are sent ([`DeleteMode`] as a byte): an ACL user whose key patterns
+    /// leave out the window key (or the tombstone) moves it down, once.
+    delete_mode: AtomicU8,
     /// The replay scripts as loaded into the server.
     scripts: Mutex<Arc<Scripts>>,
     /// Names this instance in the markers of replayed increments.
@@ -238,6 +247,7 @@ impl Remote {
             wake: Arc::new(Notify::new()),
             settled: Notify::new(),
             replay_wait: cfg.timeout,
+            delete_mode: AtomicU8::new(DeleteMode::Window as u8),
             scripts: Mutex::new(Arc::new(Scripts::default())),
             instance: format!("{:016x}", rand::random::<u64>()),
             listeners: Mutex::new(Vec::new()),
@@ -688,14 +698,70 @@ impl Remote {
         .await
     }
 
+    /// A `DEL` that leaves a tombstone while the replay window is open (on a cluster,
+    /// always), so that an older outage write replayed by another instance cannot bring the
+    /// key back (see [`replay`](super::replay)). An ACL user not allowed the window key
+    /// (`NOPERM`) leaves a tombstone at every delete instead; one not allowed that either
+    /// sends a plain `DEL`.
     pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(&*self.rkey(key));
+        let rkey = self.rkey(key);
+        let window = self.inner.rkey(WINDOW_KEY);
+        let delete_cmd = |mode: DeleteMode, cluster: bool| {
+            let tombstone = match mode {
+                DeleteMode::Plain => None,
+                _ => tombstone_key(&rkey, cluster),
+            };
+            let Some(tombstone) = tombstone else {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(&*rkey);
+                return cmd;
+            };
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(LIVE_DEL_SCRIPT);
+            if mode == DeleteMode::Window {
+                cmd.arg(3).arg(&*rkey).arg(tombstone).arg(&window);
+            } else {
+                cmd.arg(2).arg(&*rkey).arg(tombstone);
+            }
+            cmd.arg(now_ms()).arg(millis(TOMBSTONE_TTL));
+            cmd
+        };
         self.write(
             &[key],
             |l| {
-                let cmd = &cmd;
-                async move { Ok(l.query::<i64>(cmd).await? > 0) }
+                let delete_cmd = &delete_cmd;
+                async move {
+                    loop {
+                        let mut mode = DeleteMode::from(self.inner.delete_mode.load(Ordering::Relaxed));
+                        if l.is_cluster() && mode == DeleteMode::Window {
+                            // The window key is in another hash slot: always a tombstone.
+                            mode = DeleteMode::Always;
+                        }
+                        match l.query::<i64>(&delete_cmd(mode, l.is_cluster())).await {
+                            Err(Failure::Rejected(e))
+                                if e.code() == Some("NOPERM") && mode != DeleteMode::Plain =>
+                            {
+                                let next = if mode == DeleteMode::Window {
+                                    DeleteMode::Always
+                                } else {
+                                    DeleteMode::Plain
+                                };
+                                self.inner.delete_mode.store(next as u8, Ordering::Relaxed);
+                                tracing::warn!(
+                                    error = %e,
+                                    mode = ?next,
+                                    "redis refused the delete script (ACL): deletes now leave {}",
+                                    if next == DeleteMode::Always {
+                                        "a tombstone every time"
+                                    } else {
+                                        "no tombstone (an older write replayed by another instance after an outage may undo them)"
+                                    }
+                                );
+                            }
+                            answer => return Ok(answer? > 0),
+                        }
+                    }
+                }
             },
             |m, log| {
                 if let Some(log) = log {
@@ -780,6 +846,8 @@ impl Remote {
     }
 
     /// Keys (without the namespace) matching a glob pattern (itself without the namespace).
+    /// The replay's own keys beside the cache's (tombstones, increment markers) are left
+    /// out.
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>, Error> {
         let rpattern = self.rkey(pattern);
         let strip = self.inner.namespace.as_ref().map_or(0, |ns| ns.len() + 1);
@@ -789,12 +857,35 @@ impl Remote {
                 let keys = l.scan(&rpattern).await?;
                 Ok(keys
                     .into_iter()
+                    .filter(|k| !is_beside_key(k))
                     .map(|k| k[strip.min(k.len())..].to_owned())
                     .collect())
             },
             |m| m.scan(pattern),
         )
         .await
+    }
+}
+
+/// How a live delete is sent (see [`Remote::delete`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum DeleteMode {
+    /// The script that leaves a tombstone while the replay window is open.
+    Window = 0,
+    /// The script that always leaves a tombstone (a cluster; or the window key refused).
+    Always = 1,
+    /// A plain `DEL` (the scripts refused).
+    Plain = 2,
+}
+
+impl From<u8> for DeleteMode {
+    fn from(b: u8) -> Self {
+        match b {
+            0 => DeleteMode::Window,
+            1 => DeleteMode::Always,
+            _ => DeleteMode::Plain,
+        }
     }
 }
 

@@ -12,7 +12,10 @@
 //! sentinels move the master while the link is still connected to the old one (a planned
 //! `SENTINEL FAILOVER` leaves the old master up, and taking writes, until the sentinels
 //! turn it into a replica, up to ten seconds later), the link drops its connection at
-//! once, and the next connection goes first to the address announced.
+//! once, and the next connection goes first to the address announced. The announcement
+//! also wakes the link's owner ([`Sentinels::switched`]): after the old master died, the
+//! data link's probe reconnects at once instead of at its next probe (up to the probe
+//! interval later).
 //!
 //! This is the client protocol Redis documents for Sentinel clients. It is written here
 //! rather than taken from redis-rs's `sentinel` module so that every step is bounded by
@@ -23,6 +26,7 @@
 //! errors go back to the caller, which sorts them.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,9 +36,13 @@ use redis::{
     AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
     RedisError, RedisResult, Role, Value,
 };
+use tokio::sync::Notify;
 
 use crate::config::{RedisConfig, SentinelConfig};
 use crate::tls::TlsMaterial;
+
+/// What a `+switch-master` subscription calls when the master moves.
+type OnSwitch = Arc<dyn Fn() + Send + Sync>;
 
 /// The sentinels of one master, and how to reach the master they name.
 pub(crate) struct Sentinels {
@@ -52,6 +60,16 @@ pub(crate) struct Sentinels {
     current: Arc<Mutex<Option<String>>>,
     /// The address the last `+switch-master` named, tried first at the next connection.
     announced: Arc<Mutex<Option<(String, u16)>>>,
+    /// The `+switch-master` subscription, kept across reconnections of the link while the
+    /// sentinel connection lives (it does not depend on the master): a reconnection after
+    /// a failover does not wait for a new subscription. The flag is cleared when the
+    /// connection closes.
+    watching: Mutex<Option<(MultiplexedConnection, Arc<AtomicBool>)>>,
+    /// What the subscription calls on a switch: the callback of the latest [`watch`](Self::watch).
+    on_switch: Arc<Mutex<Option<OnSwitch>>>,
+    /// Notified on each `+switch-master` to a new address, so that the owner of the link
+    /// reconnects at once rather than at its next probe.
+    switched: Arc<Notify>,
     /// Which link this is, for logs.
     link: &'static str,
 }
@@ -91,8 +109,17 @@ impl Sentinels {
             connect_timeout,
             current: Arc::default(),
             announced: Arc::default(),
+            switched: Arc::new(Notify::new()),
+            watching: Mutex::new(None),
+            on_switch: Arc::default(),
             link,
         })
+    }
+
+    /// Notified (one permit) each time the sentinels announce that the master moved to an
+    /// address other than the one last connected to: the link should reconnect now.
+    pub(crate) fn switched(&self) -> Arc<Notify> {
+        self.switched.clone()
     }
 
     /// Connects to the current master: `open` makes the connection from a client for the
@@ -219,33 +246,56 @@ impl Sentinels {
         }
     }
 
-    /// Subscribes to `+switch-master` on the first sentinel that accepts, and calls
-    /// `on_switch` (from the connection's read task: it must not block) when the sentinels
-    /// move this master to an address other than the one last connected to; that address
-    /// is then tried first by the next [`connect`](Self::connect). The subscription lasts
-    /// as long as the returned connection; `None` when no sentinel accepted (the link
-    /// still follows a failover when the old master fails or answers `READONLY`).
+    /// Subscribes to `+switch-master` on the first sentinel that accepts (or keeps the
+    /// subscription made for an earlier connection while it lives), and calls `on_switch`
+    /// (from the connection's read task: it must not block) when the sentinels move this
+    /// master to an address other than the one last connected to; that address is then
+    /// tried first by the next [`connect`](Self::connect). `on_switch` replaces the
+    /// callback of the previous call. The subscription lasts as long as the returned
+    /// connection (or a later call's); `None` when no sentinel accepted (the link still
+    /// follows a failover when the old master fails or answers `READONLY`).
     pub(crate) async fn watch(
         &self,
         on_switch: impl Fn() + Send + Sync + 'static,
     ) -> Option<MultiplexedConnection> {
+        *lock(&self.on_switch) = Some(Arc::new(on_switch));
+        if let Some((conn, alive)) = lock(&self.watching).as_ref() {
+            if alive.load(Ordering::Acquire) {
+                return Some(conn.clone());
+            }
+        }
         let name = self.master_name.clone();
         let (current, announced) = (self.current.clone(), self.announced.clone());
+        let (switched, callback) = (self.switched.clone(), self.on_switch.clone());
+        let alive = Arc::new(AtomicBool::new(true));
         let link = self.link;
-        let sender = move |push: PushInfo| {
-            if push.kind == PushKind::Message {
-                if let Some(Value::BulkString(payload)) = push.data.get(1) {
-                    if let Some((host, port)) = switched_to(payload, &name) {
-                        let addr = format!("{host}:{port}");
-                        if lock(&current).as_deref() != Some(addr.as_str()) {
-                            tracing::info!(master_name = %name, to = %addr, link, "redis sentinel: +switch-master; reconnecting to the new master");
-                            *lock(&announced) = Some((host, port));
-                            on_switch();
+        let sender = {
+            // Dropped with the connection's read task, however it ends (closed, or dropped
+            // with its runtime): the subscription is then made again.
+            let alive = Alive(alive.clone());
+            move |push: PushInfo| {
+                match push.kind {
+                    PushKind::Message => {
+                        if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                            if let Some((host, port)) = switched_to(payload, &name) {
+                                let addr = format!("{host}:{port}");
+                                if lock(&current).as_deref() != Some(addr.as_str()) {
+                                    tracing::info!(master_name = %name, to = %addr, link, "redis sentinel: +switch-master; reconnecting to the new master");
+                                    *lock(&announced) = Some((host, port));
+                                    let on_switch = lock(&callback).clone();
+                                    if let Some(f) = on_switch {
+                                        f();
+                                    }
+                                    switched.notify_one();
+                                }
+                            }
                         }
                     }
+                    PushKind::Disconnection => alive.0.store(false, Ordering::Release),
+                    _ => {}
                 }
+                Ok::<(), std::convert::Infallible>(())
             }
-            Ok::<(), std::convert::Infallible>(())
         };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -270,7 +320,10 @@ impl Sentinels {
                 Ok::<_, RedisError>(conn)
             };
             match tokio::time::timeout(self.connect_timeout, subscribe).await {
-                Ok(Ok(conn)) => return Some(conn),
+                Ok(Ok(conn)) => {
+                    *lock(&self.watching) = Some((conn.clone(), alive));
+                    return Some(conn);
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(sentinel = %addr, error = %e, link, "redis sentinel: cannot subscribe to +switch-master");
                 }
@@ -310,6 +363,15 @@ impl Sentinels {
                 *current = Some(addr);
             }
         }
+    }
+}
+
+/// Whether a subscription's connection lives; cleared when the read task drops it.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! One background task per cache ([`supervise`], holding only a weak reference to the
 //! remote tier) sleeps until the tier turns `Down`, then probes Redis with exponential
-//! backoff and jitter from 10 ms up to `probe_interval`. When Redis answers, [`recover`]
+//! backoff and jitter from 10 ms up to `probe_interval`; through Sentinel, a
+//! `+switch-master` announcement wakes it at once (and, while `Up`, moves it off the
+//! demoted master). When Redis answers, [`recover`]
 //! loads the replay scripts. A short outage (at most [`REPLAY_BATCH`] writes) is replayed
 //! in one pipeline and the state turns `Up`. Otherwise it turns `Replaying` at once: calls
 //! go to Redis again (the listeners are told `Recovered`, L1 is cleared) while the log is
@@ -20,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{marker_key, Pending, Scripts, MARKER_TTL};
+use super::{marker_key, tombstone_key, Pending, Scripts, MARKER_TTL, TOMBSTONE_TTL, WINDOW_KEY};
 use crate::error::BackendError;
-use crate::tier::redis::RedisLink;
+use crate::tier::redis::{Failure, RedisLink};
 use crate::tier::remote::{lock, millis, Inner, State, StoreEvent};
 
 /// Writes replayed per pipeline. Calls share the connection with the replay: a call waits
@@ -35,6 +37,11 @@ const REPLAY_PARALLEL: usize = 2;
 /// `probe_interval`, then switches back and replays; finishes a replay that a runtime
 /// shutdown interrupted.
 pub(crate) async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
+    // Through Sentinel: `+switch-master` wakes the probe at once.
+    let switched = weak
+        .upgrade()
+        .and_then(|inner| inner.link.as_ref().and_then(|l| l.switched()))
+        .unwrap_or_else(|| Arc::new(Notify::new()));
     loop {
         {
             let Some(inner) = weak.upgrade() else { return };
@@ -48,7 +55,17 @@ pub(crate) async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
                 }
                 State::Up | State::Disabled => {
                     drop(inner);
-                    wake.notified().await;
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = switched.notified() => {
+                            // The master moved while this instance was on the old one (a
+                            // planned failover; its connection was dropped): move now, not
+                            // at the next call.
+                            if let Some(inner) = weak.upgrade() {
+                                inner.trip(&"the sentinels moved the master");
+                            }
+                        }
+                    }
                     continue;
                 }
             }
@@ -57,13 +74,19 @@ pub(crate) async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
         loop {
             let Some(inner) = weak.upgrade() else { return };
             if inner.state.get() != State::Down || recover(&inner).await {
+                // An announcement that came while reconnecting is about the master just
+                // reached: it must not move the link off again.
+                let _ = futures::FutureExt::now_or_never(switched.notified());
                 break;
             }
             let max = inner.probe_interval;
             drop(inner);
             let jittered = delay.mul_f64(rand::random_range(0.5..=1.0));
-            tokio::time::sleep(jittered).await;
-            delay = (delay * 2).min(max);
+            tokio::select! {
+                () = tokio::time::sleep(jittered) => delay = (delay * 2).min(max),
+                // A new master was announced: probe it now.
+                () = switched.notified() => delay = Duration::from_millis(10),
+            }
         }
     }
 }
@@ -76,10 +99,14 @@ async fn recover(inner: &Inner) -> bool {
         tracing::debug!(error = %failure, "redis still unavailable");
         return false;
     }
-    match Scripts::load(link).await {
-        Ok(scripts) => inner.set_scripts(scripts),
+    // With the scripts, the replay window opens (at once: one round trip): other
+    // instances may be replaying too (or this one is about to), and from now on their
+    // deletes leave tombstones, so no replayed write can undo them. Before any call of
+    // this instance goes to Redis again.
+    match tokio::try_join!(Scripts::load(link), open_window(inner, link)) {
+        Ok((scripts, ())) => inner.set_scripts(scripts),
         Err(why) => {
-            tracing::debug!(error = %why, "redis answers but the replay scripts could not be loaded");
+            tracing::debug!(error = %why, "redis answers but the replay scripts could not be loaded or the replay window opened");
             return false;
         }
     }
@@ -137,6 +164,30 @@ async fn recover(inner: &Inner) -> bool {
     replay(inner, link, started).await
 }
 
+/// Opens (or keeps open) the replay window, for [`TOMBSTONE_TTL`]: while it is open,
+/// live deletes of every instance leave tombstones (see the log's module documentation).
+/// Not on a cluster, where every delete leaves one. A refusal (an ACL user whose key
+/// patterns leave out the window key) is logged, not an outage: that user's deletes then
+/// leave a tombstone every time.
+async fn open_window(inner: &Inner, link: &RedisLink) -> Result<(), BackendError> {
+    if link.is_cluster() {
+        return Ok(());
+    }
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(inner.rkey(WINDOW_KEY))
+        .arg(&inner.instance)
+        .arg("PX")
+        .arg(millis(TOMBSTONE_TTL));
+    match link.query::<()>(&cmd).await {
+        Ok(()) => Ok(()),
+        Err(Failure::Rejected(why)) => {
+            tracing::debug!(error = %why, "redis refused the replay window key");
+            Ok(())
+        }
+        Err(Failure::Unavailable(why)) => Err(why),
+    }
+}
+
 /// Takes the next round of writes from the log: up to [`REPLAY_PARALLEL`] batches.
 fn take_round(inner: &Inner) -> Vec<Vec<(String, Pending)>> {
     let mut log = lock(&inner.log);
@@ -162,9 +213,20 @@ async fn replay_round(
 /// `false` when Redis failed again (the state is then `Down`).
 async fn replay(inner: &Inner, link: &RedisLink, started: Instant) -> bool {
     let replayed_before = inner.counters.replayed.load(Ordering::Relaxed);
+    // The replay window is renewed while the replay lasts (and opened again when a replay
+    // that a runtime shutdown interrupted resumes).
+    let mut window_at: Option<Instant> = None;
     loop {
         if inner.state.get() != State::Replaying {
             return false;
+        }
+        if window_at.is_none_or(|at| at.elapsed() >= TOMBSTONE_TTL / 4) {
+            if let Err(why) = open_window(inner, link).await {
+                tracing::warn!(error = %why, "redis failed again during the replay");
+                inner.trip(&why);
+                return false;
+            }
+            window_at = Some(Instant::now());
         }
         let batches = take_round(inner);
         {
@@ -318,20 +380,25 @@ async fn replay_batch(
                         }
                     },
                 };
+                let tombstone = tombstone_key(&rkey, link.is_cluster());
                 cmd.arg("EVALSHA")
                     .arg(&scripts.set_sha)
-                    .arg(1)
+                    .arg(1 + usize::from(tombstone.is_some()))
                     .arg(&rkey)
+                    .arg(tombstone)
                     .arg(&bytes[..])
                     .arg(*written_at_ms)
                     .arg(px);
             }
             Pending::Delete { at_ms } => {
+                let tombstone = tombstone_key(&rkey, link.is_cluster());
                 cmd.arg("EVALSHA")
                     .arg(&scripts.del_sha)
-                    .arg(1)
+                    .arg(1 + usize::from(tombstone.is_some()))
                     .arg(&rkey)
-                    .arg(*at_ms);
+                    .arg(tombstone)
+                    .arg(*at_ms)
+                    .arg(millis(TOMBSTONE_TTL));
                 conditional = false;
             }
             Pending::Incr { delta, sent: parts } => {

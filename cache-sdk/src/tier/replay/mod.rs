@@ -19,6 +19,17 @@
 //! the increments made meanwhile; the script adds only the parts whose numbers are above
 //! the recorded one, so each increment is applied once, whichever of the attempts runs.
 //!
+//! **A delete made elsewhere is not undone.** After a `DEL` nothing is left in Redis to
+//! compare an older replayed `SET` with, so deletes leave a *tombstone* beside the key
+//! ([`tombstone_key`], `<key>:~deleted`, holding the delete's time, kept for
+//! [`TOMBSTONE_TTL`]), and the replayed `SET` is skipped when the tombstone is at or after
+//! its written-at time. A replayed delete always leaves one. A live delete leaves one only
+//! while the *replay window* is open: every instance that comes back from an outage opens
+//! it ([`window_key`], a key set for [`TOMBSTONE_TTL`], renewed while it replays) before it
+//! serves from Redis again, and the delete script checks it atomically. On a cluster the
+//! window key lives in another hash slot than the deleted key, so every delete leaves a
+//! tombstone there.
+//!
 //! A key is *pending* while its entry waits in the log or is *in flight* (taken by a
 //! replay whose answer has not come). The remote tier asks the log about the keys of each
 //! call while it replays ([`ReplayLog::take_keys`]); see `remote.rs` for the rule.
@@ -40,6 +51,12 @@ pub(crate) mod driver;
 /// How long Redis remembers which increments of an instance it applied. An increment whose
 /// replay failed and is sent again later than this after the first attempt may count twice.
 pub(crate) const MARKER_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a delete's tombstone is kept, and how long the replay window stays open after
+/// the last instance came back from an outage (or last renewed it while replaying). A
+/// replayed `SET` that reaches its key later than this after another instance deleted the
+/// key (a replay that keeps failing for that long) may bring the key back.
+pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
 /// A write to replay.
 #[derive(Debug, Clone)]
@@ -241,12 +258,34 @@ impl ReplayLog {
 /// `a}b` or `a{b`): no marker fits, and the increment is replayed without one (an increment whose
 /// replay failed may then count twice).
 pub(crate) fn marker_key(rkey: &str, instance: &str, cluster: bool) -> Option<String> {
+    beside(rkey, &format!(":~replayed:{instance}"), cluster)
+}
+
+/// The key beside `rkey` where a delete leaves its time (see the module documentation);
+/// in the same hash slot, as [`marker_key`] is. `None` where no such key fits on a cluster
+/// (the delete then leaves no tombstone).
+pub(crate) fn tombstone_key(rkey: &str, cluster: bool) -> Option<String> {
+    beside(rkey, ":~deleted", cluster)
+}
+
+/// Whether `rkey` is one of the replay's keys beside a cache key (a tombstone or an
+/// increment marker), which a `SCAN` of the cache's keys leaves out.
+pub(crate) fn is_beside_key(rkey: &str) -> bool {
+    rkey.ends_with(":~deleted") || rkey.contains(":~deleted{") || rkey.contains(":~replayed:")
+}
+
+/// The key that holds the replay window open (see the module documentation), given the
+/// namespaced form of [`WINDOW_KEY`].
+pub(crate) const WINDOW_KEY: &str = "__cache-sdk__:replay-window";
+
+/// `rkey` followed by `suffix`, in `rkey`'s hash slot on a cluster.
+fn beside(rkey: &str, suffix: &str, cluster: bool) -> Option<String> {
     if !cluster || hash_tag(rkey).is_some() {
         // On a cluster a key with a hash tag keeps it when something is appended.
-        Some(format!("{rkey}:~replayed:{instance}"))
+        Some(format!("{rkey}{suffix}"))
     } else if !rkey.contains(['{', '}']) {
-        // The whole key is hashed: make it the marker's hash tag.
-        Some(format!("{rkey}:~replayed:{instance}{{{rkey}}}"))
+        // The whole key is hashed: make it the new key's hash tag.
+        Some(format!("{rkey}{suffix}{{{rkey}}}"))
     } else {
         None
     }
@@ -262,14 +301,20 @@ fn hash_tag(key: &str) -> Option<&str> {
 }
 
 /// `SET` unless Redis holds an envelope written at or after ours (a newer write, or this
-/// very write applied by an earlier attempt).
-/// KEYS[1] key; ARGV[1] value, ARGV[2] our written-at ms, ARGV[3] PX ms or 0 for none.
+/// very write applied by an earlier attempt), or the key was deleted at or after it (its
+/// tombstone).
+/// KEYS[1] key, KEYS[2] (optional) its tombstone; ARGV[1] value, ARGV[2] our written-at
+/// ms, ARGV[3] PX ms or 0 for none.
 pub(crate) const SET_SCRIPT: &str = r"
 local ok, cur = pcall(redis.call, 'GET', KEYS[1])
 if ok and cur and string.len(cur) >= 23 and string.byte(cur, 1) == 202 then
   local ts = 0
   for i = 15, 8, -1 do ts = ts * 256 + string.byte(cur, i) end
   if ts >= tonumber(ARGV[2]) then return 0 end
+end
+if KEYS[2] then
+  local okd, del = pcall(redis.call, 'GET', KEYS[2])
+  if okd and del and (tonumber(del) or 0) >= tonumber(ARGV[2]) then return 0 end
 end
 if ARGV[3] == '0' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -279,14 +324,36 @@ end
 return 1
 ";
 
-/// `DEL` unless Redis holds an envelope written later than the delete.
-/// KEYS[1] key; ARGV[1] the delete's time in ms.
+/// `DEL` unless Redis holds an envelope written later than the delete; a delete that
+/// applies leaves its tombstone (a later tombstone is kept).
+/// KEYS[1] key, KEYS[2] (optional) its tombstone; ARGV[1] the delete's time in ms,
+/// ARGV[2] the tombstone's TTL in ms.
 pub(crate) const DEL_SCRIPT: &str = r"
 local ok, cur = pcall(redis.call, 'GET', KEYS[1])
 if ok and cur and string.len(cur) >= 23 and string.byte(cur, 1) == 202 then
   local ts = 0
   for i = 15, 8, -1 do ts = ts * 256 + string.byte(cur, i) end
   if ts > tonumber(ARGV[1]) then return 0 end
+end
+if KEYS[2] then
+  local okd, del = pcall(redis.call, 'GET', KEYS[2])
+  if not (okd and del and (tonumber(del) or 0) >= tonumber(ARGV[1])) then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  end
+end
+return redis.call('DEL', KEYS[1])
+";
+
+/// A live `DEL` that leaves its tombstone while the replay window is open (always, when no
+/// window key is given: on a cluster). Answers the number of keys deleted, as `DEL`.
+/// KEYS[1] key, KEYS[2] its tombstone, KEYS[3] (optional) the window key; ARGV[1] the
+/// delete's time in ms, ARGV[2] the tombstone's TTL in ms.
+pub(crate) const LIVE_DEL_SCRIPT: &str = r"
+if (not KEYS[3]) or redis.call('EXISTS', KEYS[3]) == 1 then
+  local okd, del = pcall(redis.call, 'GET', KEYS[2])
+  if not (okd and del and (tonumber(del) or 0) >= tonumber(ARGV[1])) then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  end
 end
 return redis.call('DEL', KEYS[1])
 ";
@@ -476,5 +543,29 @@ mod tests {
         assert_eq!(marker_key("a}b", "i1", true), None);
         assert_eq!(marker_key("a{b", "i1", true), None);
         assert_eq!(marker_key("a{}b", "i1", true), None);
+    }
+
+    #[test]
+    #[cfg(feature = "cluster")]
+    fn a_tombstone_shares_the_key_prefix_and_hash_slot() {
+        use redis::cluster_routing::Slot;
+        assert_eq!(
+            tombstone_key("cache:k", false).as_deref(),
+            Some("cache:k:~deleted")
+        );
+        for key in ["cache:k", "ns:sess:{abc}", "cache:user:7"] {
+            let Some(tombstone) = tombstone_key(key, true) else {
+                panic!("{key}: no tombstone");
+            };
+            assert!(tombstone.starts_with(key), "{tombstone}");
+            assert_eq!(Slot::for_key(key), Slot::for_key(&tombstone), "{key}");
+        }
+        assert_eq!(tombstone_key("a}b", true), None);
+        for key in ["cache:k", "sess:abc"] {
+            assert!(is_beside_key(&tombstone_key(key, false).unwrap()));
+            assert!(is_beside_key(&tombstone_key(key, true).unwrap()));
+            assert!(is_beside_key(&marker_key(key, "i1", true).unwrap()));
+            assert!(!is_beside_key(key));
+        }
     }
 }
