@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::{marker_key, tombstone_key, Pending, Scripts, MARKER_TTL, TOMBSTONE_TTL, WINDOW_KEY};
-use crate::error::BackendError;
+use crate::error::{BackendError, BackendErrorKind};
 use crate::tier::redis::{Failure, RedisLink};
 use crate::tier::remote::{lock, millis, Inner, State, StoreEvent};
 
@@ -32,6 +32,11 @@ use crate::tier::remote::{lock, millis, Inner, State, StoreEvent};
 const REPLAY_BATCH: usize = 256;
 /// Pipelines in flight at once during a replay.
 const REPLAY_PARALLEL: usize = 2;
+/// The smallest pipeline a replay shrinks to after timeouts.
+const REPLAY_BATCH_MIN: usize = 16;
+/// Replay rounds in a row that may time out (each with smaller pipelines) before the
+/// replay takes Redis for unavailable again.
+const REPLAY_TIMEOUTS: u32 = 3;
 
 /// The background task: while Redis is down, probes it with backoff (and jitter) up to
 /// `probe_interval`, then switches back and replays; finishes a replay that a runtime
@@ -188,11 +193,12 @@ async fn open_window(inner: &Inner, link: &RedisLink) -> Result<(), BackendError
     }
 }
 
-/// Takes the next round of writes from the log: up to [`REPLAY_PARALLEL`] batches.
-fn take_round(inner: &Inner) -> Vec<Vec<(String, Pending)>> {
+/// Takes the next round of writes from the log: up to [`REPLAY_PARALLEL`] batches of
+/// `size` writes.
+fn take_round(inner: &Inner, size: usize) -> Vec<Vec<(String, Pending)>> {
     let mut log = lock(&inner.log);
     (0..REPLAY_PARALLEL)
-        .map(|_| log.take(REPLAY_BATCH))
+        .map(|_| log.take(size))
         .filter(|b| !b.is_empty())
         .collect()
 }
@@ -211,8 +217,15 @@ async fn replay_round(
 
 /// Replays the log while the state is `Replaying`; turns it `Up` when nothing is pending.
 /// `false` when Redis failed again (the state is then `Down`).
+///
+/// A round that times out (a busy server, or calls queued on the same connection) is not
+/// an outage by itself: its writes are back in the log and the next rounds go out in
+/// smaller pipelines; only [`REPLAY_TIMEOUTS`] timed-out rounds in a row, or any other
+/// failure, take Redis for unavailable. (Calls that time out meanwhile still do.)
 async fn replay(inner: &Inner, link: &RedisLink, started: Instant) -> bool {
     let replayed_before = inner.counters.replayed.load(Ordering::Relaxed);
+    let mut size = REPLAY_BATCH;
+    let mut timeouts = 0;
     // The replay window is renewed while the replay lasts (and opened again when a replay
     // that a runtime shutdown interrupted resumes).
     let mut window_at: Option<Instant> = None;
@@ -228,7 +241,7 @@ async fn replay(inner: &Inner, link: &RedisLink, started: Instant) -> bool {
             }
             window_at = Some(Instant::now());
         }
-        let batches = take_round(inner);
+        let batches = take_round(inner, size);
         {
             let log = lock(&inner.log);
             if batches.is_empty() && log.is_empty() {
@@ -261,10 +274,23 @@ async fn replay(inner: &Inner, link: &RedisLink, started: Instant) -> bool {
             let _ = tokio::time::timeout(Duration::from_millis(10), settled).await;
             continue;
         }
-        if let Err(why) = replay_round(inner, link, batches).await {
-            tracing::warn!(error = %why, "redis failed again during the replay");
-            inner.trip(&why);
-            return false;
+        match replay_round(inner, link, batches).await {
+            Ok(()) => {
+                timeouts = 0;
+                size = (size * 2).min(REPLAY_BATCH);
+            }
+            Err(why)
+                if why.kind() == BackendErrorKind::Timeout && timeouts + 1 < REPLAY_TIMEOUTS =>
+            {
+                timeouts += 1;
+                size = (size / 4).max(REPLAY_BATCH_MIN);
+                tracing::debug!(error = %why, size, "replay round timed out; replaying in smaller pipelines");
+            }
+            Err(why) => {
+                tracing::warn!(error = %why, "redis failed again during the replay");
+                inner.trip(&why);
+                return false;
+            }
         }
     }
 }
