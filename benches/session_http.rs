@@ -24,7 +24,9 @@ use std::net::SocketAddr;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cache_sdk::session::{CacheSessionStore, Session, SessionConfig, SessionLayer, SessionSecrets, Sessions};
+use cache_sdk::session::{
+    CacheSessionStore, Session, SessionConfig, SessionLayer, SessionSecrets, Sessions,
+};
 use cache_sdk::Cache;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -71,9 +73,7 @@ fn profile(u: &UserSession) -> Result<Json<Profile>, StatusCode> {
 // ---- cache-sdk ----
 
 async fn ours_read(session: Option<Session<UserSession>>) -> Result<Json<Profile>, StatusCode> {
-    session
-        .ok_or(StatusCode::UNAUTHORIZED)?
-        .read(profile)
+    session.ok_or(StatusCode::UNAUTHORIZED)?.read(profile)
 }
 
 async fn ours_login(session: Session<UserSession>, body: String) -> StatusCode {
@@ -91,9 +91,7 @@ async fn ours(redis_url: &str) -> Result<Router, Box<dyn std::error::Error>> {
         .require_redis(true)
         .build()
         .await?;
-    let mut config = SessionConfig::new(SessionSecrets::new([
-        "bench-secret-bench-secret-bench!",
-    ])?);
+    let mut config = SessionConfig::new(SessionSecrets::new(["bench-secret-bench-secret-bench!"])?);
     config.cookie.secure = false;
     let sessions = Sessions::new(CacheSessionStore::new(cache), config)?;
     Ok(Router::new()
@@ -123,7 +121,9 @@ async fn theirs_login(session: tower_sessions::Session, body: String) -> StatusC
 fn theirs() -> Router {
     let layer = tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
         .with_secure(false)
-        .with_expiry(tower_sessions::Expiry::OnInactivity(time::Duration::days(1)));
+        .with_expiry(tower_sessions::Expiry::OnInactivity(time::Duration::days(
+            1,
+        )));
     Router::new()
         .route("/read", get(theirs_read))
         .route("/login", post(theirs_login))

@@ -6,11 +6,16 @@
 #
 #   scripts/bench-sessions-http.sh [ROUNDS] [SECONDS]      (default: 5 rounds of 10 s)
 #
+# PROFILE=1 also records a CPU profile of the cache-sdk server during its first round
+# (`perf record`, printed as `perf report` top entries at the end).
+#
 # Each round runs wrk (32 connections) against cache-sdk, then against tower-sessions
 # (A/B/A/B...), so that load from other work on the machine falls on both alike; the
-# summary is the median of the per-round ratios. Alongside each run, `perf stat` counts the
-# server's instructions (user and kernel), a measure per request that does not depend on
-# how busy the machine is; `INFO commandstats` deltas give the Redis commands per request
+# summary is the median of the per-round ratios. Alongside each run, `perf stat` measures
+# the server's CPU time (task-clock: user and kernel, every thread), so CPU time per request
+# is a second figure that depends much less on how busy the machine is than requests/s
+# (hardware counters such as `instructions` are not available on every VM);
+# `INFO commandstats` deltas give the Redis commands per request
 # (every command but INFO). Needs: wrk, redis-server, curl, perf (optional).
 set -euo pipefail
 
@@ -21,8 +26,12 @@ THREADS=${THREADS:-2}
 SESSIONS=${SESSIONS:-64}
 
 cd "$(dirname "$0")/.."
-cargo build --release -q -p cache-sdk-benches --bin session-http
-BIN=target/release/session-http
+# SESSION_HTTP_BIN: a server binary built earlier (to compare two builds of the SDK).
+BIN=${SESSION_HTTP_BIN:-}
+if [ -z "$BIN" ]; then
+    cargo build --release -q -p cache-sdk-benches --bin session-http
+    BIN=target/release/session-http
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -88,16 +97,21 @@ redis_calls() {
 }
 
 HAVE_PERF=0
-command -v perf >/dev/null 2>&1 && perf stat -e instructions:u true >/dev/null 2>&1 && HAVE_PERF=1
+command -v perf >/dev/null 2>&1 && perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
 
-# run NAME PORT PID SECONDS: prints "requests rps instr_u_per_req instr_k_per_req"
+# run NAME PORT PID SECONDS: prints "requests rps cpu_us_per_req"
 run() {
     local name=$1 port=$2 pid=$3 secs=$4
     local perf_out="$WORK/perf.$name"
     if [ "$HAVE_PERF" = 1 ]; then
-        perf stat -x, -e instructions:u,instructions:k -p "$pid" -o "$perf_out" -- sleep "$((secs + 1))" &
+        perf stat -x, -e task-clock -p "$pid" -o "$perf_out" -- sleep "$((secs + 1))" &
         local perf_pid=$!
         sleep 0.5
+    fi
+    local prof_pid=""
+    if [ "${PROFILE:-0}" = 1 ] && [ "$name" = ours ] && [ ! -e "$WORK/perf.data" ]; then
+        perf record -q -e cpu-clock -F 2000 -p "$pid" -o "$WORK/perf.data" -- sleep "$secs" >/dev/null 2>&1 &
+        prof_pid=$!
     fi
     local out
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" -s "$WORK/$name.lua" "http://127.0.0.1:$port/read")
@@ -106,51 +120,57 @@ run() {
         echo "$out" >&2
         exit 1
     fi
+    [ -z "$prof_pid" ] || wait "$prof_pid" || true
     local requests rps
     requests=$(awk '/requests in/ { print $1 }' <<<"$out")
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-    local iu="-" ik="-"
+    local cpu="-"
     if [ "$HAVE_PERF" = 1 ]; then
         wait "$perf_pid" || true
         # perf counted over secs+1 s: a little idle time at both ends (the server does
-        # nothing then), divided by the requests wrk counted.
-        iu=$(awk -F, -v r="$requests" '$3 ~ /instructions:u/ { printf "%.0f", $1 / r }' "$perf_out")
-        ik=$(awk -F, -v r="$requests" '$3 ~ /instructions:k/ { printf "%.0f", $1 / r }' "$perf_out")
+        # next to nothing then), divided by the requests wrk counted.
+        cpu=$(awk -F, -v r="$requests" '$3 ~ /task-clock/ { printf "%.2f", $1 * 1000 / r }' "$perf_out")
     fi
-    echo "$requests $rps $iu $ik"
+    echo "$requests $rps $cpu"
 }
 
 echo "warming up..."
 run ours "$OURS_PORT" "$OURS_PID" 3 >/dev/null
 run theirs "$THEIRS_PORT" "$THEIRS_PID" 3 >/dev/null
 
-printf '%-6s %-15s %12s %12s %10s %14s %14s\n' round server requests req/s ratio instr:u/req instr:k/req
+printf '%-6s %-15s %12s %12s %10s %16s\n' round server requests req/s ratio 'CPU µs/request'
 RATIOS=()
 IRATIOS=()
 OURS_REQUESTS=0
 OURS_CALLS=0
 for round in $(seq "$ROUNDS"); do
     before=$(redis_calls)
-    read -r oreq orps oiu oik <<<"$(run ours "$OURS_PORT" "$OURS_PID" "$SECONDS_PER_RUN")"
+    read -r oreq orps ocpu <<<"$(run ours "$OURS_PORT" "$OURS_PID" "$SECONDS_PER_RUN")"
     after=$(redis_calls)
     OURS_REQUESTS=$((OURS_REQUESTS + oreq))
     OURS_CALLS=$((OURS_CALLS + after - before))
-    read -r treq trps tiu tik <<<"$(run theirs "$THEIRS_PORT" "$THEIRS_PID" "$SECONDS_PER_RUN")"
+    read -r treq trps tcpu <<<"$(run theirs "$THEIRS_PORT" "$THEIRS_PID" "$SECONDS_PER_RUN")"
     ratio=$(awk -v a="$orps" -v b="$trps" 'BEGIN { printf "%.3f", a / b }')
     RATIOS+=("$ratio")
-    if [ "$oiu" != "-" ]; then
-        IRATIOS+=("$(awk -v a="$oiu" -v b="$oik" -v c="$tiu" -v d="$tik" 'BEGIN { printf "%.3f", (c + d) / (a + b) }')")
+    if [ "$ocpu" != "-" ]; then
+        IRATIOS+=("$(awk -v a="$ocpu" -v b="$tcpu" 'BEGIN { printf "%.3f", b / a }')")
     fi
-    printf '%-6s %-15s %12s %12s %10s %14s %14s\n' "$round" cache-sdk "$oreq" "$orps" "$ratio" "$oiu" "$oik"
-    printf '%-6s %-15s %12s %12s %10s %14s %14s\n' "$round" tower-sessions "$treq" "$trps" "" "$tiu" "$tik"
+    printf '%-6s %-15s %12s %12s %10s %16s\n' "$round" cache-sdk "$oreq" "$orps" "$ratio" "$ocpu"
+    printf '%-6s %-15s %12s %12s %10s %16s\n' "$round" tower-sessions "$treq" "$trps" "" "$tcpu"
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 echo
 echo "median requests/s ratio cache-sdk / tower-sessions(MemoryStore): $(median "${RATIOS[@]}")  (rounds: ${RATIOS[*]})"
 if [ "${#IRATIOS[@]}" -gt 0 ]; then
-    echo "median instructions-per-request ratio tower-sessions / cache-sdk (user+kernel): $(median "${IRATIOS[@]}")"
+    echo "median CPU-time-per-request ratio tower-sessions / cache-sdk (>= 1: cache-sdk is cheaper): $(median "${IRATIOS[@]}")  (rounds: ${IRATIOS[*]})"
 fi
 awk -v c="$OURS_CALLS" -v r="$OURS_REQUESTS" 'BEGIN { printf "Redis commands per cache-sdk request: %.5f (%d commands, %d requests)\n", c / r, c, r }'
 echo "commands by name over the whole run:"
 redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_' | cut -d, -f1
+if [ -e "$WORK/perf.data" ]; then
+    echo
+    echo "cache-sdk server profile (self time, top 40):"
+    perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -40
+fi
