@@ -114,7 +114,7 @@ impl<T: SessionData> Session<T> {
     /// }
     /// ```
     pub fn is_new(&self) -> bool {
-        self.id().is_none()
+        self.request.with_state(|s| s.is_new())
     }
 
     /// Whether there are changes not yet written.

@@ -5,6 +5,7 @@
 //! store key is that prefix and the id). Must not: log an id.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -31,7 +32,7 @@ const MAX_LEN: usize = 128;
 /// assert_eq!(SessionId::parse("not an id!"), None);
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionId(String);
+pub struct SessionId(Arc<str>);
 
 impl SessionId {
     /// A fresh id: 24 bytes from the operating system's CSPRNG, base64url without padding.
@@ -49,7 +50,7 @@ impl SessionId {
             // seeded from the OS) and a sound second source.
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
         }
-        SessionId(URL_SAFE_NO_PAD.encode(bytes))
+        SessionId(URL_SAFE_NO_PAD.encode(bytes).into())
     }
 
     /// Accepts an id read from a cookie or another store: 16 to 128 characters of
@@ -66,7 +67,7 @@ impl SessionId {
         let ok = (MIN_LEN..=MAX_LEN).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        ok.then(|| SessionId(s.to_owned()))
+        ok.then(|| SessionId(s.into()))
     }
 
     /// The id itself. It is a credential: do not log it.
@@ -88,7 +89,10 @@ impl SessionId {
     /// ```
     #[must_use]
     pub fn key(&self) -> String {
-        format!("{SESSION_PREFIX}{}", self.0)
+        let mut key = String::with_capacity(SESSION_PREFIX.len() + self.0.len());
+        key.push_str(SESSION_PREFIX);
+        key.push_str(&self.0);
+        key
     }
 }
 

@@ -9,8 +9,12 @@
 //!
 //! # What a request costs
 //!
-//! - The layer verifies the cookie's signature (no store access) and puts a lazy handle
-//!   into the request's extensions.
+//! - The layer verifies the cookie's signature on every request (HMAC-SHA256 of the id,
+//!   constant-time comparison; no store access) and puts a lazy handle into the
+//!   request's extensions. The check is not cached: with the CPU's SHA instructions it is
+//!   1–2% of a read-only request's CPU time over HTTP (`BENCHMARKS.md`), less than a
+//!   bounded map of verified cookies would cost to look up, and a cache keyed by cookie
+//!   values would be one more place where a forged value meets a valid one.
 //! - The store is read only when a handler extracts [`Session<T>`](super::Session): at most
 //!   one `GET` per request, and none when the record is held in L1 (with a coherent cache,
 //!   see [`CacheSessionStore`](super::CacheSessionStore)): a read-only request for a hot
@@ -21,6 +25,10 @@
 //!   [touch interval](super::SessionConfig::touch_interval) per process, with a refreshed
 //!   cookie; otherwise a read-only request costs that one `GET` (or nothing) and no write.
 //! - A new session nobody wrote to is not stored and gets no cookie.
+//! - On the read-only path of a session held in L1 nothing is decoded or copied (the
+//!   handler reads the value L1 shares), the session code locks only the request's own state,
+//!   and whether to touch is decided from the record L1 holds (it carries this process's
+//!   last touch), without a second lookup; no `Set-Cookie` is written.
 //!
 //! # Concurrent requests of one session
 //!
@@ -157,6 +165,12 @@ pub struct SessionSaveFailed {
     pub message: String,
 }
 
+/// A `Cookie` header as text, leniently: bytes that are not UTF-8 become U+FFFD (only
+/// the cookie holding them is then unusable). Borrowed when the header is valid.
+fn lossy(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
+}
+
 impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for SessionService<S>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -176,16 +190,23 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // Read leniently, as browsers and express do: a byte that is not visible ASCII in
         // one cookie (a sibling subdomain's, say) must not hide the others in the header.
-        let headers: Vec<std::borrow::Cow<'_, str>> = req
-            .headers()
-            .get_all(COOKIE)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()))
-            .collect();
-        let cookie = self
-            .sessions
-            .verify_header(headers.iter().map(std::convert::AsRef::as_ref));
-        drop(headers);
+        // A valid header is borrowed, not copied; one header (the usual case) needs no list.
+        let cookie = {
+            let mut values = req.headers().get_all(COOKIE).iter();
+            match (values.next(), values.next()) {
+                (None, _) => None,
+                (Some(one), None) => self.sessions.verify_header([lossy(one).as_ref()]),
+                (Some(first), Some(second)) => {
+                    let headers: Vec<_> = [first, second]
+                        .into_iter()
+                        .chain(values)
+                        .map(lossy)
+                        .collect();
+                    self.sessions
+                        .verify_header(headers.iter().map(std::convert::AsRef::as_ref))
+                }
+            }
+        };
         let handle = Arc::new(RequestSession::new(self.sessions.clone(), cookie));
         req.extensions_mut().insert(SessionHandle(handle.clone()));
         let fut = self.inner.call(req);

@@ -342,8 +342,9 @@ impl Sessions {
     }
 
     /// A lower bound of when the record expires in the store: its last save or this
-    /// process's last touch, plus its TTL, less a margin for the write's round trip.
-    fn stored_until<T>(&self, id: &SessionId, r: &SharedRecord<T>) -> std::time::Instant {
+    /// process's last touch, plus its TTL, less a margin for the write's round trip. Notes
+    /// that last refresh in the record (for [`Sessions::needs_touch`] on later reads).
+    fn stored_until<T>(&self, id: &SessionId, r: &mut SharedRecord<T>) -> std::time::Instant {
         let touched = self
             .inner
             .touched
@@ -351,6 +352,7 @@ impl Sessions {
             .and_then(|t| t.get(id))
             .unwrap_or(0);
         let base = r.saved_at_ms.unwrap_or(0).max(touched);
+        r.refreshed_ms = (base > 0).then_some(base);
         let ttl = u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX);
         let until = base.saturating_add(ttl).saturating_sub(STORE_MARGIN_MS);
         let left = until.saturating_sub(now_ms());
@@ -376,6 +378,7 @@ impl Sessions {
                 raw,
                 ttl: d.ttl.unwrap_or(cfg.ttl),
                 saved_at_ms: d.saved_at_ms,
+                refreshed_ms: d.saved_at_ms,
                 extra: d.extra,
             }),
             Err(e) => {
@@ -775,9 +778,11 @@ impl Sessions {
 
     /// Whether a session read now should have its expiry extended: not when this process
     /// refreshed it (save or touch) within the touch interval, nor when the record says it
-    /// was saved within it.
+    /// was saved within it. `refreshed_ms` is the record's save time, or later when this
+    /// process knew of a later touch when it read it (a record held in L1 carries it,
+    /// sparing the touch memory's lookup on most read-only requests).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn needs_touch(&self, id: &SessionId, saved_at_ms: Option<u64>) -> bool {
+    pub(crate) fn needs_touch(&self, id: &SessionId, refreshed_ms: Option<u64>) -> bool {
         let interval =
             u64::try_from(self.inner.config.touch_interval.as_millis()).unwrap_or(u64::MAX);
         if interval == 0 {
@@ -785,7 +790,7 @@ impl Sessions {
         }
         let now = now_ms();
         let recent = |t: u64| now.saturating_sub(t) < interval;
-        if saved_at_ms.is_some_and(recent) {
+        if refreshed_ms.is_some_and(recent) {
             return false;
         }
         !self

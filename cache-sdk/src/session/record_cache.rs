@@ -34,6 +34,12 @@ pub(crate) struct SharedRecord<T> {
     pub(crate) raw: Arc<[u8]>,
     pub(crate) ttl: Duration,
     pub(crate) saved_at_ms: Option<u64>,
+    /// The latest time (Unix ms) the store's expiry of this record is known to have been
+    /// refreshed when it was read: its save, or this process's last touch then. Kept with
+    /// the record in L1 so that a read-only request decides whether to touch without a
+    /// lookup in the touch memory (a touch evicts the record, so a copy in L1 is never
+    /// older than this process's last touch of it).
+    pub(crate) refreshed_ms: Option<u64>,
     pub(crate) extra: Map<String, Value>,
 }
 
@@ -44,6 +50,7 @@ impl<T> Clone for SharedRecord<T> {
             raw: self.raw.clone(),
             ttl: self.ttl,
             saved_at_ms: self.saved_at_ms,
+            refreshed_ms: self.refreshed_ms,
             extra: self.extra.clone(),
         }
     }
@@ -92,7 +99,8 @@ impl RecordCache {
     /// called only on a miss; what it reads is kept in L1 while coherence is active), else,
     /// while Redis is lost, from what L1 held before. `decode` turns stored bytes into a
     /// record (`None`: not a record of `T`); `stored_until` says until when the store
-    /// surely keeps a record just read.
+    /// surely keeps a record just read (and may note in it when it was last refreshed)
+    /// before it is kept in L1.
     ///
     /// # Errors
     /// The store's error.
@@ -101,7 +109,7 @@ impl RecordCache {
         id: &SessionId,
         read: impl FnOnce() -> R,
         decode: impl Fn(Arc<[u8]>) -> Option<SharedRecord<T>>,
-        stored_until: impl FnOnce(&SharedRecord<T>) -> Instant,
+        stored_until: impl FnOnce(&mut SharedRecord<T>) -> Instant,
     ) -> Result<Option<SharedRecord<T>>, SessionError>
     where
         T: Send + Sync + 'static,
@@ -118,12 +126,13 @@ impl RecordCache {
             let reserved = self.cache.backed_reserve::<CachedRecord<T>>(&key);
             return Ok(reserved.and_then(|held| record_of(held, &decode)));
         };
-        let Some(record) = decode(bytes.into()) else {
+        let Some(mut record) = decode(bytes.into()) else {
             return Ok(None);
         };
         if let Some(ticket) = ticket {
+            let stored_until = stored_until(&mut record);
             let cached = CachedRecord {
-                stored_until: stored_until(&record),
+                stored_until,
                 record: record.clone(),
             };
             self.cache.backed_insert(&key, Arc::new(cached), ticket);
@@ -156,6 +165,7 @@ mod tests {
             raw,
             ttl: Duration::from_secs(60),
             saved_at_ms: None,
+            refreshed_ms: None,
             extra: Map::new(),
         })
     }
@@ -168,7 +178,7 @@ mod tests {
             .create(b"hello".to_vec(), Duration::from_secs(60))
             .await
             .expect("created");
-        let until = |_: &SharedRecord<String>| Instant::now() + Duration::from_secs(60);
+        let until = |_: &mut SharedRecord<String>| Instant::now() + Duration::from_secs(60);
         let r = records
             .load(&id, || store.load(&id), decode, until)
             .await

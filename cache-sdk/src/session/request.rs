@@ -162,7 +162,9 @@ struct State {
     /// The stored id; `None` while the session is new (not stored).
     id: Option<SessionId>,
     ttl: Duration,
-    saved_at_ms: Option<u64>,
+    /// When the stored record's expiry was last known to be refreshed (its save, or this
+    /// process's touch), for the touch decision.
+    refreshed_ms: Option<u64>,
     extra: Map<String, Value>,
     /// The record as stored when this request read or last wrote it: a save applies only
     /// over it (else merges into the newer one).
@@ -209,7 +211,7 @@ struct Pending {
     destroy: bool,
     regenerate: bool,
     snapshot: Snapshot,
-    saved_at_ms: Option<u64>,
+    refreshed_ms: Option<u64>,
     base: Option<Arc<[u8]>>,
 }
 
@@ -258,7 +260,7 @@ impl RequestSession {
             Some((id, r)) => {
                 st.id = Some(id);
                 st.ttl = r.ttl;
-                st.saved_at_ms = r.saved_at_ms;
+                st.refreshed_ms = r.refreshed_ms;
                 st.extra = r.extra;
                 st.base = Some(r.raw.clone());
                 let data = match Arc::try_unwrap(r.data) {
@@ -271,7 +273,7 @@ impl RequestSession {
                 let fresh = Loaded::fresh(T::default(), self.sessions.config().ttl);
                 st.id = None;
                 st.ttl = fresh.ttl;
-                st.saved_at_ms = None;
+                st.refreshed_ms = None;
                 st.extra = fresh.extra;
                 st.base = None;
                 Cell::new(Data::Owned(fresh.data), format)
@@ -366,7 +368,7 @@ impl RequestSession {
                 ttl: st.ttl,
                 extra: st.extra.clone(),
             },
-            saved_at_ms: st.saved_at_ms,
+            refreshed_ms: st.refreshed_ms,
             base: st.base.clone(),
         })
     }
@@ -507,7 +509,7 @@ impl RequestSession {
     /// secret.
     async fn touch(&self, id: SessionId, p: &Pending) -> Result<(), SessionError> {
         let ttl = p.snapshot.ttl;
-        if self.sessions.needs_touch(&id, p.saved_at_ms) {
+        if self.sessions.needs_touch(&id, p.refreshed_ms) {
             let found = self.sessions.touch(&id, ttl).await?;
             let mut st = lock(&self.state);
             if found {
@@ -536,6 +538,9 @@ pub(crate) struct StateView<'a>(&'a mut State);
 impl StateView<'_> {
     pub(crate) fn id(&self) -> Option<SessionId> {
         self.0.id.clone()
+    }
+    pub(crate) fn is_new(&self) -> bool {
+        self.0.id.is_none()
     }
     pub(crate) fn changed(&mut self) {
         self.0.generation += 1;
