@@ -904,8 +904,7 @@ impl Cache {
                 throttled_until_ms: 0,
             }))),
             (_, Err(e)) | (Err(e), _) => {
-                bump(&self.inner.counters.decode_errors);
-                tracing::warn!(key = log_key(key), error = %e, expected = std::any::type_name::<T>(), "cached value does not decode; treated as a miss");
+                self.decode_failed::<T>(key, &e);
                 Ok(None)
             }
         }
