@@ -21,6 +21,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# tests/tests/metrics.rs parses the reference server's /metrics with the Prometheus project's
+# own parser (Python's prometheus_client).
+if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
+  echo "installing prometheus-client (Python) ..."
+  python3 -m pip install -q prometheus-client
+fi
+
 # The express-session compatibility test runs a Node app (tests/node) beside the Rust one
 # when node and npm are present; then its packages are installed from the lock file and the
 # test must run (CACHE_SDK_REQUIRE_NODE=1) instead of skipping.
@@ -47,7 +54,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # machine). The unit tests of the cache alone run too. (Its doc examples compile as well,
 # `cargo test -p cache-sdk --doc --no-default-features`, but that takes minutes: run it when
 # changing feature gates.)
-for features in "" sessions axum json dotenv tls cluster; do
+for features in "" sessions axum json dotenv tls cluster metrics; do
   echo "cache-sdk --no-default-features --features '$features'"
   cargo clippy -p cache-sdk --no-default-features --features "$features" -- -D warnings
 done

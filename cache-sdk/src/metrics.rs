@@ -134,8 +134,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub const OUTAGE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
 
 /// Gives the installed recorder each metric's unit and description (Prometheus shows them
-/// as `# HELP` lines). Call it once, after installing the recorder; calling it again is
-/// harmless.
+/// as `# HELP` lines), and registers the metrics that no cache registers when it is built
+/// (sessions, coalesced loads, load durations), so that they show as zero before their
+/// first event instead of being absent. Call it once, after installing the recorder;
+/// calling it again is harmless.
 ///
 /// ```
 /// cache_sdk::metrics::describe();
@@ -244,6 +246,27 @@ pub fn describe() {
     ];
     for (name, text) in histograms {
         describe_histogram!(name, Unit::Seconds, text);
+    }
+    for name in [
+        SESSION_CREATED,
+        SESSION_DESTROYED,
+        SESSION_REGENERATED,
+        SESSION_SECRET_ROTATIONS,
+        SESSION_SAVE_FAILURES,
+        LOAD_COALESCED,
+    ] {
+        ::metrics::counter!(name).increment(0);
+    }
+    for reason in ["bad_signature", "unknown_id"] {
+        ::metrics::counter!(
+            SESSION_REJECTED,
+            labels_of(&[("cache.session.reason", reason)])
+        )
+        .increment(0);
+    }
+    for result in ["ok", "error"] {
+        // Registered, not observed: an empty histogram.
+        let _ = ::metrics::histogram!(LOAD_DURATION, labels_of(&[("cache.load.result", result)]));
     }
 }
 
