@@ -26,7 +26,7 @@
 //! loader. Without the feature, nothing here exists at run time.
 //!
 //! Owns: the names, the handles, and the counters that count into both [`Stats`] and the
-//! recorder ([`Tally`], [`L2Tally`]). May import: the remote tier (to tell Redis from the
+//! recorder (`Tally`, `L2Tally`). May import: the remote tier (to tell Redis from the
 //! fallback), error kinds. Nothing depends on it for correctness.
 //!
 //! [`Stats`]: crate::Stats
