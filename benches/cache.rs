@@ -96,6 +96,30 @@ fn l1_hit(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(cache.get::<Product>(black_box(KEY)).await.expect("get")) })
     });
+    // With the `metrics` feature (`--features metrics`): the same hit on a cache whose
+    // counters go to a Prometheus recorder (the cache above has no recorder: no-op handles).
+    #[cfg(feature = "metrics")]
+    {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let recorded = metrics::with_local_recorder(&recorder, Cache::in_memory);
+        rt.block_on(async {
+            recorded
+                .set_arc(KEY, value.clone(), Ttl::Api)
+                .await
+                .expect("set");
+        });
+        g.bench_function("cache_sdk get_arc (Prometheus recorder)", |b| {
+            b.to_async(&rt).iter(|| async {
+                black_box(
+                    recorded
+                        .get_arc::<Product>(black_box(KEY))
+                        .await
+                        .expect("get"),
+                )
+            })
+        });
+        assert!(recorder.handle().render().contains("cache_requests"));
+    }
     g.finish();
 }
 

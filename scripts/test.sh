@@ -21,6 +21,23 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# tests/tests/metrics.rs parses the reference server's /metrics with the Prometheus project's
+# own parser (Python's prometheus_client).
+# From PyPI when pip can install it, else Debian's package (for Debian's own python3).
+if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
+  echo "installing prometheus-client (Python) ..."
+  if ! python3 -m pip install -q prometheus-client; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client >/dev/null
+      export CACHE_SDK_PYTHON=/usr/bin/python3
+    else
+      echo "error: tests/tests/metrics.rs needs Python's prometheus_client: pip install prometheus-client" >&2
+      exit 1
+    fi
+  fi
+fi
+
 # The express-session compatibility test runs a Node app (tests/node) beside the Rust one
 # when node and npm are present; then its packages are installed from the lock file and the
 # test must run (CACHE_SDK_REQUIRE_NODE=1) instead of skipping.
@@ -47,7 +64,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # machine). The unit tests of the cache alone run too. (Its doc examples compile as well,
 # `cargo test -p cache-sdk --doc --no-default-features`, but that takes minutes: run it when
 # changing feature gates.)
-for features in "" sessions axum json dotenv tls cluster; do
+for features in "" sessions axum json dotenv tls cluster metrics; do
   echo "cache-sdk --no-default-features --features '$features'"
   cargo clippy -p cache-sdk --no-default-features --features "$features" -- -D warnings
 done

@@ -257,6 +257,18 @@ impl CacheBuilder {
         self
     }
 
+    /// Shows keys in the cache's `tracing` spans (see [`CacheConfig::log_keys`]; off by
+    /// default, as keys can hold user ids).
+    ///
+    /// ```
+    /// let b = cache_sdk::Cache::builder().log_keys(true);
+    /// # let _ = b;
+    /// ```
+    pub fn log_keys(mut self, show: bool) -> Self {
+        self.cfg.log_keys = show;
+        self
+    }
+
     /// Prefix for every Redis key (`<namespace>:<key>`); no control or glob characters.
     ///
     /// ```

@@ -5,6 +5,8 @@
 mod cas;
 // Tags, `invalidate_tag` and `clear`.
 pub(crate) mod tags;
+// Spans, operation durations and the metrics sampler.
+mod observe;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use crate::ttl::{Ttl, TtlPresets};
 #[path = "load.rs"]
 pub(crate) mod load;
 use load::{Background, LoadOptions};
+use observe::Op;
 
 /// What a cached value must be: serde both ways, shareable across threads.
 /// Implemented for every such type.
@@ -102,6 +105,7 @@ struct Inner {
     remote: Remote,
     flights: Flights,
     counters: CacheCounters,
+    observe: observe::Observe,
     presets: TtlPresets,
     codec: Codec,
     /// The names of cached types, for the L2 envelope's type tag.
@@ -209,12 +213,14 @@ impl Cache {
             }
         });
         let pubsub = PubSub::new(cfg, tls, &types);
-        Cache {
+        let counters = CacheCounters::new(&remote);
+        let cache = Cache {
             inner: Arc::new(Inner {
                 local,
                 remote,
                 flights: Flights::default(),
-                counters: CacheCounters::default(),
+                counters,
+                observe: observe::Observe::new(cfg),
                 presets: cfg.ttl.clone(),
                 codec: cfg.codec,
                 types,
@@ -224,7 +230,9 @@ impl Cache {
                 load_defaults,
                 background: Background::default(),
             }),
-        }
+        };
+        observe::watch(&cache);
+        cache
     }
 
     /// Publish/subscribe (`pubsub.rs` adds the public methods).
@@ -286,7 +294,7 @@ impl Cache {
         }
         bump(&self.inner.counters.l1_misses);
         key::validate(key)?;
-        self.l2_get::<T>(key).await
+        self.traced(Op::Get, key, self.l2_get::<T>(key)).await
     }
 
     async fn l2_get<T: CacheValue>(&self, key: &str) -> Result<Option<Arc<T>>> {
@@ -346,13 +354,7 @@ impl Cache {
             }
             Err(e) => {
                 bump(&c.l2_misses);
-                bump(&c.decode_errors);
-                tracing::warn!(
-                    key = log_key(key),
-                    error = %e,
-                    expected = std::any::type_name::<T>(),
-                    "cached value does not decode; treated as a miss"
-                );
+                self.decode_failed::<T>(key, &e);
                 None
             }
         }
@@ -449,7 +451,9 @@ impl Cache {
         let bytes = self.encode_tagged(key, &*value, ttl, tag_names)?;
         let depends = tags.and_then(|t| t.depends(&bytes));
         let ticket = self.inner.local.ticket(key);
-        let result = self.inner.remote.set(key, bytes, Some(ttl)).await;
+        let result = self
+            .traced(Op::Set, key, self.inner.remote.set(key, bytes, Some(ttl)))
+            .await;
         match result {
             Ok(()) => {
                 self.inner.local.insert_own_depending(
@@ -490,7 +494,9 @@ impl Cache {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         key::validate(key)?;
         self.inner.local.invalidate(key);
-        let existed = self.inner.remote.delete(key).await;
+        let existed = self
+            .traced(Op::Delete, key, self.inner.remote.delete(key))
+            .await;
         // A concurrent read may have refilled L1 from the old value meanwhile.
         self.inner.local.invalidate(key);
         if matches!(existed, Ok(true)) {
@@ -692,7 +698,9 @@ impl Cache {
     pub async fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
         key::validate(key)?;
         self.inner.local.invalidate(key);
-        let n = self.inner.remote.incr_by(key, delta).await;
+        let n = self
+            .traced(Op::Incr, key, self.inner.remote.incr_by(key, delta))
+            .await;
         self.inner.local.invalidate(key);
         if n.is_ok() {
             self.written([key]).await;
@@ -844,22 +852,22 @@ impl Cache {
                 .inspect_err(|_| bump(&c.load_errors));
         }
 
-        self.inner
-            .flights
-            .run(
-                key,
-                || self.recheck::<T>(key),
-                || async {
-                    bump(&c.loads);
-                    loader().await.inspect_err(|_| bump(&c.load_errors))
-                },
-                |value| async move {
-                    if let Err(e) = self.set_arc_tagged(key, value, ttl, tags).await {
-                        tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
-                    }
-                },
-            )
-            .await
+        let flight = self.inner.flights.run(
+            key,
+            || self.recheck::<T>(key),
+            || async {
+                bump(&c.loads);
+                crate::metrics::timed_load(loader())
+                    .await
+                    .inspect_err(|_| bump(&c.load_errors))
+            },
+            |value| async move {
+                if let Err(e) = self.set_arc_tagged(key, value, ttl, tags).await {
+                    tracing::warn!(key = log_key(key), error = %e, "loaded value could not be cached");
+                }
+            },
+        );
+        self.traced(Op::GetOrLoad, key, flight).await
     }
 
     /// The single-flight leader's look before loading: L1 (another caller may have filled
@@ -982,7 +990,8 @@ impl Cache {
     /// ```
     pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
         key::validate(key)?;
-        self.inner.remote.get(key).await
+        self.traced(Op::GetRaw, key, self.inner.remote.get(key))
+            .await
     }
 
     /// Writes raw bytes to L2 (see [`Cache::get_raw`]); drops the key from L1.
@@ -1001,7 +1010,13 @@ impl Cache {
     pub async fn set_raw(&self, key: &str, bytes: Vec<u8>, ttl: impl Into<Ttl>) -> Result<()> {
         let ttl = self.check_raw(key, &bytes, &ttl.into())?;
         self.inner.local.invalidate(key);
-        let result = self.inner.remote.set(key, bytes, Some(ttl)).await;
+        let result = self
+            .traced(
+                Op::SetRaw,
+                key,
+                self.inner.remote.set(key, bytes, Some(ttl)),
+            )
+            .await;
         self.raw_written(key, result.is_ok()).await;
         result
     }

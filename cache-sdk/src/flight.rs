@@ -41,8 +41,9 @@
 //! Flights are keyed by the key alone: a waiter that wants another type than the one shared
 //! (one key read as two types) leads in turn, and its own check or load decides.
 //!
-//! This module imports only [`crate::tier::local::AnyValue`]; it knows nothing of tiers,
-//! counters or TTLs, which stay in the adapters.
+//! This module imports only [`crate::tier::local::AnyValue`] (and counts coalesced callers
+//! through `crate::metrics`); it knows nothing of tiers, counters or TTLs, which stay in the
+//! adapters.
 //!
 //! [`Cache`]: crate::Cache
 //! [`Cache::get_or_load`]: crate::Cache::get_or_load
@@ -180,6 +181,7 @@ impl Flights {
         let slot = member.slot.clone();
         let mut turn = slot.lock().await;
         if let Some(v) = shared_value::<V>(&turn) {
+            crate::metrics::coalesced();
             return Ok(v);
         }
         let value = match check().await {
@@ -218,6 +220,7 @@ impl SyncFlights {
         let slot = member.slot.clone();
         let mut turn = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(v) = shared_value::<V>(&turn) {
+            crate::metrics::coalesced();
             return Ok(v);
         }
         let value = match check() {

@@ -19,6 +19,9 @@
 //! - [`session`] (feature `sessions`): typed web sessions (signed cookies, `sess:{id}`
 //!   records, the axum extractor and tower layer with `axum`, express-session
 //!   compatibility).
+//! - `cache_sdk::metrics` (feature `metrics`): counters, gauges and histograms through the
+//!   `metrics` facade, for Prometheus, OpenTelemetry or any exporter; debug-level `tracing`
+//!   spans around each operation that reaches Redis (`docs/observability.md`).
 //! - [Cargo features](#cargo-features): what each feature adds, which are on by default, and
 //!   the crates the cache alone needs.
 //!
@@ -55,7 +58,13 @@ mod error;
 mod flight;
 mod global;
 pub mod key;
+mod log_limit;
 mod macros;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod pubsub;
 #[cfg(feature = "sessions")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sessions")))]

@@ -906,15 +906,14 @@ impl Cache {
             expired = None;
         }
         let stale = Mutex::new(expired);
+        let flight = self.inner.flights.run(
+            key,
+            || self.recheck_stamped::<T>(key, opts, &stale),
+            || self.lead(key, ttl, opts, loader, &stale),
+            |_| std::future::ready(()),
+        );
         let outcome = self
-            .inner
-            .flights
-            .run(
-                key,
-                || self.recheck_stamped::<T>(key, opts, &stale),
-                || self.lead(key, ttl, opts, loader, &stale),
-                |_| std::future::ready(()),
-            )
+            .traced(super::observe::Op::GetOrLoad, key, flight)
             .await;
         match outcome {
             Ok(entry) => {
@@ -962,7 +961,10 @@ impl Cache {
                 return None;
             }
         };
-        let s = found?;
+        let Some(s) = found else {
+            bump(&c.l2_misses);
+            return None;
+        };
         match s.standing(now_ms()) {
             Standing::Fresh => {
                 bump(&c.l2_hits);
@@ -1019,8 +1021,7 @@ impl Cache {
                 depends,
             }))),
             (_, Err(e)) | (Err(e), _) => {
-                bump(&self.inner.counters.decode_errors);
-                tracing::warn!(key = log_key(key), error = %e, expected = std::any::type_name::<T>(), "cached value does not decode; treated as a miss");
+                self.decode_failed::<T>(key, &e);
                 Ok(None)
             }
         }
@@ -1181,9 +1182,10 @@ impl Cache {
         let opts = opts.clone();
         bump(&self.inner.counters.loads);
         let task = async move {
-            let result = AssertUnwindSafe(async move { loader().await })
-                .catch_unwind()
-                .await;
+            let result =
+                AssertUnwindSafe(crate::metrics::timed_load(async move { loader().await }))
+                    .catch_unwind()
+                    .await;
             let Some(inner) = weak.upgrade() else { return };
             let cache = Cache { inner };
             let c = &cache.inner.counters;

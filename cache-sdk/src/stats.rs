@@ -1,9 +1,12 @@
 //! Counters and the [`Stats`] snapshot, with its [`StoreKind`] and [`CoherenceState`].
 
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use serde::Serialize;
+use std::fmt;
+
+#[cfg(feature = "metrics")]
+use crate::metrics::Sampled;
+use crate::metrics::{Count, L2Tally, Tally};
+use crate::tier::remote::Remote;
 
 /// A snapshot of the cache's state and counters, from [`Cache::stats`](crate::Cache::stats).
 ///
@@ -191,32 +194,77 @@ impl fmt::Display for CoherenceState {
     }
 }
 
+/// The cache's counters. Each one counts for [`Stats`] and, with the `metrics` feature, into
+/// the recorder installed when the cache was built (see [`crate::metrics`]).
 #[derive(Debug, Default)]
 pub(crate) struct CacheCounters {
-    pub(crate) l1_hits: AtomicU64,
-    pub(crate) l1_misses: AtomicU64,
-    pub(crate) l2_hits: AtomicU64,
-    pub(crate) l2_misses: AtomicU64,
-    pub(crate) loads: AtomicU64,
-    pub(crate) load_errors: AtomicU64,
-    pub(crate) decode_errors: AtomicU64,
-    pub(crate) stale_served: AtomicU64,
-    pub(crate) soft_timeouts: AtomicU64,
-    pub(crate) hard_timeouts: AtomicU64,
-    pub(crate) background_completions: AtomicU64,
-    pub(crate) refreshes_started: AtomicU64,
-    pub(crate) refreshes_completed: AtomicU64,
-    pub(crate) refreshes_failed: AtomicU64,
+    pub(crate) l1_hits: Tally,
+    pub(crate) l1_misses: Tally,
+    pub(crate) l2_hits: L2Tally,
+    pub(crate) l2_misses: L2Tally,
+    pub(crate) loads: Tally,
+    pub(crate) load_errors: Tally,
+    pub(crate) decode_errors: Tally,
+    pub(crate) stale_served: Tally,
+    pub(crate) soft_timeouts: Tally,
+    pub(crate) hard_timeouts: Tally,
+    pub(crate) background_completions: Tally,
+    pub(crate) refreshes_started: Tally,
+    pub(crate) refreshes_completed: Tally,
+    pub(crate) refreshes_failed: Tally,
+    /// What is sampled from the tiers for the recorder (gauges, replay and coherence counts).
+    #[cfg(feature = "metrics")]
+    pub(crate) sampled: Sampled,
 }
 
-#[inline]
-pub(crate) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+impl CacheCounters {
+    /// The counters of a cache whose L2 is `remote`, exported to the recorder installed now
+    /// (with the `metrics` feature).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn new(remote: &Remote) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        return Self::default();
+        #[cfg(feature = "metrics")]
+        {
+            use crate::metrics as m;
+            let t = Tally::exported;
+            Self {
+                l1_hits: t(
+                    m::REQUESTS,
+                    &[("cache.tier", "l1"), ("cache.result", "hit")],
+                ),
+                l1_misses: t(
+                    m::REQUESTS,
+                    &[("cache.tier", "l1"), ("cache.result", "miss")],
+                ),
+                l2_hits: L2Tally::exported(remote, "hit"),
+                l2_misses: L2Tally::exported(remote, "miss"),
+                loads: t(m::LOADS, &[]),
+                load_errors: t(m::LOAD_ERRORS, &[]),
+                decode_errors: t(m::DECODE_ERRORS, &[]),
+                stale_served: t(m::STALE_SERVED, &[]),
+                soft_timeouts: t(m::LOAD_TIMEOUTS, &[("cache.timeout", "soft")]),
+                hard_timeouts: t(m::LOAD_TIMEOUTS, &[("cache.timeout", "hard")]),
+                background_completions: t(m::LOAD_BACKGROUND_COMPLETIONS, &[]),
+                refreshes_started: t(m::REFRESHES, &[("cache.refresh.state", "started")]),
+                refreshes_completed: t(m::REFRESHES, &[("cache.refresh.state", "completed")]),
+                refreshes_failed: t(m::REFRESHES, &[("cache.refresh.state", "failed")]),
+                sampled: Sampled::exported(),
+            }
+        }
+    }
 }
 
+/// Adds one to a counter (a plain atomic, or one of [`CacheCounters`]).
 #[inline]
-pub(crate) fn read(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+pub(crate) fn bump(c: &impl Count) {
+    c.bump();
+}
+
+/// A counter's value.
+#[inline]
+pub(crate) fn read(c: &impl Count) -> u64 {
+    c.read()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use cache_sdk::Cache;
 use crate::db::Database;
 use crate::products::Catalog;
 use crate::ws::Realtime;
-use crate::{admin, auth, catalog, error, ops, products, session_api, ws};
+use crate::{admin, auth, catalog, error, metrics, ops, products, session_api, ws};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/products", get(catalog::list_products))
         .route("/api/cache/stats", get(ops::cache_stats))
         .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(metrics::render))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
@@ -120,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         // when a handler extracts `Session`, and written after it when the session changed.
         .layer(sessions)
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(metrics::track))
 }
 
 /// `Cache-Control: no-store` on answers that carry session data or set the session cookie,

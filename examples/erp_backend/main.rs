@@ -26,6 +26,7 @@ mod catalog;
 mod cors;
 mod db;
 mod error;
+mod metrics;
 mod ops;
 mod products;
 mod ratelimit;
@@ -102,6 +103,8 @@ async fn run(
 ) -> Result<(), String> {
     // The product database first: a file that cannot be used stops the server at once.
     let db = Database::open(database).await?;
+    // `GET /metrics`: the recorder must be in place before the cache registers its metrics.
+    metrics::install()?;
 
     // One cache for everything: product reads (#[cached]) and session records. Building it
     // never fails because Redis is away: it starts on the in-memory fallback and switches

@@ -195,6 +195,9 @@ pub struct CacheConfig {
     /// to [`l1_ttl`](Self::l1_ttl) after a change. Prefixes must not overlap (Redis refuses
     /// `cache:` with `cache:p`).
     pub coherence_prefixes: Vec<String>,
+    /// Show keys in the cache's `tracing` spans (off by default: keys can hold user ids;
+    /// session ids are never shown).
+    pub log_keys: bool,
 }
 
 impl Default for CacheConfig {
@@ -215,6 +218,7 @@ impl Default for CacheConfig {
             require_redis: false,
             coherence: Coherence::Auto,
             coherence_prefixes: Vec::new(),
+            log_keys: false,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! May import: nothing of the session module but the error; the caller passes the count
 //! as a closure. Must not: know the store or the cache.
 
+use crate::metrics::SessionEvent;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,11 +52,13 @@ pub(crate) struct SessionCount {
 impl SessionCount {
     /// A session was stored under a new id.
     pub(crate) fn created(&self) {
+        SessionEvent::Created.count();
         self.delta.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A stored session was deleted.
     pub(crate) fn destroyed(&self) {
+        SessionEvent::Destroyed.count();
         self.delta.fetch_sub(1, Ordering::Relaxed);
     }
 

@@ -7,6 +7,7 @@
 //! through it the store's [`RecordCache`](super::RecordCache), never a concrete store),
 //! the format, the cookie secrets. Must not: reach the cache or the tiers, or know HTTP.
 
+use crate::metrics::SessionEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,7 +229,9 @@ impl Sessions {
     /// ```
     #[must_use]
     pub fn verify(&self, value: &str) -> Option<Verified> {
-        self.inner.config.secrets.verify(value)
+        let verified = self.inner.config.secrets.verify(value);
+        SessionEvent::verified(verified.as_ref().map(|v| v.rotated));
+        verified
     }
 
     /// Finds and verifies the session cookie in `Cookie` header values (the first cookie

@@ -12,6 +12,7 @@
 //! (to copy shared data), the cookie check. Must not: know tower or HTTP types, or the
 //! cache under the store.
 
+use crate::metrics::SessionEvent;
 use std::any::Any;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -247,7 +248,7 @@ impl RequestSession {
         let found = match &self.cookie {
             None => None,
             Some(v) => match self.sessions.load_shared::<T>(&v.id).await {
-                Ok(found) => found.map(|l| (v.id.clone(), l)),
+                Ok(found) => SessionEvent::found(found).map(|l| (v.id.clone(), l)),
                 Err(e) => {
                     tracing::error!(error = %e, "session could not be read; starting a fresh session");
                     None
@@ -316,6 +317,7 @@ impl RequestSession {
                 None
             }
             Err(e) => {
+                SessionEvent::SaveFailed.count();
                 tracing::error!(error = %e, "session could not be saved; the response is sent without it");
                 Some(e)
             }
@@ -399,6 +401,7 @@ impl RequestSession {
         if let Some(old) = old {
             self.sessions.destroy(old).await?;
         }
+        SessionEvent::Regenerated.count();
         let mut st = lock(&self.state);
         st.id = None;
         st.regenerate = false;

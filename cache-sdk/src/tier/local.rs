@@ -176,7 +176,7 @@ impl Local {
     /// `capacity` entries at most (0 disables L1); no entry lives longer than `max_ttl`.
     pub(crate) fn new(capacity: u64, max_ttl: Duration) -> Self {
         let map = (capacity > 0 && !max_ttl.is_zero()).then(|| {
-            MokaCache::builder()
+            crate::metrics::on_l1_eviction(MokaCache::builder())
                 .max_capacity(capacity)
                 .expire_after(DeadlineExpiry)
                 .build()

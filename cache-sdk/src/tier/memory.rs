@@ -38,7 +38,7 @@ pub(crate) struct MemoryStore {
 impl MemoryStore {
     /// A store holding at most `max_bytes` of keys and values.
     pub(crate) fn new(max_bytes: u64) -> Self {
-        let map = MokaCache::builder()
+        let map = crate::metrics::on_fallback_eviction(MokaCache::builder())
             .max_capacity(max_bytes)
             .weigher(|k: &String, v: &MemEntry| {
                 u32::try_from(k.len() + v.bytes.len() + 64).unwrap_or(u32::MAX)
@@ -219,6 +219,12 @@ impl MemoryStore {
     pub(crate) fn len(&self) -> u64 {
         self.map.run_pending_tasks();
         self.map.entry_count()
+    }
+
+    /// Bytes held (keys, values and a fixed overhead per entry), as the capacity counts them.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.map.weighted_size()
     }
 
     pub(crate) fn clear(&self) {

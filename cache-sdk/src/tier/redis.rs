@@ -173,6 +173,8 @@ pub(crate) struct RedisLink {
     timeout: Duration,
     connect_timeout: Duration,
     pub(crate) address: String,
+    /// Round-trip latency and errors by kind (feature `metrics`).
+    metrics: crate::metrics::LinkMetrics,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -225,6 +227,7 @@ impl RedisLink {
             timeout,
             connect_timeout,
             address: cfg.display_address(),
+            metrics: crate::metrics::LinkMetrics::new(),
         })
     }
 
@@ -501,7 +504,9 @@ impl RedisLink {
         &self,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Failure> {
-        fut.await.map_err(|e| classify(&e))
+        self.metrics
+            .observe(async move { fut.await.map_err(|e| classify(&e)) })
+            .await
     }
 }
 
