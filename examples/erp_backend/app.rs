@@ -14,7 +14,7 @@ use cache_sdk::Cache;
 use crate::db::Database;
 use crate::products::Catalog;
 use crate::ws::Realtime;
-use crate::{admin, auth, error, ops, products, session_api, ws};
+use crate::{admin, auth, error, ops, products, products_bulk, session_api, ws};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
             "/api/session/stats",
             get(ops::session_stats).layer(middleware::map_response(no_store)),
         )
+        .route("/api/products", get(products_bulk::get_products))
         .route(
             "/api/products/{id}",
             get(products::get_product)

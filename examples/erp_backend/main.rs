@@ -23,6 +23,7 @@ mod db;
 mod error;
 mod ops;
 mod products;
+mod products_bulk;
 mod session_api;
 mod settings;
 mod ws;

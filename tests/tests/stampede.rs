@@ -241,3 +241,44 @@ async fn on_a_cluster_two_instances_make_one_load() {
     let loads = storm(&caches, "cache:st:cluster", 30, Duration::from_millis(200)).await;
     assert_eq!(loads, 1);
 }
+
+/// The origin behind the `#[cached]` function below: counts its calls.
+static MACRO_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+tokio::task_local! {
+    /// The instance a task plays (three caches in one test process).
+    static INSTANCE: Cache;
+}
+
+#[cache_sdk::cached(
+    key = "cache:st:macro:{id}",
+    ttl = "api",
+    cache = &INSTANCE.get(),
+    stampede = "distributed"
+)]
+async fn product_name(id: u64) -> String {
+    MACRO_LOADS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    format!("product {id}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_macro_option_takes_the_lock_across_instances() {
+    let server = RedisServer::start();
+    let caches = [
+        cache_with(&server, LoadOptions::new()).await,
+        cache_with(&server, LoadOptions::new()).await,
+        cache_with(&server, LoadOptions::new()).await,
+    ];
+    let mut tasks = Vec::new();
+    for cache in &caches {
+        for _ in 0..20 {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(INSTANCE.scope(cache, product_name(7))));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "product 7");
+    }
+    assert_eq!(MACRO_LOADS.load(Ordering::SeqCst), 1);
+}
