@@ -38,6 +38,7 @@ impl Which {
                 "refresh_ahead",
                 "crate",
                 "tags",
+                "stampede",
             ],
             Which::Evict => &["key", "cache", "tier", "before", "crate", "tags"],
             Which::Put => &["key", "ttl", "cache", "tier", "jitter", "crate", "tags"],
@@ -90,6 +91,8 @@ pub(crate) struct Options {
     /// `tags = ["product:{id}", "catalog"]`: the tags written (or, for `#[cache_evict]`,
     /// invalidated), with the span of the option.
     pub(crate) tags: Option<(Vec<LitStr>, Span)>,
+    /// `stampede = "distributed"`: whether one instance loads across the fleet.
+    pub(crate) stampede: Option<(bool, Span)>,
 }
 
 impl Options {
@@ -113,6 +116,7 @@ impl Options {
             hard_timeout: None,
             refresh_ahead: None,
             tags: None,
+            stampede: None,
         };
         let mut seen: Vec<String> = Vec::new();
         while !input.is_empty() {
@@ -159,6 +163,7 @@ impl Options {
                 }
                 "refresh_ahead" => o.refresh_ahead = Some(parse_fraction(input)?),
                 "tags" => o.tags = Some(crate::tags::parse(input, name.span())?),
+                "stampede" => o.stampede = Some(parse_stampede(input)?),
                 _ => {
                     let s: LitStr = input.parse()?;
                     o.krate = Some(s.parse().map_err(|_| {
@@ -207,6 +212,20 @@ fn parse_keys(which: Which, input: ParseStream<'_>) -> syn::Result<Vec<LitStr>> 
     Ok(vec![input.parse()?])
 }
 
+/// `stampede = "local"` (the default) or `"distributed"`; `true` for distributed.
+fn parse_stampede(input: ParseStream<'_>) -> syn::Result<(bool, Span)> {
+    let lit: Lit = input.parse()?;
+    let span = lit.span();
+    match &lit {
+        Lit::Str(s) if s.value() == "distributed" => Ok((true, span)),
+        Lit::Str(s) if s.value() == "local" => Ok((false, span)),
+        _ => Err(syn::Error::new(
+            span,
+            "unknown `stampede` mode: expected \"local\" (one load per process, the default) or \"distributed\" (one load across every instance on the same Redis, through a short Redis lock)",
+        )),
+    }
+}
+
 fn parse_tier(input: ParseStream<'_>) -> syn::Result<(Tier, Span)> {
     let s: LitStr = input.parse()?;
     let tier = match s.value().to_ascii_lowercase().as_str() {
@@ -252,6 +271,12 @@ impl Options {
             || self.soft_timeout.is_some()
             || self.hard_timeout.is_some()
             || self.refresh_ahead.is_some()
+            || self.distributed()
+    }
+
+    /// Whether `stampede = "distributed"` was given.
+    pub(crate) fn distributed(&self) -> bool {
+        self.stampede.is_some_and(|(d, _)| d)
     }
 
     /// The span of the first resilience option, for errors about them all.
@@ -261,6 +286,7 @@ impl Options {
             .or(self.soft_timeout.map(|(_, s)| s))
             .or(self.hard_timeout.map(|(_, s)| s))
             .or(self.refresh_ahead.map(|(_, s)| s))
+            .or(self.stampede.filter(|(d, _)| *d).map(|(_, s)| s))
     }
 }
 
@@ -472,6 +498,26 @@ mod tests {
         assert!(error(Which::Cached, quote::quote!(key = "a", jitter = 0.9)).contains("jitter"));
         assert!(
             error(Which::Cached, quote::quote!(key = "a", tier = "l2")).contains("unknown tier")
+        );
+    }
+
+    #[test]
+    fn stampede_modes() {
+        let o = options(
+            Which::Cached,
+            quote::quote!(key = "a", stampede = "distributed"),
+        )
+        .unwrap();
+        assert!(o.distributed() && o.resilient());
+        let o = options(Which::Cached, quote::quote!(key = "a", stampede = "local")).unwrap();
+        assert!(!o.distributed() && !o.resilient());
+        assert!(
+            error(Which::Cached, quote::quote!(key = "a", stampede = "global"))
+                .contains("unknown `stampede` mode")
+        );
+        assert!(
+            error(Which::Put, quote::quote!(key = "a", stampede = "local"))
+                .contains("unknown option `stampede`")
         );
     }
 

@@ -291,7 +291,11 @@ impl Gen<'_> {
             .opts
             .refresh_ahead
             .map(|(f, _)| quote!(.refresh_ahead(#f)));
-        quote!(#p::LoadOptions::new() #fail_safe #soft #hard #refresh)
+        let stampede = self
+            .opts
+            .distributed()
+            .then(|| quote!(.stampede(#p::Stampede::Distributed)));
+        quote!(#p::LoadOptions::new() #fail_safe #soft #hard #refresh #stampede)
     }
 
     /// `<name>_invalidate(<key arguments>)`: drops the cached value for those arguments.

@@ -33,8 +33,12 @@ use crate::tier::remote::{Remote, StoreEvent};
 use crate::tls::TlsMaterial;
 use crate::ttl::{Ttl, TtlPresets};
 
+#[path = "bulk.rs"]
+pub(crate) mod bulk;
 #[path = "load.rs"]
 pub(crate) mod load;
+#[path = "stampede.rs"]
+pub(crate) mod stampede;
 use load::{Background, LoadOptions};
 use observe::Op;
 

@@ -38,6 +38,12 @@
 //!   stays, so that callers arriving meanwhile queue behind the new leader instead of
 //!   starting a second load.
 //!
+//! Batch loaders ([`Cache::get_many_or_load`]) use the same flights through
+//! [`Flights::run_many`]: a caller takes the turns of every free key at once, checks and
+//! loads those with one call, shares each value in its key's slot, and only then waits for
+//! the keys other callers hold (never holding a turn while it waits, so overlapping batches
+//! cannot deadlock). A single `get_or_load` and a batch on the same key exclude each other.
+//!
 //! Flights are keyed by the key alone: a waiter that wants another type than the one shared
 //! (one key read as two types) leads in turn, and its own check or load decides.
 //!
@@ -47,6 +53,7 @@
 //!
 //! [`Cache`]: crate::Cache
 //! [`Cache::get_or_load`]: crate::Cache::get_or_load
+//! [`Cache::get_many_or_load`]: crate::Cache::get_many_or_load
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -100,6 +107,8 @@ struct Member<'a, L> {
     slot: Arc<L>,
     /// Set when this caller shared a value: the flight has ended.
     shared: bool,
+    /// Set once this caller has left the flight.
+    left: bool,
 }
 
 impl<L> FlightMap<L> {
@@ -122,6 +131,7 @@ impl<L: Default> FlightMap<L> {
             key,
             slot: flight.slot.clone(),
             shared: false,
+            left: false,
         }
     }
 
@@ -132,8 +142,14 @@ impl<L: Default> FlightMap<L> {
     }
 }
 
-impl<L> Drop for Member<'_, L> {
-    fn drop(&mut self) {
+impl<L> Member<'_, L> {
+    /// Leaves the flight now (it ends when this member shared a value); dropping the
+    /// member afterwards does nothing more.
+    fn leave(&mut self) {
+        if self.left {
+            return;
+        }
+        self.left = true;
         let mut map = self.flights.lock();
         let Some(flight) = map.get_mut(self.key) else {
             return;
@@ -146,6 +162,12 @@ impl<L> Drop for Member<'_, L> {
         if self.shared || flight.members == 0 {
             map.remove(self.key);
         }
+    }
+}
+
+impl<L> Drop for Member<'_, L> {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -197,6 +219,110 @@ impl Flights {
         member.shared = true;
         drop(member);
         Ok(value)
+    }
+}
+
+/// How one key of a [`Flights::run_many`] call ended: a value, or nothing (the batch loader
+/// had nothing for the key, or the caller left it out).
+pub(crate) type Resolved<V> = Option<Arc<V>>;
+
+impl Flights {
+    /// [`Flights::run`] for many keys at once, for batch loaders: the keys whose turn this
+    /// caller gets are checked together (`check`, given their indices into `keys`), the
+    /// ones still missing are loaded with **one** call of `load`, and what it returns is
+    /// stored with one `fill` and shared with the waiters of each key. The keys another
+    /// caller is loading are awaited, not loaded again; when that caller fails or is
+    /// cancelled, this one takes their turns in a next round. A caller never holds a
+    /// key's turn while it waits for another's, so overlapping batches cannot deadlock.
+    ///
+    /// `keys` must be distinct. The answer has one entry per key, in order. `check` and
+    /// `load` answer one entry per index given, in the order given.
+    ///
+    /// # Errors
+    /// `load`'s error, to this caller only; the keys it led are released empty.
+    pub(crate) async fn run_many<V, E, C, CF, L, LF, F, FF>(
+        &self,
+        keys: &[String],
+        mut check: C,
+        mut load: L,
+        mut fill: F,
+    ) -> Result<Vec<Resolved<V>>, E>
+    where
+        V: Send + Sync + 'static,
+        C: FnMut(Vec<usize>) -> CF,
+        CF: Future<Output = Vec<Resolved<V>>>,
+        L: FnMut(Vec<usize>) -> LF,
+        LF: Future<Output = Result<Vec<Resolved<V>>, E>>,
+        F: FnMut(Vec<(usize, Arc<V>)>) -> FF,
+        FF: Future<Output = ()>,
+    {
+        let mut members: Vec<Member<'_, tokio::sync::Mutex<Shared>>> =
+            keys.iter().map(|k| self.join(k)).collect();
+        let mut out: Vec<Option<Resolved<V>>> = keys.iter().map(|_| None).collect();
+        loop {
+            // Take every free turn; note the keys another caller holds.
+            let mut turns = Vec::new();
+            let mut busy = None;
+            for (i, member) in members.iter().enumerate() {
+                if out[i].is_some() {
+                    continue;
+                }
+                match member.slot.clone().try_lock_owned() {
+                    Ok(turn) => match shared_value::<V>(&turn) {
+                        Some(v) => out[i] = Some(Some(v)),
+                        None => turns.push((i, turn)),
+                    },
+                    Err(_) => {
+                        busy.get_or_insert(i);
+                    }
+                }
+            }
+            if !turns.is_empty() {
+                let led: Vec<usize> = turns.iter().map(|(i, _)| *i).collect();
+                let found = check(led.clone()).await;
+                let mut missing = Vec::new();
+                for (&i, v) in led.iter().zip(found) {
+                    match v {
+                        Some(v) => out[i] = Some(Some(v)),
+                        None => missing.push(i),
+                    }
+                }
+                if !missing.is_empty() {
+                    let loaded = load(missing.clone()).await?;
+                    let mut stored = Vec::new();
+                    for (&i, v) in missing.iter().zip(loaded) {
+                        if let Some(v) = &v {
+                            stored.push((i, v.clone()));
+                        }
+                        out[i] = Some(v);
+                    }
+                    if !stored.is_empty() {
+                        fill(stored).await;
+                    }
+                }
+                for (i, mut turn) in turns {
+                    if let Some(Some(v)) = &out[i] {
+                        *turn = Some(v.clone() as AnyValue);
+                        members[i].shared = true;
+                    }
+                    // Ends the key's flight before its turn is released.
+                    let member = &mut members[i];
+                    if member.shared {
+                        member.leave();
+                    }
+                    drop(turn);
+                }
+            }
+            let Some(i) = busy else { break };
+            // Wait for one busy key's turn, holding none; the next round takes the rest.
+            let slot = members[i].slot.clone();
+            let turn = slot.lock().await;
+            if let Some(v) = shared_value::<V>(&turn) {
+                out[i] = Some(Some(v));
+            }
+        }
+        drop(members);
+        Ok(out.into_iter().map(Option::flatten).collect())
     }
 }
 
@@ -392,6 +518,57 @@ mod tests {
             )
             .await;
         assert_eq!(*v.unwrap(), 3);
+        assert!(flights.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn overlapping_batches_load_each_key_once() {
+        let flights = Arc::new(Flights::default());
+        let asked = Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+        let (release, released) = oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let batch = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+        let run = |keys: Vec<String>| {
+            let (flights, asked, released) = (flights.clone(), asked.clone(), released.clone());
+            tokio::spawn(async move {
+                let names = keys.clone();
+                flights
+                    .run_many::<String, (), _, _, _, _, _, _>(
+                        &keys,
+                        |led| std::future::ready(led.iter().map(|_| None).collect()),
+                        |led: Vec<usize>| {
+                            let names: Vec<String> =
+                                led.iter().map(|&i| names[i].clone()).collect();
+                            asked.lock().unwrap().push(names.clone());
+                            let released = released.clone();
+                            async move {
+                                if let Some(rx) = released.lock().await.take() {
+                                    let _ = rx.await;
+                                }
+                                Ok(names.into_iter().map(|n| Some(Arc::new(n))).collect())
+                            }
+                        },
+                        |_| std::future::ready(()),
+                    )
+                    .await
+            })
+        };
+        let a = run(batch(&["a", "b"]));
+        settle().await;
+        let b = run(batch(&["b", "c"]));
+        settle().await;
+        release.send(()).unwrap();
+        let a = a.await.unwrap().unwrap();
+        let b = b.await.unwrap().unwrap();
+        let text = |v: Vec<Option<Arc<String>>>| {
+            v.into_iter()
+                .map(|x| x.map(|s| (*s).clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(text(a), vec![Some("a".into()), Some("b".into())]);
+        assert_eq!(text(b), vec![Some("b".into()), Some("c".into())]);
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked, vec![batch(&["a", "b"]), batch(&["c"])]);
         assert!(flights.is_empty());
     }
 

@@ -79,9 +79,11 @@ mod ttl;
 pub mod __private;
 
 pub use builder::CacheBuilder;
+pub use cache::bulk::BulkOptions;
 pub use cache::load::{
     Entry, LoadError, LoadOptions, LoadTimeout, StaleReason, DEFAULT_FAIL_SAFE_THROTTLE,
 };
+pub use cache::stampede::{Stampede, DEFAULT_STAMPEDE_LOCK_TTL, DEFAULT_STAMPEDE_POLL};
 pub use cache::tags::SetOptions;
 pub use cache::{Cache, CacheValue};
 pub use codec::Codec;

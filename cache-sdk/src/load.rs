@@ -81,11 +81,13 @@ pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
 pub struct LoadOptions {
     fail_safe: Option<Duration>,
     throttle: Duration,
-    soft_timeout: Option<Duration>,
-    hard_timeout: Option<Duration>,
+    pub(super) soft_timeout: Option<Duration>,
+    pub(super) hard_timeout: Option<Duration>,
     refresh_ahead: Option<f64>,
     /// The tags loaded values carry (see [`LoadOptions::tags`]).
     tags: Option<Arc<[String]>>,
+    /// Who loads on a miss across instances (`stampede.rs`).
+    pub(super) stampede: super::stampede::StampedeOptions,
 }
 
 impl Default for LoadOptions {
@@ -110,6 +112,7 @@ impl LoadOptions {
             hard_timeout: None,
             refresh_ahead: None,
             tags: None,
+            stampede: super::stampede::StampedeOptions::new(),
         }
     }
 
@@ -522,14 +525,19 @@ pub(crate) struct Stamped<T> {
 }
 
 /// How a stamped value stands now.
-enum Standing {
+pub(super) enum Standing {
     Fresh,
     Throttled,
     Expired,
 }
 
 impl<T> Stamped<T> {
-    fn standing(&self, now: u64) -> Standing {
+    /// The logical expiry (ms since the Unix epoch), 0 for never.
+    pub(super) fn fresh_until_ms(&self) -> u64 {
+        self.fresh_until_ms
+    }
+
+    pub(super) fn standing(&self, now: u64) -> Standing {
         if self.fresh_until_ms == 0 || now < self.fresh_until_ms {
             Standing::Fresh
         } else if now < self.throttled_until_ms {
@@ -560,14 +568,14 @@ impl<T> Stamped<T> {
 }
 
 /// How a spawned load ended, for the caller waiting on it.
-enum Landed<T, E> {
+pub(super) enum Landed<T, E> {
     Stored(Arc<Stamped<T>>),
     Failed(E),
     Panicked(Box<dyn Any + Send>),
 }
 
 /// A failure inside the flight (never shared with waiters).
-enum Failure<E> {
+pub(super) enum Failure<E> {
     Load(LoadError<E>),
     Panicked(Box<dyn Any + Send>),
 }
@@ -998,7 +1006,7 @@ impl Cache {
 
     /// Reads `key` from L2 with its envelope times. A value that does not decode is
     /// nothing (counted).
-    async fn read_stamped<T: CacheValue>(
+    pub(super) async fn read_stamped<T: CacheValue>(
         &self,
         key: &str,
     ) -> crate::Result<Option<Arc<Stamped<T>>>> {
@@ -1046,9 +1054,20 @@ impl Cache {
         let c = &self.inner.counters;
         let stale = stale.lock().unwrap_or_else(PoisonError::into_inner).take();
         let started = tokio::time::Instant::now();
-        let mut rx = self.spawn_load(key, ttl, opts, loader).await;
+        let lock = match self
+            .stampede_turn(key, opts, stale.is_some(), started)
+            .await
+        {
+            super::stampede::Turn::Lead(lock) => lock,
+            super::stampede::Turn::Found(s) => return Ok(s.entry(None, false)),
+            super::stampede::Turn::TimedOut(why) => {
+                return self.waited_too_long(key, opts, why, stale)
+            }
+        };
+        let mut rx = self.spawn_load(key, ttl, opts, loader, lock).await;
         if let (Some(soft), Some(st)) = (opts.soft_timeout, &stale) {
             let soft = opts.hard_timeout.map_or(soft, |h| soft.min(h));
+            let soft = soft.saturating_sub(started.elapsed());
             match tokio::time::timeout(soft, &mut rx).await {
                 Ok(landed) => return self.landed(key, opts, landed, stale),
                 Err(_) => {
@@ -1121,7 +1140,7 @@ impl Cache {
 
     /// Serves `st` stale and re-arms it in this process's L1 for the throttle period. When
     /// the load landed meanwhile, its value is put back (it wins over the re-armed one).
-    fn rearm<T: CacheValue, E>(
+    pub(super) fn rearm<T: CacheValue, E>(
         &self,
         key: &str,
         opts: &LoadOptions,
@@ -1169,6 +1188,7 @@ impl Cache {
         ttl: Duration,
         opts: &LoadOptions,
         loader: F,
+        lock: Option<super::stampede::HeldLock>,
     ) -> oneshot::Receiver<Landed<T, E>>
     where
         T: CacheValue,
@@ -1206,6 +1226,10 @@ impl Cache {
                     Landed::Panicked(p)
                 }
             };
+            if let Some(lock) = lock {
+                // After the write: a waiter that takes the lock now finds the value.
+                cache.release(lock).await;
+            }
             let stored = matches!(landed, Landed::Stored(_));
             if tx.send(landed).is_err() && stored {
                 bump(&c.background_completions);
@@ -1327,7 +1351,7 @@ impl Cache {
                     return;
                 }
             }
-            let rx = cache.spawn_load(&key, ttl, &opts, loader).await;
+            let rx = cache.spawn_load(&key, ttl, &opts, loader, None).await;
             let weak = Arc::downgrade(&cache.inner);
             drop(cache);
             let landed = rx.await;

@@ -21,7 +21,7 @@ pub use crate::cache::Cache;
 pub use crate::error::{Error, Result};
 pub use crate::global::global;
 pub use crate::ttl::Ttl;
-pub use crate::{LoadError, LoadOptions, LoadTimeout};
+pub use crate::{LoadError, LoadOptions, LoadTimeout, Stampede};
 
 // ---------------------------------------------------------------------------------------
 // Keys

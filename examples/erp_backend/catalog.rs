@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /api/products` | every product, ordered by id (a JSON array) |
 //! | `GET /api/products?page=N` | page `N` (from 1) of 20 products, ordered by id; an empty array past the end |
+//! | `GET /api/products?ids=1,2,3` | those products, in that order (`products_bulk.rs`) |
 //!
 //! Each answer is one database call on a miss, cached under `cache:catalog:all` or
 //! `cache:catalog:page:{N}` for the `api` preset with the tag `catalog`. `PUT` and `DELETE`
@@ -28,11 +29,16 @@ pub const PAGE_SIZE: u64 = 20;
 /// The tag every cached product and list carries.
 pub const CATALOG_TAG: &str = "catalog";
 
-/// `GET /api/products[?page=N]`
+/// `GET /api/products[?page=N]`, and `?ids=…` (handed to `products_bulk.rs`).
 pub async fn list_products(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    if let Some(raw) = query.get("ids") {
+        return crate::products_bulk::by_ids(&state, raw)
+            .await
+            .map(IntoResponse::into_response);
+    }
     let page = match query.get("page") {
         None => None,
         Some(p) => Some(

@@ -448,10 +448,6 @@ impl Database {
     ///
     /// # Errors
     /// [`DbError::Unavailable`].
-    #[allow(
-        dead_code,
-        reason = "the batch read of GET /api/products?ids= builds on it"
-    )]
     pub async fn get_many(&self, ids: &[u64]) -> Result<HashMap<u64, Product>, DbError> {
         let mut keys: Vec<i64> = ids
             .iter()

@@ -29,6 +29,7 @@ mod error;
 mod metrics;
 mod ops;
 mod products;
+mod products_bulk;
 mod ratelimit;
 mod server;
 mod session_api;

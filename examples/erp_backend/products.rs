@@ -3,7 +3,8 @@
 //!
 //! | request | database | cache |
 //! |---|---|---|
-//! | `GET /api/products/{id}` | read on a miss only | `get_or_load_entry_with`: L1, then Redis, then the database; fresh for the `api` preset (10 min, `CACHE_TTL_API`), kept 1 h more for fail-safe, refreshed in the background after 80 % of it; a slow database (over 100 ms) is answered from the stale value, no caller waits over 2 s. The `Cache-Status` header (RFC 9211) says which |
+//! | `GET /api/products/{id}` | read on a miss only | `get_or_load_entry_with`: L1, then Redis, then the database; fresh for the `api` preset (10 min, `CACHE_TTL_API`), kept 1 h more for fail-safe, refreshed in the background after 80 % of it; a slow database (over 100 ms) is answered from the stale value, no caller waits over 2 s; with Redis, one instance of the fleet reads a cold product (distributed stampede lock) and the others wait for its value. The `Cache-Status` header (RFC 9211) says which |
+//! | `GET /api/products?ids=1,2,3` | one batch read for the ids not cached | `get_many_or_load` (`products_bulk.rs`) |
 //! | `PUT /api/products/{id}` | update | `#[cache_evict(tags = ["catalog"])]` after the update (every cached catalogue page is a miss on every instance), then `#[cache_put]`: the new value replaces the cached one in L1 and Redis |
 //! | `DELETE /api/products/{id}` | delete | `#[cache_evict]`: the key is removed from L1 and Redis, and the tag `catalog` is invalidated |
 //!
@@ -28,7 +29,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cache_sdk::{cache_evict, cache_put, Entry, LoadError, LoadOptions, Ttl};
+use cache_sdk::{cache_evict, cache_put, Entry, LoadError, LoadOptions, Stampede, Ttl};
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -64,6 +65,8 @@ impl Catalog {
             .soft_timeout(Duration::from_millis(100))
             .hard_timeout(Duration::from_secs(2))
             .refresh_ahead(0.8)
+            // One database read per cold product across every instance on the same Redis.
+            .stampede(Stampede::Distributed)
     }
 
     /// The options of one product's read: [`Catalog::load_options`] with its tags.

@@ -1788,3 +1788,113 @@ async fn catalog_lists_are_invalidated_by_tag_and_the_cache_is_cleared_everywher
     assert!(status(&on_a).contains("fwd=miss"), "A: {}", status(&on_a));
     assert!(status(&a.get("/api/products?page=1").await).contains("fwd=miss"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Bulk reads and the stampede lock across instances
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_by_ids_come_in_order_from_one_database_call() {
+    let dir = DbDir::new("bulk");
+    let redis = RedisServer::start();
+    let url = dir.url();
+    let env = [("DATABASE_URL", url.as_str()), ("REDIS_URL", &redis.url())];
+    let server = Backend::start(&env).await;
+    let mut client = server.client();
+    let before = origin(&mut client).await["loads"].as_u64().unwrap();
+
+    // 50 cold products and one unknown id, in a chosen order.
+    let mut ids: Vec<u64> = (1..=50).rev().collect();
+    ids.insert(10, 999);
+    let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let path = format!("/api/products?ids={list}");
+    let body = client.get(&path).await.expect(200);
+    let items = body.as_array().expect("an array");
+    assert_eq!(items.len(), ids.len());
+    for (id, item) in ids.iter().zip(items) {
+        assert_eq!(item["id"], *id, "{item}");
+        if *id == 999 {
+            assert_eq!(
+                item,
+                &json!({"id": 999, "status": 404, "error": "Product 999 not found"})
+            );
+        } else {
+            assert!(item["name"].is_string(), "{item}");
+        }
+    }
+    let after = origin(&mut client).await["loads"].as_u64().unwrap();
+    assert_eq!(after - before, 1, "one database call for 50 cold ids");
+    assert!(
+        cached_product(&redis, 37).await.is_some(),
+        "written to Redis"
+    );
+
+    // Warm now: the list and a single read cost no database call; only 999 is asked again.
+    assert_eq!(client.get(&path).await.expect(200), body);
+    assert_eq!(
+        client.get("/api/products/12").await.expect(200),
+        items[ids.iter().position(|i| *i == 12).unwrap()]
+    );
+    let warm = origin(&mut client).await["loads"].as_u64().unwrap();
+    assert_eq!(warm - after, 1, "only the unknown id reached the database");
+
+    assert_eq!(client.get("/api/products?ids=1,x").await.status, 400);
+    assert_eq!(client.get("/api/products").await.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_make_one_database_call_for_150_concurrent_reads() {
+    let dir = DbDir::new("stampede");
+    let redis = RedisServer::start();
+    let url = dir.url();
+    // A slow database, so that every request arrives while the first read is running.
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("REDIS_URL", &redis.url()),
+        ("ERP_DB_LATENCY_MS", "300"),
+        // A loaded test machine: a Redis answer slower than the default 100 ms would
+        // count as an outage, and each instance would then load on its own.
+        ("REDIS_TIMEOUT_MS", "2000"),
+    ];
+    let (a, b, c) = tokio::join!(
+        Backend::start(&env),
+        Backend::start(&env),
+        Backend::start(&env)
+    );
+    let servers = [&a, &b, &c];
+    let mut before = 0;
+    for s in servers {
+        before += origin(&mut s.client()).await["loads"].as_u64().unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let mut client = servers[i % 3].client();
+        tasks.push(tokio::spawn(async move {
+            client.get("/api/products/7").await.expect(200)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap()["id"], 7);
+    }
+    let mut after = 0;
+    let mut outages = 0;
+    for s in servers {
+        after += origin(&mut s.client()).await["loads"].as_u64().unwrap();
+        outages += cache_stats(&mut s.client()).await["outages"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    let logs = || {
+        servers
+            .iter()
+            .map(|s| s.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert_eq!(outages, 0, "Redis stayed up:\n{}", logs());
+    assert_eq!(
+        after - before,
+        1,
+        "one database call across three instances:\n{}",
+        logs()
+    );
+}

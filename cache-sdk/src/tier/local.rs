@@ -154,6 +154,8 @@ pub(crate) struct Local {
     map: Option<MokaCache<String, L1Entry>>,
     max_ttl: Duration,
     guard: Arc<Guard>,
+    /// Callers waiting for a key to change (woken by `invalidate` and `clear`).
+    watch: Arc<super::watch::KeyWatch>,
 }
 
 impl std::fmt::Debug for Local {
@@ -190,7 +192,13 @@ impl Local {
             map,
             max_ttl,
             guard,
+            watch: Arc::default(),
         }
+    }
+
+    /// The waiters for key changes (see [`super::watch`]).
+    pub(crate) fn watch(&self) -> &Arc<super::watch::KeyWatch> {
+        &self.watch
     }
 
     /// Whether L1 holds anything at all (capacity and TTL above zero).
@@ -405,6 +413,7 @@ impl Local {
 
     /// Drops `key`, and makes reads of it that are in flight not fill L1 with what they read.
     pub(crate) fn invalidate(&self, key: &str) {
+        self.watch.wake(key);
         if let Some(map) = &self.map {
             self.guard.slots[slot_of(key)].fetch_add(1, Ordering::SeqCst);
             map.invalidate(key);
@@ -413,6 +422,7 @@ impl Local {
 
     /// Drops everything, including what reads in flight are about to insert.
     pub(crate) fn clear(&self) {
+        self.watch.wake_all();
         if let Some(map) = &self.map {
             self.guard.reserve.store(false, Ordering::SeqCst);
             self.guard.epoch.fetch_add(2, Ordering::SeqCst);

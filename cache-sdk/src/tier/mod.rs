@@ -14,6 +14,7 @@ pub(crate) mod remote;
 pub(crate) mod replay;
 pub(crate) mod sentinel;
 pub(crate) mod tasks;
+pub(crate) mod watch;
 
 /// An entry that knows when it expires; moka asks it through [`DeadlineExpiry`].
 pub(crate) trait HasDeadline {

@@ -56,6 +56,10 @@
 
 #[cfg_attr(not(feature = "sessions"), allow(dead_code))]
 pub(crate) mod cas;
+// Per-key TTLs in one pipeline (`get_many_or_load`'s write).
+pub(crate) mod bulk;
+// The distributed stampede lock's commands.
+pub(crate) mod lock;
 
 use std::borrow::Cow;
 use std::future::Future;

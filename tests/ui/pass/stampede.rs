@@ -1,0 +1,23 @@
+use cache_sdk::cached;
+
+#[cached(key = "cache:product:{id}", ttl = "api", stampede = "distributed")]
+pub async fn product(id: u64) -> String {
+    id.to_string()
+}
+
+#[cached(
+    key = "cache:price:{id}",
+    fail_safe = "1h",
+    hard_timeout = "2s",
+    stampede = "distributed"
+)]
+pub async fn price(id: u64) -> Option<u64> {
+    Some(id)
+}
+
+#[cached(key = "cache:stock:{id}", stampede = "local")]
+pub async fn stock(id: u64) -> u32 {
+    id as u32
+}
+
+fn main() {}
