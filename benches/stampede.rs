@@ -58,7 +58,7 @@ async fn caches(server: &RedisServer, n: usize, opts: LoadOptions) -> Vec<Cache>
             Cache::builder()
                 .redis_url(server.url())
                 .require_redis(true)
-                .load_options(opts)
+                .load_options(opts.clone())
                 .build()
                 .await
                 .expect("build"),

@@ -402,6 +402,15 @@ impl Cache {
         };
         for ((&j, bytes), ticket) in need.iter().zip(values).zip(tickets) {
             let key = keys[j].as_str();
+            // A value written before its tags were invalidated or the cache cleared is a
+            // miss, as for single reads (`cache/tags.rs`).
+            let (bytes, depends) = match self.screen(key, bytes).await {
+                Ok(screened) => screened,
+                Err(e) => {
+                    tracing::warn!(key = log_key(key), error = %e, "tag check failed; loading");
+                    continue;
+                }
+            };
             match bytes {
                 Some(b) if is_absent(&b) => {
                     bump(&self.inner.counters.l2_hits);
@@ -413,7 +422,7 @@ impl Cache {
                 }
                 bytes => {
                     out[j] = self
-                        .accept::<T>(key, bytes, ticket)
+                        .accept::<T>(key, bytes, depends, ticket)
                         .map(|v| Arc::new(Slot::Found(v)));
                 }
             }

@@ -14,7 +14,7 @@ use cache_sdk::Cache;
 use crate::db::Database;
 use crate::products::Catalog;
 use crate::ws::Realtime;
-use crate::{admin, auth, catalog, error, metrics, ops, products, products_bulk, session_api, ws};
+use crate::{admin, auth, catalog, error, metrics, ops, products, session_api, ws};
 
 /// What handlers share. Cheap to clone.
 #[derive(Debug, Clone)]

@@ -80,8 +80,8 @@ async fn a_waiter_is_woken_by_the_invalidation_link_not_the_poll() {
     let opts = distributed()
         .stampede_poll(Duration::from_secs(30))
         .stampede_lock_ttl(Duration::from_secs(30));
-    let a = cache_with(&server, opts).await;
-    let b = cache_with(&server, opts).await;
+    let a = cache_with(&server, opts.clone()).await;
+    let b = cache_with(&server, opts.clone()).await;
     let loads = Arc::new(AtomicUsize::new(0));
     let l = loads.clone();
     let leader = tokio::spawn(async move {
@@ -122,8 +122,8 @@ async fn a_holder_killed_mid_load_hands_over_after_the_lock_expires() {
     let opts = distributed()
         .stampede_lock_ttl(Duration::from_millis(700))
         .stampede_poll(Duration::from_millis(50));
-    let a = cache_with(&server, opts).await;
-    let b = cache_with(&server, opts).await;
+    let a = cache_with(&server, opts.clone()).await;
+    let b = cache_with(&server, opts.clone()).await;
     let key = "cache:st:killed";
     let a2 = a.clone();
     let stuck = tokio::spawn(async move {
@@ -166,8 +166,8 @@ async fn a_holder_killed_mid_load_hands_over_after_the_lock_expires() {
 async fn a_waiter_never_waits_past_the_hard_timeout() {
     let server = RedisServer::start();
     let slow = distributed().stampede_lock_ttl(Duration::from_secs(10));
-    let a = cache_with(&server, slow).await;
-    let b = cache_with(&server, slow).await;
+    let a = cache_with(&server, slow.clone()).await;
+    let b = cache_with(&server, slow.clone()).await;
     let key = "cache:st:hard";
     let a2 = a.clone();
     let holder = tokio::spawn(async move {
