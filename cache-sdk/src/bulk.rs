@@ -391,15 +391,26 @@ impl Cache {
         if need.is_empty() {
             return out;
         }
-        let names: Vec<&str> = need.iter().map(|&j| keys[j].as_str()).collect();
+        let mut names: Vec<&str> = need.iter().map(|&j| keys[j].as_str()).collect();
         let tickets: Vec<Ticket> = names.iter().map(|k| self.inner.local.ticket(k)).collect();
-        let values = match self.inner.remote.mget(&names).await {
+        // The clear stamp every value is checked against comes in the same MGET.
+        let stamp = self
+            .clear_stamp_wanted()
+            .map(|k| (k, self.inner.local.ticket(k)));
+        if let Some((k, _)) = stamp {
+            names.push(k);
+        }
+        let mut values = match self.inner.remote.mget(&names).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(keys = names.len(), error = %e, "L2 read failed; loading");
                 return out;
             }
         };
+        if let Some((k, ticket)) = stamp {
+            let bytes = values.pop().flatten();
+            self.keep_stamp(k, bytes.as_deref(), ticket);
+        }
         for ((&j, bytes), ticket) in need.iter().zip(values).zip(tickets) {
             let key = keys[j].as_str();
             // A value written before its tags were invalidated or the cache cleared is a

@@ -307,3 +307,63 @@ async fn a_loader_error_caches_nothing_and_reaches_only_its_caller() {
     assert!(server.get_raw("cache:bulk:1").await.is_none());
     assert_eq!(cache.stats().load_errors, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_cached_before_a_clear_or_a_tag_invalidation_are_loaded_again() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server).await, cache(&server).await);
+    let origin = Origin::new(100);
+    let ids = [1u64, 2, 3];
+    let first = a
+        .get_many_or_load(&ids, key, Ttl::Api, origin.load())
+        .await
+        .unwrap();
+    assert_eq!(first, named(&ids));
+    // A value tagged `catalog`, written by `set_with`, then read in bulk.
+    let tagged = cache_sdk::SetOptions::new().tags(["catalog"]);
+    a.set_with(&key(&4), &"product 4".to_string(), Ttl::Api, &tagged)
+        .await
+        .unwrap();
+
+    // B reads them from Redis (not from its L1): all cached, no load.
+    b.clear_local();
+    let all = [1u64, 2, 3, 4];
+    assert_eq!(
+        b.get_many_or_load(&all, key, Ttl::Api, origin.load())
+            .await
+            .unwrap(),
+        named(&all)
+    );
+    assert_eq!(origin.calls().len(), 1, "B found every value in Redis");
+
+    // A tag invalidated on A: B's next bulk read from Redis loads the tagged id alone.
+    a.invalidate_tag("catalog").await.unwrap();
+    b.clear_local();
+    assert_eq!(
+        b.get_many_or_load(&all, key, Ttl::Api, origin.load())
+            .await
+            .unwrap(),
+        named(&all)
+    );
+    assert_eq!(
+        origin.calls().last(),
+        Some(&vec![4]),
+        "only the tagged value"
+    );
+
+    // A clear on A: B's next bulk read loads every id again, in one call.
+    a.clear().await.unwrap();
+    b.clear_local();
+    assert_eq!(
+        b.get_many_or_load(&all, key, Ttl::Api, origin.load())
+            .await
+            .unwrap(),
+        named(&all)
+    );
+    assert_eq!(
+        origin.calls().last(),
+        Some(&vec![1, 2, 3, 4]),
+        "every value"
+    );
+    assert_eq!(origin.calls().len(), 3);
+}

@@ -30,7 +30,7 @@ use super::{Cache, CacheValue};
 use crate::codec::{self, Codec, Header, TypeTag};
 use crate::error::{Error, Result};
 use crate::key::CLEAR_KEY;
-use crate::tier::local::{Depends, Stamp};
+use crate::tier::local::{Depends, Stamp, Ticket};
 use crate::ttl::{Ttl, MAX_TTL};
 
 /// The prefix of tag stamps (under the cache's reserved prefix, `__cache-sdk__:`).
@@ -274,16 +274,32 @@ impl Cache {
         let tickets: Vec<_> = miss.iter().map(|k| self.inner.local.ticket(k)).collect();
         let found = self.inner.remote.mget(&miss).await?;
         for ((&i, bytes), ticket) in missing.iter().zip(found).zip(tickets) {
-            let stamp = bytes
-                .as_deref()
-                .and_then(|b| Header::parse(b).ok())
-                .map_or(0, |h| h.written_at_ms);
-            out[i] = stamp;
-            self.inner
-                .local
-                .insert(keys[i], Arc::new(Stamp(stamp)), None, ticket);
+            out[i] = self.keep_stamp(keys[i], bytes.as_deref(), ticket);
         }
         Ok(out)
+    }
+
+    /// Keeps in L1 the stamp read under `key` (`bytes`, none when the key does not exist)
+    /// and answers it (0 for none).
+    pub(crate) fn keep_stamp(&self, key: &str, bytes: Option<&[u8]>, ticket: Ticket) -> u64 {
+        let stamp = bytes
+            .and_then(|b| Header::parse(b).ok())
+            .map_or(0, |h| h.written_at_ms);
+        self.inner
+            .local
+            .insert(key, Arc::new(Stamp(stamp)), None, ticket);
+        stamp
+    }
+
+    /// The clear stamp's key when L1 does not hold the stamp: a read of many keys fetches
+    /// it in its own `MGET` (then [`Cache::keep_stamp`]), which spares [`Cache::screen`] a
+    /// round trip of its own.
+    pub(crate) fn clear_stamp_wanted(&self) -> Option<&'static str> {
+        self.inner
+            .local
+            .get::<Stamp>(CLEAR_KEY)
+            .is_none()
+            .then_some(CLEAR_KEY)
     }
 
     /// The check of every value read from L2: `bytes` written before the last clear, or
