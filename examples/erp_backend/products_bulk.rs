@@ -12,6 +12,10 @@
 //! `{"id": 999, "status": 404, "error": "Product 999 not found"}`. Unknown ids are not
 //! cached (a product created later is found at once).
 //!
+//! Products cached by this route carry no tags (`get_many_or_load` writes untagged values),
+//! unlike single reads (`product:{id}` and `catalog`): invalidating those tags does not reach
+//! them. `PUT` and `DELETE` replace or evict the product's key itself, so they stay right.
+//!
 //! At most [`MAX_IDS`] ids per request; an empty, malformed or longer list is a 400, a
 //! failing database a 503 (as for single reads).
 
