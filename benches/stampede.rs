@@ -112,66 +112,59 @@ fn load_all(ids: Vec<u64>) -> std::future::Ready<Result<HashMap<u64, u64>, Strin
     std::future::ready(Ok(ids.into_iter().map(|i| (i, i)).collect()))
 }
 
+/// The keys of `ids` through one `get_many_or_load`.
+async fn read_bulk(cache: &Cache, ids: &[u64]) {
+    cache
+        .get_many_or_load(
+            ids,
+            |id: &u64| format!("cache:bulk-bench:{id}"),
+            Ttl::Api,
+            load_all,
+        )
+        .await
+        .expect("bulk");
+}
+
+/// The keys of `ids` through one `get_or_load` each, one after the other.
+async fn read_single(cache: &Cache, ids: &[u64]) {
+    for id in ids {
+        let id = *id;
+        cache
+            .get_or_load(
+                &format!("cache:single-bench:{id}"),
+                Ttl::Api,
+                || async move { Ok::<_, String>(id) },
+            )
+            .await
+            .expect("single");
+    }
+}
+
 /// (commands, time) per round for: bulk cold, single cold, bulk warm, single warm.
 async fn bulk(server: &RedisServer) -> [(f64, Duration); 4] {
     let cache = caches(server, 1, LoadOptions::new()).await.remove(0);
     let mut sums = [(0u64, Duration::ZERO); 4];
     for round in 0..ROUNDS {
         let ids: Vec<u64> = (0..BULK).map(|i| round as u64 * 1_000 + i).collect();
-        let key = |id: &u64| format!("cache:bulk-bench:{id}");
-        let single_key = |id: &u64| format!("cache:single-bench:{id}");
-
-        reset(server);
-        let start = Instant::now();
-        cache
-            .get_many_or_load(&ids, key, Ttl::Api, load_all)
-            .await
-            .expect("bulk");
-        sums[0].1 += start.elapsed();
-        sums[0].0 += commands(server);
-
-        reset(server);
-        let start = Instant::now();
-        for id in &ids {
-            let id = *id;
-            cache
-                .get_or_load(
-                    &single_key(&id),
-                    Ttl::Api,
-                    || async move { Ok::<_, String>(id) },
-                )
-                .await
-                .expect("single");
+        // Cold: nothing cached anywhere. Warm: in Redis, with L1 cleared.
+        for (i, (through_bulk, warm)) in
+            [(true, false), (false, false), (true, true), (false, true)]
+                .into_iter()
+                .enumerate()
+        {
+            if warm {
+                cache.clear_local();
+            }
+            reset(server);
+            let start = Instant::now();
+            if through_bulk {
+                read_bulk(&cache, &ids).await;
+            } else {
+                read_single(&cache, &ids).await;
+            }
+            sums[i].1 += start.elapsed();
+            sums[i].0 += commands(server);
         }
-        sums[1].1 += start.elapsed();
-        sums[1].0 += commands(server);
-
-        cache.clear_local();
-        reset(server);
-        let start = Instant::now();
-        cache
-            .get_many_or_load(&ids, key, Ttl::Api, load_all)
-            .await
-            .expect("bulk");
-        sums[2].1 += start.elapsed();
-        sums[2].0 += commands(server);
-
-        cache.clear_local();
-        reset(server);
-        let start = Instant::now();
-        for id in &ids {
-            let id = *id;
-            cache
-                .get_or_load(
-                    &single_key(&id),
-                    Ttl::Api,
-                    || async move { Ok::<_, String>(id) },
-                )
-                .await
-                .expect("single");
-        }
-        sums[3].1 += start.elapsed();
-        sums[3].0 += commands(server);
     }
     sums.map(|(c, t)| (c as f64 / ROUNDS as f64, t / ROUNDS as u32))
 }

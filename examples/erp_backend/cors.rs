@@ -112,13 +112,7 @@ fn normalise(origin: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::settings::vars;
 
     #[test]
     fn origins_are_normalised_and_matched_exactly() {

@@ -531,6 +531,7 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::vars;
 
     /// A database file of its own in the temp dir, removed (with its WAL files) on drop.
     struct TempDb(PathBuf);
@@ -564,13 +565,6 @@ mod tests {
         fn drop(&mut self) {
             self.remove();
         }
-    }
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
     }
 
     #[test]

@@ -262,13 +262,7 @@ fn key(kind: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::settings::vars;
 
     fn limiter(pairs: &[(&str, &str)]) -> LoginLimiter {
         LoginLimiter::new(

@@ -138,16 +138,18 @@ impl Settings {
     }
 }
 
+/// The variables `pairs`, as the `from_vars` constructors of the modules' tests take them.
+#[cfg(test)]
+pub(crate) fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     #[test]
     fn nothing_configured_means_development_on_memory() {

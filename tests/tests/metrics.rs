@@ -9,140 +9,36 @@
 //! Set `ERP_BACKEND_BIN` to a built `erp_backend` binary to skip the build.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cache_sdk::session::cookie::encode_value;
 use cache_sdk::session::{SessionId, SessionSecrets};
-use cache_sdk_tests::{free_port, RedisServer};
+use cache_sdk_tests::RedisServer;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+mod common;
 
-/// The example binary, built once (as `tests/tests/erp_backend.rs` builds it, so that a
-/// workspace test run reuses the same build).
-fn binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(bin) = std::env::var("ERP_BACKEND_BIN") {
-            return bin.into();
-        }
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("<target>/<profile>");
-        let target_dir = profile_dir.parent().expect("<target>");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--quiet", "--workspace", "--all-features"])
-            .args(["--example", "erp_backend", "--profile", profile])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo");
-        assert!(
-            out.status.success(),
-            "building examples/erp_backend failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        profile_dir
-            .join("examples")
-            .join(format!("erp_backend{}", std::env::consts::EXE_SUFFIX))
-    })
-}
+use common::erp::{send, Backend, Response};
 
-/// A running `erp_backend`, killed on drop.
-struct Backend {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
+/// Requests as the workload sends them: JSON, with a cookie or without.
 impl Backend {
-    async fn start(env: &[(&str, String)]) -> Backend {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("cache-sdk-metrics-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let log = File::create(dir.join("server.log")).expect("log file");
-        let mut cmd = Command::new(binary());
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().into_owned();
-            if ["REDIS_", "SESSION_", "CACHE_", "ERP_DB_"]
-                .iter()
-                .any(|p| name.starts_with(p))
-                || [
-                    "APP_ENV",
-                    "NODE_ENV",
-                    "PORT",
-                    "HOST",
-                    "RUST_LOG",
-                    "DATABASE_URL",
-                ]
-                .contains(&name.as_str())
-            {
-                cmd.env_remove(name);
-            }
-        }
-        let child = cmd
-            .env("PORT", port.to_string())
-            .env("HOST", "127.0.0.1")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start erp_backend");
-        let mut backend = Backend { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = backend.child.try_wait().ok().flatten() {
-                panic!("erp_backend exited with {status}:\n{}", backend.logs());
-            }
-            if let Ok(r) = try_send(port, "GET", "/healthz", &[], b"").await {
-                if r.status == 200 {
-                    return backend;
-                }
-            }
-            assert!(Instant::now() < deadline, "no answer:\n{}", backend.logs());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
-    async fn send(&self, method: &str, path: &str, cookie: Option<&str>, body: &[u8]) -> Reply {
+    async fn send(&self, method: &str, path: &str, cookie: Option<&str>, body: &[u8]) -> Response {
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(c) = cookie {
             headers.push(("Cookie", c));
         }
-        try_send(self.port, method, path, &headers, body)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        send(self.port, method, path, &headers, body).await
     }
 
-    async fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
+    async fn get(&self, path: &str, cookie: Option<&str>) -> Response {
         self.send("GET", path, cookie, b"").await
     }
 
-    /// `GET /metrics`, parsed by `prometheus-parse`; also the raw text.
+    /// `GET /metrics`, parsed by `prometheus_client`; also the raw text.
     async fn scrape(&self) -> Metrics {
         let r = self.get("/metrics", None).await;
         assert_eq!(r.status, 200);
@@ -154,110 +50,6 @@ impl Backend {
         );
         Metrics::parse(String::from_utf8(r.body).expect("UTF-8"))
     }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `name=value` of the cookie the answer sets.
-    fn cookie(&self) -> String {
-        let set = self.header("set-cookie").expect("a Set-Cookie");
-        set.split(';').next().unwrap_or_default().trim().to_owned()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("JSON")
-    }
-}
-
-/// One request on its own connection (`Connection: close`, answers are small and not
-/// chunked by this server except `/metrics`, which is read to the end).
-async fn try_send(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Reply> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| std::io::Error::other("timed out"))??;
-    let bad = || std::io::Error::other("malformed answer");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(bad)?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked")
-    {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16)
-                .map_err(|_| bad())?;
-            rest = &rest[eol + 2..];
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(rest.get(..size).ok_or_else(bad)?);
-            rest = rest.get(size + 2..).ok_or_else(bad)?;
-        }
-        body = out;
-    }
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
 }
 
 /// One scrape, as the Prometheus project's Python client parses it.
@@ -395,9 +187,10 @@ async fn scrape_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_workload_shows_in_the_scrape_and_the_dashboard_names_exist() {
     let mut redis = RedisServer::start();
+    let url = redis.url();
     let server = Backend::start(&[
-        ("REDIS_URL", redis.url()),
-        ("SESSION_SECRET", "new-secret,old-secret".into()),
+        ("REDIS_URL", url.as_str()),
+        ("SESSION_SECRET", "new-secret,old-secret"),
     ])
     .await;
     let before = server.scrape().await;
@@ -421,7 +214,7 @@ async fn a_scripted_workload_shows_in_the_scrape_and_the_dashboard_names_exist()
         )
         .await;
     assert_eq!(login.status, 200);
-    let cookie = login.cookie();
+    let cookie = login.cookie().expect("a Set-Cookie");
     assert_eq!(
         server.get("/api/user/profile", Some(&cookie)).await.status,
         200

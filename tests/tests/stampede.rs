@@ -25,6 +25,17 @@ fn distributed() -> LoadOptions {
         .stampede_lock_ttl(Duration::from_millis(800))
 }
 
+/// Whether the stampede lock of `key` is held within 2 s (polled every 10 ms).
+async fn lock_held(server: &RedisServer, key: &str) -> bool {
+    for _ in 0..200 {
+        if server.pttl(&format!("{key}:~lock")).await > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// `callers` concurrent reads of `key` on each cache, with a loader taking `load_time`;
 /// returns how many loads ran in total.
 async fn storm(caches: &[Cache], key: &'static str, callers: usize, load_time: Duration) -> usize {
@@ -134,15 +145,7 @@ async fn a_holder_killed_mid_load_hands_over_after_the_lock_expires() {
         .map(|e| **e.value())
     });
     // A holds the lock, and its loader never completes.
-    let mut held = false;
-    for _ in 0..200 {
-        if server.pttl(&format!("{key}:~lock")).await > 0 {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(held, "A took the lock");
+    assert!(lock_held(&server, key).await, "A took the lock");
     // A dies: its call and its loader task go away with the cache.
     stuck.abort();
     let _ = stuck.await;
@@ -178,15 +181,7 @@ async fn a_waiter_never_waits_past_the_hard_timeout() {
         .await
         .map(|e| **e.value())
     });
-    let mut held = false;
-    for _ in 0..200 {
-        if server.pttl(&format!("{key}:~lock")).await > 0 {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(held);
+    assert!(lock_held(&server, key).await);
     let hard = Duration::from_millis(300);
     let start = Instant::now();
     let r = b

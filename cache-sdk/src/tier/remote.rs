@@ -666,15 +666,22 @@ impl Remote {
         items: Vec<(String, Vec<u8>)>,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
+        self.set_all(items.into_iter().map(|(k, v)| (k, v, ttl)).collect())
+            .await
+    }
+
+    /// The write of `mset` and `mset_each`: a `SET` of every `(key, bytes, ttl)` in one
+    /// batch (not atomically); on the fallback each is also recorded for replay.
+    async fn set_all(&self, items: Vec<(String, Vec<u8>, Option<Duration>)>) -> Result<(), Error> {
         let cmds: Vec<(String, redis::Cmd)> = items
             .iter()
-            .map(|(k, v)| {
+            .map(|(k, v, ttl)| {
                 let rkey = self.rkey(k).into_owned();
-                let cmd = set_cmd(&rkey, v, ttl, SetIf::Always);
+                let cmd = set_cmd(&rkey, v, *ttl, SetIf::Always);
                 (rkey, cmd)
             })
             .collect();
-        let names: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+        let names: Vec<String> = items.iter().map(|(k, _, _)| k.clone()).collect();
         let keys: Vec<&str> = names.iter().map(String::as_str).collect();
         self.write(
             &keys,
@@ -690,7 +697,7 @@ impl Remote {
                 }
             },
             |m, mut log| {
-                for (k, v) in items {
+                for (k, v, ttl) in items {
                     let bytes: Arc<[u8]> = v.into();
                     if let Some(log) = log.as_deref_mut() {
                         log.record(&k, pending_set(&bytes, ttl));

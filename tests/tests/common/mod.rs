@@ -1,6 +1,8 @@
 //! Shared by the session tests: an app with the session layer, requests through it, and
-//! Redis command counting.
+//! Redis command counting; [`erp`]: the reference server as a process, for its tests.
 #![allow(dead_code)]
+
+pub mod erp;
 
 use std::collections::HashMap;
 
