@@ -394,13 +394,23 @@ impl Cache {
         let mut names: Vec<&str> = need.iter().map(|&j| keys[j].as_str()).collect();
         let tickets: Vec<Ticket> = names.iter().map(|k| self.inner.local.ticket(k)).collect();
         // The clear stamp every value is checked against comes in the same MGET.
-        let stamp = self
+        let mut stamp = self
             .clear_stamp_wanted()
             .map(|k| (k, self.inner.local.ticket(k)));
         if let Some((k, _)) = stamp {
             names.push(k);
         }
-        let mut values = match self.inner.remote.mget(&names).await {
+        let mut read = self.inner.remote.mget(&names).await;
+        if let (Err(e), Some(_)) = (&read, stamp) {
+            if super::tags::refused(e) {
+                // The user may not read the stamp (an ACL): read the values alone.
+                self.refused_clear_stamp();
+                stamp = None;
+                names.pop();
+                read = self.inner.remote.mget(&names).await;
+            }
+        }
+        let mut values = match read {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(keys = names.len(), error = %e, "L2 read failed; loading");

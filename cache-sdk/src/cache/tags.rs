@@ -272,7 +272,14 @@ impl Cache {
         }
         let miss: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
         let tickets: Vec<_> = miss.iter().map(|k| self.inner.local.ticket(k)).collect();
-        let found = self.inner.remote.mget(&miss).await?;
+        let found = match self.inner.remote.mget(&miss).await {
+            Ok(found) => found,
+            Err(e) if refused(&e) => {
+                stamps_refused();
+                vec![None; miss.len()]
+            }
+            Err(e) => return Err(e),
+        };
         for ((&i, bytes), ticket) in missing.iter().zip(found).zip(tickets) {
             out[i] = self.keep_stamp(keys[i], bytes.as_deref(), ticket);
         }
@@ -289,6 +296,14 @@ impl Cache {
             .local
             .insert(key, Arc::new(Stamp(stamp)), None, ticket);
         stamp
+    }
+
+    /// Keeps "no clear stamp" in L1 after Redis refused this user the stamp's key (see
+    /// [`refused`]).
+    pub(crate) fn refused_clear_stamp(&self) {
+        stamps_refused();
+        let ticket = self.inner.local.ticket(CLEAR_KEY);
+        self.keep_stamp(CLEAR_KEY, None, ticket);
     }
 
     /// The clear stamp's key when L1 does not hold the stamp: a read of many keys fetches
@@ -343,6 +358,25 @@ impl Cache {
             })
         });
         Ok((bytes, depends))
+    }
+}
+
+/// Whether Redis refused this user the SDK's reserved keys: an ACL user limited to its
+/// own key patterns (`~cache:*`) without `~__cache-sdk__:*` (or `~<namespace>:__cache-sdk__:*`).
+/// Stamps then read as none: values are served as before tags existed, and
+/// `invalidate_tag`/`clear` answer the refusal (`docs/tags.md`).
+pub(crate) fn refused(e: &Error) -> bool {
+    matches!(e, Error::Backend(b) if b.code() == Some("NOPERM"))
+}
+
+/// The warning when stamps are refused, at most once per interval.
+fn stamps_refused() {
+    static LIMIT: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+    if let Some(suppressed) = LIMIT.allow() {
+        tracing::warn!(
+            suppressed,
+            "redis refuses this user the cache's reserved keys (__cache-sdk__:*): tag and clear stamps are not checked; allow them in the user's ACL"
+        );
     }
 }
 
