@@ -97,6 +97,15 @@ impl Default for LoadOptions {
     }
 }
 
+/// `d`, or `None` for zero (the options' "off").
+const fn unless_zero(d: Duration) -> Option<Duration> {
+    if d.is_zero() {
+        None
+    } else {
+        Some(d)
+    }
+}
+
 impl LoadOptions {
     /// Everything off: loader errors propagate, callers wait for the loader as long as it
     /// takes, values expire with their TTL.
@@ -125,7 +134,7 @@ impl LoadOptions {
     /// assert_eq!(o.fail_safe_window(), Some(Duration::from_secs(60)));
     /// ```
     pub const fn fail_safe(mut self, window: Duration) -> Self {
-        self.fail_safe = if window.is_zero() { None } else { Some(window) };
+        self.fail_safe = unless_zero(window);
         self
     }
 
@@ -160,11 +169,7 @@ impl LoadOptions {
     /// # let _ = o;
     /// ```
     pub const fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_timeout = if timeout.is_zero() {
-            None
-        } else {
-            Some(timeout)
-        };
+        self.soft_timeout = unless_zero(timeout);
         self
     }
 
@@ -178,11 +183,7 @@ impl LoadOptions {
     /// # let _ = o;
     /// ```
     pub const fn hard_timeout(mut self, timeout: Duration) -> Self {
-        self.hard_timeout = if timeout.is_zero() {
-            None
-        } else {
-            Some(timeout)
-        };
+        self.hard_timeout = unless_zero(timeout);
         self
     }
 
