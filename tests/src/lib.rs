@@ -933,3 +933,41 @@ impl Drop for SentinelProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs each named test function of the calling file three times: against a
+/// redis-server, a three-master cluster and the in-memory store. Each function takes the
+/// file's own `Env { server: Option<RedisTarget> }` (`None`: memory).
+#[macro_export]
+macro_rules! target_suite {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::init_tracing();
+                    let server = $crate::RedisServer::start();
+                    super::$name(super::Env { server: Some($crate::RedisTarget::Server(server)) }).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::init_tracing();
+                    let cluster = $crate::RedisCluster::start(3, 0);
+                    super::$name(super::Env { server: Some($crate::RedisTarget::Cluster(cluster)) }).await;
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::init_tracing();
+                    super::$name(super::Env { server: None }).await;
+                }
+            )*
+        }
+    };
+}

@@ -56,41 +56,7 @@ impl Env {
     }
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    cache_sdk_tests::init_tracing();
-                    let server = cache_sdk_tests::RedisServer::start();
-                    super::$name(super::Env { server: Some(super::RedisTarget::Server(server)) }).await;
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    cache_sdk_tests::init_tracing();
-                    let cluster = cache_sdk_tests::RedisCluster::start(3, 0);
-                    super::$name(super::Env { server: Some(super::RedisTarget::Cluster(cluster)) }).await;
-                }
-            )*
-        }
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    cache_sdk_tests::init_tracing();
-                    super::$name(super::Env { server: None }).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+cache_sdk_tests::target_suite!(
     set_get_delete_exists,
     typed_values_survive_a_fresh_l1,
     ttl_is_applied,

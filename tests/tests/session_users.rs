@@ -21,41 +21,7 @@ impl Env {
     }
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    cache_sdk_tests::init_tracing();
-                    let server = cache_sdk_tests::RedisServer::start();
-                    super::$name(super::Env { server: Some(super::RedisTarget::Server(server)) }).await;
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    cache_sdk_tests::init_tracing();
-                    let cluster = cache_sdk_tests::RedisCluster::start(3, 0);
-                    super::$name(super::Env { server: Some(super::RedisTarget::Cluster(cluster)) }).await;
-                }
-            )*
-        }
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    cache_sdk_tests::init_tracing();
-                    super::$name(super::Env { server: None }).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+cache_sdk_tests::target_suite!(
     list_flags_the_current_session_and_drops_ended_ones,
     logout_everywhere_keeps_only_the_current_session,
     concurrent_logins_are_all_listed,
