@@ -1093,11 +1093,11 @@ impl Cache {
         self.coherent()?;
         let c = &self.inner.counters;
         let held = self.inner.local.get_held::<T>(key);
-        bump(if held.is_some() {
-            &c.l1_hits
+        if held.is_some() {
+            bump(&c.l1_hits);
         } else {
-            &c.l1_misses
-        });
+            bump(&c.l1_misses);
+        }
         held
     }
 

@@ -21,8 +21,9 @@
 //! ```
 //!
 //! Cost: the counters that [`Cache::stats`](crate::Cache::stats) reports count into a
-//! handle registered once (no label is built per call), so an L1 hit costs one more atomic
-//! add in the recorder; durations are measured only on paths that reach L2 or run a
+//! handle registered once (no label is built per call), except L1 hits, which count in a
+//! plain atomic that the sampler adds to the recorder (so an L1 hit costs the same with the
+//! feature as without); durations are measured only on paths that reach L2 or run a
 //! loader. Without the feature, nothing here exists at run time.
 //!
 //! Owns: the names, the handles, and the counters that count into both [`Stats`] and the
@@ -547,13 +548,14 @@ struct SampledHandles {
     replay_pending: Gauge,
     available: Gauge,
     /// Counters turned into deltas: (handle, last value seen).
-    deltas: std::sync::Mutex<[(Counter, u64); 6]>,
+    deltas: std::sync::Mutex<[(Counter, u64); 7]>,
 }
 
 /// What the sampler reads: the cumulative counts (in the order of the deltas) and the
 /// gauges.
 #[cfg(feature = "metrics")]
 pub(crate) struct Sample {
+    pub(crate) l1_hits: u64,
     pub(crate) fallback_ops: u64,
     pub(crate) replayed: u64,
     pub(crate) replay_skipped: u64,
@@ -583,6 +585,7 @@ impl Sampled {
                     replay_pending: ::metrics::gauge!(REPLAY_PENDING),
                     available: ::metrics::gauge!(L2_AVAILABLE),
                     deltas: std::sync::Mutex::new([
+                        c(REQUESTS, &[("cache.tier", "l1"), ("cache.result", "hit")]),
                         c(FALLBACK_OPERATIONS, &[]),
                         c(REPLAY_WRITES, &[("cache.replay.result", "replayed")]),
                         c(REPLAY_WRITES, &[("cache.replay.result", "skipped")]),
@@ -610,6 +613,7 @@ impl Sampled {
         }
         h.available.set(if s.available { 1.0 } else { 0.0 });
         let now = [
+            s.l1_hits,
             s.fallback_ops,
             s.replayed,
             s.replay_skipped,

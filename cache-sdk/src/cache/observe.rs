@@ -118,6 +118,7 @@ impl Cache {
         let stats = self.stats();
         let fallback = self.inner.remote.fallback_store();
         self.inner.counters.sampled.record(&crate::metrics::Sample {
+            l1_hits: stats.l1_hits,
             fallback_ops: stats.fallback_ops,
             replayed: stats.replayed,
             replay_skipped: stats.replay_skipped,
