@@ -6,8 +6,9 @@
 #
 #   scripts/bench-sessions-http.sh [ROUNDS] [SECONDS]      (default: 5 rounds of 10 s)
 #
-# PROFILE=1 also records a CPU profile of the cache-sdk server during its first round
-# (`perf record`, printed as `perf report` top entries at the end).
+# PROFILE=1 also records a CPU profile of each server during its first round
+# (`perf record`, printed as `perf report` top entries at the end; PROFILE_OUT=DIR keeps
+# the perf.data.{ours,theirs} files there).
 #
 # Each round runs wrk (32 connections) against cache-sdk, then against tower-sessions
 # (A/B/A/B...), so that load from other work on the machine falls on both alike; the
@@ -33,6 +34,16 @@ if [ -z "$BIN" ]; then
     BIN=target/release/session-http
 fi
 
+# PIN=1: the servers run on CPU 1 only, wrk and redis-server on CPU 0 (taskset), so that the
+# server under test has one core to itself and does not compete with the load generator:
+# steadier figures on a 2-core machine (each server then gets one core's throughput).
+SERVER_CPU=""
+LOAD_CPU=""
+if [ "${PIN:-0}" = 1 ]; then
+    SERVER_CPU="taskset -c 1"
+    LOAD_CPU="taskset -c 0"
+fi
+
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -46,17 +57,17 @@ free_port() {
 }
 
 REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+$LOAD_CPU redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 OURS_PORT=$(free_port)
 THEIRS_PORT=$(free_port)
-"$BIN" ours "127.0.0.1:$OURS_PORT" "redis://127.0.0.1:$REDIS_PORT" >"$WORK/ours.log" 2>&1 &
+$SERVER_CPU "$BIN" ours "127.0.0.1:$OURS_PORT" "redis://127.0.0.1:$REDIS_PORT" >"$WORK/ours.log" 2>&1 &
 OURS_PID=$!
 PIDS+=($OURS_PID)
-"$BIN" theirs "127.0.0.1:$THEIRS_PORT" >"$WORK/theirs.log" 2>&1 &
+$SERVER_CPU "$BIN" theirs "127.0.0.1:$THEIRS_PORT" >"$WORK/theirs.log" 2>&1 &
 THEIRS_PID=$!
 PIDS+=($THEIRS_PID)
 for port in "$OURS_PORT" "$THEIRS_PORT"; do
@@ -104,17 +115,17 @@ run() {
     local name=$1 port=$2 pid=$3 secs=$4
     local perf_out="$WORK/perf.$name"
     if [ "$HAVE_PERF" = 1 ]; then
-        perf stat -x, -e task-clock -p "$pid" -o "$perf_out" -- sleep "$((secs + 1))" &
+        perf stat -x, -e task-clock,context-switches -p "$pid" -o "$perf_out" -- sleep "$((secs + 1))" &
         local perf_pid=$!
         sleep 0.5
     fi
     local prof_pid=""
-    if [ "${PROFILE:-0}" = 1 ] && [ "$name" = ours ] && [ ! -e "$WORK/perf.data" ]; then
-        perf record -q -e cpu-clock -F 2000 -p "$pid" -o "$WORK/perf.data" -- sleep "$secs" >/dev/null 2>&1 &
+    if [ "${PROFILE:-0}" = 1 ] && [ "${WARMING:-0}" = 0 ] && [ ! -e "$WORK/perf.data.$name" ]; then
+        perf record -q -e cpu-clock -F 2000 -p "$pid" -o "$WORK/perf.data.$name" -- sleep "$secs" >/dev/null 2>&1 &
         prof_pid=$!
     fi
     local out
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" -s "$WORK/$name.lua" "http://127.0.0.1:$port/read")
+    out=$($LOAD_CPU wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" -s "$WORK/$name.lua" "http://127.0.0.1:$port/read")
     if grep -q "Non-2xx" <<<"$out"; then
         echo "$name: some responses were not 2xx:" >&2
         echo "$out" >&2
@@ -131,32 +142,37 @@ run() {
         # next to nothing then), divided by the requests wrk counted.
         cpu=$(awk -F, -v r="$requests" '$3 ~ /task-clock/ { printf "%.2f", $1 * 1000 / r }' "$perf_out")
     fi
-    echo "$requests $rps $cpu"
+    local cs="-"
+    if [ "$HAVE_PERF" = 1 ]; then
+        cs=$(awk -F, -v r="$requests" '$3 ~ /context-switches/ && $1 ~ /^[0-9]+$/ { printf "%.2f", $1 / r }' "$perf_out")
+        [ -n "$cs" ] || cs="-"
+    fi
+    echo "$requests $rps $cpu $cs"
 }
 
 echo "warming up..."
-run ours "$OURS_PORT" "$OURS_PID" 3 >/dev/null
-run theirs "$THEIRS_PORT" "$THEIRS_PID" 3 >/dev/null
+WARMING=1 run ours "$OURS_PORT" "$OURS_PID" 3 >/dev/null
+WARMING=1 run theirs "$THEIRS_PORT" "$THEIRS_PID" 3 >/dev/null
 
-printf '%-6s %-15s %12s %12s %10s %16s\n' round server requests req/s ratio 'CPU µs/request'
+printf '%-6s %-15s %12s %12s %10s %16s %12s\n' round server requests req/s ratio 'CPU µs/request' 'cs/request'
 RATIOS=()
 IRATIOS=()
 OURS_REQUESTS=0
 OURS_CALLS=0
 for round in $(seq "$ROUNDS"); do
     before=$(redis_calls)
-    read -r oreq orps ocpu <<<"$(run ours "$OURS_PORT" "$OURS_PID" "$SECONDS_PER_RUN")"
+    read -r oreq orps ocpu ocs <<<"$(run ours "$OURS_PORT" "$OURS_PID" "$SECONDS_PER_RUN")"
     after=$(redis_calls)
     OURS_REQUESTS=$((OURS_REQUESTS + oreq))
     OURS_CALLS=$((OURS_CALLS + after - before))
-    read -r treq trps tcpu <<<"$(run theirs "$THEIRS_PORT" "$THEIRS_PID" "$SECONDS_PER_RUN")"
+    read -r treq trps tcpu tcs <<<"$(run theirs "$THEIRS_PORT" "$THEIRS_PID" "$SECONDS_PER_RUN")"
     ratio=$(awk -v a="$orps" -v b="$trps" 'BEGIN { printf "%.3f", a / b }')
     RATIOS+=("$ratio")
     if [ "$ocpu" != "-" ]; then
         IRATIOS+=("$(awk -v a="$ocpu" -v b="$tcpu" 'BEGIN { printf "%.3f", b / a }')")
     fi
-    printf '%-6s %-15s %12s %12s %10s %16s\n' "$round" cache-sdk "$oreq" "$orps" "$ratio" "$ocpu"
-    printf '%-6s %-15s %12s %12s %10s %16s\n' "$round" tower-sessions "$treq" "$trps" "" "$tcpu"
+    printf '%-6s %-15s %12s %12s %10s %16s %12s\n' "$round" cache-sdk "$oreq" "$orps" "$ratio" "$ocpu" "$ocs"
+    printf '%-6s %-15s %12s %12s %10s %16s %12s\n' "$round" tower-sessions "$treq" "$trps" "" "$tcpu" "$tcs"
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -168,9 +184,11 @@ fi
 awk -v c="$OURS_CALLS" -v r="$OURS_REQUESTS" 'BEGIN { printf "Redis commands per cache-sdk request: %.5f (%d commands, %d requests)\n", c / r, c, r }'
 echo "commands by name over the whole run:"
 redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_' | cut -d, -f1
-if [ -e "$WORK/perf.data" ]; then
+for name in ours theirs; do
+    [ -e "$WORK/perf.data.$name" ] || continue
+    [ -z "${PROFILE_OUT:-}" ] || cp "$WORK/perf.data.$name" "$PROFILE_OUT/"
     echo
-    echo "cache-sdk server profile (self time, top 40):"
-    perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
-        grep -v '^#' | grep -v '^$' | head -40
-fi
+    echo "$name server profile (self time, top 40):"
+    perf report -i "$WORK/perf.data.$name" --no-children --sort symbol --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -40 | sed 's/  *- *- *$//' || true
+done
