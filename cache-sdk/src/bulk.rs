@@ -12,7 +12,8 @@
 //!                                      ONE loader call with only those ids
 //!                                        │
 //!                                        ▼
-//!                                      one pipelined write: values (TTL), and with
+//!                                      one pipelined write: values (TTL, with the
+//!                                      tags of BulkOptions::tags/tags_by_key), and with
 //!                                      negative caching the ids the loader did not
 //!                                      return, as "absent" markers (their own TTL)
 //! ```
@@ -34,36 +35,137 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::tags::TagList;
 use super::{log_key, Cache, CacheValue};
 use crate::codec::{self, Codec, Header, TypeTag, HEADER_LEN};
 use crate::key;
 use crate::stats::bump;
-use crate::tier::local::{AnyValue, Ticket};
+use crate::tier::local::{AnyValue, Depends, Ticket};
 use crate::ttl::Ttl;
 
-/// How [`Cache::get_many_or_load_with`] treats ids the loader does not return.
+/// How [`Cache::get_many_or_load_with`] treats ids the loader does not return, and the tags
+/// the values it writes carry.
 ///
 /// ```
 /// use cache_sdk::{BulkOptions, Ttl};
-/// let opts = BulkOptions::new().cache_absent(Ttl::secs(30));
+/// let opts = BulkOptions::new()
+///     .cache_absent(Ttl::secs(30))
+///     .tags(["catalog"])
+///     .tags_by_key(|key| key.strip_prefix("cache:").map(str::to_owned).into_iter().collect());
 /// assert!(opts.absent_ttl().is_some());
+/// assert_eq!(opts.tags_of("cache:product:7"), ["catalog", "product:7"]);
 /// assert!(BulkOptions::new().absent_ttl().is_none());
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default)]
 #[must_use]
 pub struct BulkOptions {
     absent_ttl: Option<Ttl>,
+    /// Tags every loaded value carries.
+    tags: Vec<String>,
+    /// Tags of each loaded value, from its key.
+    key_tags: Option<KeyTags>,
+}
+
+/// A function from a key to the tags of its value.
+type KeyTags = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
+impl std::fmt::Debug for BulkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkOptions")
+            .field("absent_ttl", &self.absent_ttl)
+            .field("tags", &self.tags)
+            .field("tags_by_key", &self.key_tags.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for BulkOptions {
+    /// Equal when the TTLs and tags are, and both have no key-to-tags function or the same
+    /// one (the same `Arc`, as in clones of one options value).
+    fn eq(&self, other: &Self) -> bool {
+        self.absent_ttl == other.absent_ttl
+            && self.tags == other.tags
+            && match (&self.key_tags, &other.key_tags) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 impl BulkOptions {
-    /// No negative caching: an id the loader does not return is asked for again next time.
+    /// No negative caching and no tags: an id the loader does not return is asked for
+    /// again next time.
     ///
     /// ```
     /// let opts = cache_sdk::BulkOptions::new();
-    /// # let _ = opts;
+    /// assert!(opts.tags_of("cache:product:1").is_empty());
     /// ```
     pub const fn new() -> Self {
-        Self { absent_ttl: None }
+        Self {
+            absent_ttl: None,
+            tags: Vec::new(),
+            key_tags: None,
+        }
+    }
+
+    /// Tags that every value this call loads carries (replacing any set before), as
+    /// [`LoadOptions::tags`](crate::LoadOptions::tags) for single loads:
+    /// [`Cache::invalidate_tag`] with any of them makes those values misses. Values found in
+    /// the cache keep the tags they were written with.
+    ///
+    /// ```
+    /// let opts = cache_sdk::BulkOptions::new().tags(["catalog"]);
+    /// assert_eq!(opts.tags_of("cache:product:1"), ["catalog"]);
+    /// ```
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Tags that depend on the key, added to those of [`BulkOptions::tags`]: `f` gets the
+    /// cache key of each loaded value (e.g. `cache:product:7`) and returns its own tags
+    /// (`product:7`), so that one bulk call writes values tagged as single loads would tag
+    /// them. A value with more than 64 tags, or an invalid one (empty, over 256 bytes, with
+    /// a control character), is returned but not cached, with a warning.
+    ///
+    /// ```
+    /// let opts = cache_sdk::BulkOptions::new()
+    ///     .tags_by_key(|key| vec![key.replacen("cache:", "", 1)]);
+    /// assert_eq!(opts.tags_of("cache:product:7"), ["product:7"]);
+    /// ```
+    pub fn tags_by_key<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&str) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.key_tags = Some(Arc::new(f));
+        self
+    }
+
+    /// The tags a value loaded under `key` carries: those of [`BulkOptions::tags`], then
+    /// those of [`BulkOptions::tags_by_key`] for `key` (each tag once).
+    ///
+    /// ```
+    /// let opts = cache_sdk::BulkOptions::new()
+    ///     .tags(["catalog", "product:1"])
+    ///     .tags_by_key(|_| vec!["product:1".into()]);
+    /// assert_eq!(opts.tags_of("cache:product:1"), ["catalog", "product:1"]);
+    /// ```
+    #[must_use]
+    pub fn tags_of(&self, key: &str) -> Vec<String> {
+        let mut tags = self.tags.clone();
+        if let Some(f) = &self.key_tags {
+            for t in f(key) {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+        }
+        tags
     }
 
     /// Negative caching: an id the loader does not return is remembered as absent for
@@ -332,7 +434,7 @@ impl Cache {
                         .into_iter()
                         .map(|(j, v)| (flight_keys_ref[j].clone(), v))
                         .collect();
-                    async move { self.bulk_fill(items, ttl, absent_ttl).await }
+                    async move { self.bulk_fill(items, ttl, absent_ttl, opts).await }
                 },
             )
             .await?;
@@ -451,60 +553,91 @@ impl Cache {
         out
     }
 
-    /// Writes what a bulk load returned in one pipelined round trip, then L1. "Absent"
-    /// answers are written only with negative caching on. Trouble is logged.
+    /// Writes what a bulk load returned in one pipelined round trip, then L1. Values carry
+    /// the tags of `opts`; "absent" answers are written only with negative caching on (and
+    /// carry no tags). Trouble is logged.
     async fn bulk_fill<T: CacheValue>(
         &self,
         items: Vec<(String, Arc<Slot<T>>)>,
         ttl: Duration,
         absent_ttl: Option<Duration>,
+        opts: &BulkOptions,
     ) {
         if ttl.is_zero() {
             return;
         }
         let mut writes = Vec::with_capacity(items.len());
-        let mut l1: Vec<(String, AnyValue, Duration, Ticket)> = Vec::with_capacity(items.len());
+        let mut l1: Vec<Fill> = Vec::with_capacity(items.len());
         for (key, slot) in items {
-            let (bytes, value, ttl) = match &*slot {
-                Slot::Found(v) => match self.encode(&key, &**v, ttl) {
-                    Ok(b) => (b, v.clone() as AnyValue, ttl),
-                    Err(e) => {
-                        tracing::warn!(key = log_key(&key), error = %e, "loaded value could not be cached");
-                        continue;
+            let (bytes, value, ttl, depends) = match &*slot {
+                Slot::Found(v) => {
+                    let encoded = TagList::new(&opts.tags_of(&key)).and_then(|tags| {
+                        let names = tags.as_ref().map_or(&[][..], |t| &t.names[..]);
+                        Ok((self.encode_tagged(&key, &**v, ttl, names)?, tags))
+                    });
+                    match encoded {
+                        Ok((b, tags)) => {
+                            let depends = tags.and_then(|t| t.depends(&b));
+                            (b, v.clone() as AnyValue, ttl, depends)
+                        }
+                        Err(e) => {
+                            tracing::warn!(key = log_key(&key), error = %e, "loaded value could not be cached");
+                            continue;
+                        }
                     }
-                },
+                }
                 Slot::Absent => {
                     let Some(a) = absent_ttl else { continue };
                     match codec::encode(&(), Codec::Bincode, absent_tag(), Some(a)) {
-                        Ok(b) => (b, Arc::new(Absent) as AnyValue, a),
+                        Ok(b) => (b, Arc::new(Absent) as AnyValue, a, None),
                         Err(_) => continue,
                     }
                 }
             };
             let ticket = self.inner.local.ticket(&key);
             writes.push((key.clone(), bytes, ttl));
-            l1.push((key, value, ttl, ticket));
+            l1.push(Fill {
+                key,
+                value,
+                ttl,
+                depends,
+                ticket,
+            });
         }
         if writes.is_empty() {
             return;
         }
         match self.inner.remote.mset_each(writes).await {
             Ok(()) => {
-                for (key, value, ttl, ticket) in &l1 {
-                    self.inner
-                        .local
-                        .insert_own(key, value.clone(), Some(*ttl), *ticket);
+                for f in &l1 {
+                    self.inner.local.insert_own_depending(
+                        &f.key,
+                        f.value.clone(),
+                        Some(f.ttl),
+                        f.depends.clone(),
+                        f.ticket,
+                    );
                 }
-                self.written(l1.iter().map(|(k, _, _, _)| k.as_str())).await;
+                self.written(l1.iter().map(|f| f.key.as_str())).await;
             }
             Err(e) => {
-                for (key, _, _, _) in &l1 {
-                    self.inner.local.invalidate(key);
+                for f in &l1 {
+                    self.inner.local.invalidate(&f.key);
                 }
                 tracing::warn!(keys = l1.len(), error = %e, "loaded values could not be cached");
             }
         }
     }
+}
+
+/// One value of a bulk load on its way into L1, once L2 has it.
+struct Fill {
+    key: String,
+    value: AnyValue,
+    ttl: Duration,
+    /// The tag stamps it depends on (`cache/tags.rs`).
+    depends: Option<Arc<Depends>>,
+    ticket: Ticket,
 }
 
 /// The answer for every id, from the answers per distinct key.

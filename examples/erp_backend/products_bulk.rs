@@ -12,9 +12,9 @@
 //! `{"id": 999, "status": 404, "error": "Product 999 not found"}`. Unknown ids are not
 //! cached (a product created later is found at once).
 //!
-//! Products cached by this route carry no tags (`get_many_or_load` writes untagged values),
-//! unlike single reads (`product:{id}` and `catalog`): invalidating those tags does not reach
-//! them. `PUT` and `DELETE` replace or evict the product's key itself, so they stay right.
+//! Products cached by this route carry the same tags as single reads (`product:{id}` and
+//! `catalog`, through `BulkOptions::tags` and `tags_by_key`), so invalidating either reaches
+//! them too.
 //!
 //! At most [`MAX_IDS`] ids per request; an empty, malformed or longer list is a 400, a
 //! failing database a 503 (as for single reads).
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::Json;
-use cache_sdk::Ttl;
+use cache_sdk::{BulkOptions, Ttl};
 use serde::Serialize;
 
 use crate::app::AppState;
@@ -61,11 +61,21 @@ impl Catalog {
         self: &Arc<Self>,
         ids: &[u64],
     ) -> Result<Vec<Option<Product>>, DbError> {
+        let opts = BulkOptions::new()
+            .tags([crate::catalog::CATALOG_TAG])
+            .tags_by_key(|key| {
+                // `cache:product:{id}` carries `product:{id}`, as single reads tag it.
+                key.strip_prefix("cache:")
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect()
+            });
         cache_sdk::global()
-            .get_many_or_load(
+            .get_many_or_load_with(
                 ids,
                 |id| format!("cache:product:{id}"),
                 Ttl::Api,
+                &opts,
                 |missing: Vec<u64>| {
                     let catalog = self.clone();
                     async move { catalog.db().get_many(&missing).await }

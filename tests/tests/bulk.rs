@@ -367,3 +367,89 @@ async fn values_cached_before_a_clear_or_a_tag_invalidation_are_loaded_again() {
     );
     assert_eq!(origin.calls().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_loaded_in_bulk_carry_the_shared_and_per_key_tags() {
+    let server = RedisServer::start();
+    let (a, b) = (cache(&server).await, cache(&server).await);
+    let origin = Origin::new(100);
+    let opts = BulkOptions::new().tags(["catalog"]).tags_by_key(|k| {
+        k.strip_prefix("cache:")
+            .map(str::to_owned)
+            .into_iter()
+            .collect()
+    });
+    let all = [1u64, 2, 3];
+    assert_eq!(
+        a.get_many_or_load_with(&all, key, Ttl::Api, &opts, origin.load())
+            .await
+            .unwrap(),
+        named(&all)
+    );
+    // B has every value in its L1 (read from Redis), and A in its own from the load.
+    assert_eq!(
+        b.get_many_or_load_with(&all, key, Ttl::Api, &opts, origin.load())
+            .await
+            .unwrap(),
+        named(&all)
+    );
+    assert_eq!(origin.calls().len(), 1);
+    // A reads once more: its L1 copies are served once it has read the tags' stamps.
+    a.get_many_or_load_with(&all, key, Ttl::Api, &opts, origin.load())
+        .await
+        .unwrap();
+    assert_eq!(origin.calls().len(), 1);
+
+    // A per-key tag, invalidated on B: B loads that id alone again; A's L1 copy depends
+    // on the tag's stamp, which coherence evicts, so A reads the reloaded value from Redis.
+    b.invalidate_tag("bulk:2").await.unwrap();
+    assert_eq!(
+        b.get_many_or_load_with(&all, key, Ttl::Api, &opts, origin.load())
+            .await
+            .unwrap(),
+        named(&all)
+    );
+    assert_eq!(origin.calls().last(), Some(&vec![2]));
+    let l2_hits = a.stats().l2_hits;
+    let mut read_again = false;
+    for _ in 0..250 {
+        let got = a
+            .get_many_or_load_with(&all, key, Ttl::Api, &opts, origin.load())
+            .await
+            .unwrap();
+        assert_eq!(got, named(&all));
+        if a.stats().l2_hits > l2_hits {
+            read_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        read_again,
+        "A's copy of id 2 was dropped when its tag was invalidated"
+    );
+    assert_eq!(a.stats().l2_hits, l2_hits + 1, "only id 2 was read again");
+    assert_eq!(origin.calls().len(), 2, "the value B reloaded served A");
+    let reloads = origin.calls().len();
+
+    // The shared tag: every id is a miss again, in one call.
+    a.invalidate_tag("catalog").await.unwrap();
+    assert_eq!(
+        a.get_many_or_load_with(&all, key, Ttl::Api, &opts, origin.load())
+            .await
+            .unwrap(),
+        named(&all)
+    );
+    assert_eq!(origin.calls().last(), Some(&vec![1, 2, 3]));
+    assert_eq!(origin.calls().len(), reloads + 1);
+
+    // An invalid per-key tag: the value is answered but not cached.
+    let bad = BulkOptions::new().tags_by_key(|_| vec![String::new()]);
+    assert_eq!(
+        a.get_many_or_load_with(&[7], key, Ttl::Api, &bad, origin.load())
+            .await
+            .unwrap(),
+        named(&[7])
+    );
+    assert!(server.get_raw("cache:bulk:7").await.is_none());
+}

@@ -1528,6 +1528,27 @@ async fn products_by_ids_come_in_order_from_one_database_call() {
     let warm = origin(&mut client).await["loads"].as_u64().unwrap();
     assert_eq!(warm - after, 1, "only the unknown id reached the database");
 
+    // Products read in bulk carry the `catalog` tag, as single reads do: a PUT of product
+    // 60 invalidates it, and the next bulk read of 1..=20 asks the database again.
+    let known = "/api/products?ids=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20";
+    client.get(known).await.expect(200);
+    let warm = origin(&mut client).await["loads"].as_u64().unwrap();
+    client.get(known).await.expect(200);
+    assert_eq!(
+        origin(&mut client).await["loads"].as_u64().unwrap(),
+        warm,
+        "all cached"
+    );
+    let lamp = json!({"name": "Lamp", "priceCents": 1_900, "stock": 8});
+    client.put_json("/api/products/60", &lamp).await.expect(200);
+    let put = origin(&mut client).await["loads"].as_u64().unwrap();
+    client.get(known).await.expect(200);
+    assert_eq!(
+        origin(&mut client).await["loads"].as_u64().unwrap() - put,
+        1,
+        "the catalog tag reached the products cached by the bulk read"
+    );
+
     assert_eq!(client.get("/api/products?ids=1,x").await.status, 400);
     assert_eq!(
         client.get("/api/products").await.status,
