@@ -26,10 +26,14 @@
 //! - **Release**: the load task deletes the lock after storing the value, with a
 //!   compare-and-delete script, so a lock that expired and was taken by another instance
 //!   is never deleted by the old holder.
-//! - **A holder that dies** (process killed, cache dropped, task aborted) leaves its lock
-//!   to expire: after at most `lock_ttl` another instance takes it and loads. A holder
-//!   whose loader outlasts `lock_ttl` may see a second load start elsewhere: choose
-//!   `lock_ttl` above the loader's usual time ([`DEFAULT_STAMPEDE_LOCK_TTL`], 5 s).
+//! - **Renewal**: while the loader runs, the holder extends its lock every third of
+//!   `lock_ttl` (a compare-and-pexpire script: only its own token), so a loader slower than
+//!   `lock_ttl` does not let a second load start elsewhere. It renews for at most the
+//!   call's hard timeout (else 12 × `lock_ttl`, 1 min by default): a loader that hangs
+//!   longer no longer keeps the other instances from loading.
+//! - **A holder that dies** (process killed, cache dropped, task aborted) stops renewing
+//!   and leaves its lock to expire: after at most `lock_ttl`
+//!   ([`DEFAULT_STAMPEDE_LOCK_TTL`], 5 s) another instance takes it and loads.
 //! - **Without Redis** (not configured, or down: the fallback serves) the lock is skipped
 //!   and only the in-process single-flight remains. The lock is never written to the
 //!   fallback nor replayed.
@@ -203,10 +207,54 @@ impl LoadOptions {
     }
 }
 
-/// A lock this instance holds, released by the load task once the value is stored.
+/// A lock this instance holds, released by the load task once the value is stored. While
+/// it is held, a task renews it (see [`renew`]); dropping it stops the renewal.
 pub(crate) struct HeldLock {
     key: String,
     token: String,
+    renewal: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
+}
+
+/// How long a holder keeps renewing its lock when the call sets no hard timeout, in
+/// lock lifetimes: past that, a loader that hangs no longer keeps other instances from
+/// loading.
+const MAX_RENEWALS_WITHOUT_HARD_TIMEOUT: u32 = 12;
+
+/// Keeps the lock of `key` alive while its loader runs: every third of `lock_ttl`, a
+/// compare-and-pexpire back to `lock_ttl`, so a loader slower than `lock_ttl` does not let
+/// another instance start a second load. It stops when the lock is released (the holder
+/// drops it), when the lock is no longer this holder's, when Redis is not in use, and
+/// after `hold_for` at the latest (then the lock expires within `lock_ttl`).
+async fn renew(
+    remote: crate::tier::remote::Remote,
+    key: String,
+    token: String,
+    lock_ttl: Duration,
+    hold_for: Duration,
+) {
+    let every = (lock_ttl / 3).max(Duration::from_millis(1));
+    let until = Instant::now() + hold_for;
+    loop {
+        tokio::time::sleep(every).await;
+        if Instant::now() + lock_ttl > until {
+            // The last renewal would outlive the limit: let the lock run out.
+            return;
+        }
+        match remote.extend_lock(&key, &token, lock_ttl).await {
+            Some(true) => {
+                tracing::trace!(key = log_key(&key), "stampede lock renewed");
+            }
+            Some(false) | None => return,
+        }
+    }
 }
 
 /// Which timeout ended a wait.
@@ -276,9 +324,23 @@ impl Cache {
                         return Turn::Found(found);
                     }
                     tracing::debug!(key = log_key(key), "stampede lock taken; loading");
+                    let hold_for = opts
+                        .hard_timeout
+                        .unwrap_or(s.lock_ttl * MAX_RENEWALS_WITHOUT_HARD_TIMEOUT);
+                    let renewal = tokio::runtime::Handle::try_current().ok().map(|rt| {
+                        rt.spawn(renew(
+                            self.inner.remote.clone(),
+                            key.to_owned(),
+                            token.clone(),
+                            s.lock_ttl,
+                            hold_for,
+                        ))
+                        .abort_handle()
+                    });
                     return Turn::Lead(Some(HeldLock {
                         key: key.to_owned(),
                         token,
+                        renewal,
                     }));
                 }
                 Some(false) => {}
@@ -319,8 +381,11 @@ impl Cache {
         Some(s)
     }
 
-    /// Releases a lock this instance holds (if it still does).
-    pub(super) async fn release(&self, lock: HeldLock) {
+    /// Releases a lock this instance holds (if it still does), after stopping its renewal.
+    pub(super) async fn release(&self, mut lock: HeldLock) {
+        if let Some(r) = lock.renewal.take() {
+            r.abort();
+        }
         self.inner.remote.unlock(&lock.key, &lock.token).await;
     }
 

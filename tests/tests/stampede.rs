@@ -199,6 +199,74 @@ async fn a_waiter_never_waits_past_the_hard_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_slower_than_the_lock_ttl_keeps_its_lock_until_it_stores() {
+    let server = RedisServer::start();
+    let opts = distributed()
+        .stampede_lock_ttl(Duration::from_millis(600))
+        .stampede_poll(Duration::from_millis(50));
+    let a = cache_with(&server, opts.clone()).await;
+    let b = cache_with(&server, opts.clone()).await;
+    let key = "cache:st:renewed";
+    let a2 = a.clone();
+    let holder = tokio::spawn(async move {
+        a2.get_or_load_entry(key, Ttl::Api, || async {
+            // Four lock lifetimes: without renewal, B would take the expired lock and load.
+            tokio::time::sleep(Duration::from_millis(2400)).await;
+            Ok::<_, String>(1u32)
+        })
+        .await
+        .map(|e| **e.value())
+    });
+    assert!(lock_held(&server, key).await, "A took the lock");
+    let e = b
+        .get_or_load_entry(key, Ttl::Api, || async { Ok::<_, String>(2u32) })
+        .await
+        .unwrap();
+    assert_eq!(**e.value(), 1, "B waited for A's value");
+    assert!(!e.was_loaded());
+    assert_eq!(b.stats().loads, 0, "B never loaded");
+    assert_eq!(holder.await.unwrap().unwrap(), 1);
+    assert_eq!(server.pttl(&format!("{key}:~lock")).await, -2, "released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_loader_is_renewed_only_until_its_hard_timeout() {
+    let server = RedisServer::start();
+    let opts = distributed()
+        .stampede_lock_ttl(Duration::from_millis(600))
+        .stampede_poll(Duration::from_millis(50));
+    let a = cache_with(&server, opts.clone()).await;
+    let b = cache_with(&server, opts.clone()).await;
+    let key = "cache:st:hung";
+    let hung = opts.clone().hard_timeout(Duration::from_millis(900));
+    let r = a
+        .get_or_load_entry_with(key, Ttl::Api, &hung, || {
+            std::future::pending::<Result<u32, String>>()
+        })
+        .await;
+    assert!(matches!(r, Err(LoadError::Timeout(_))), "{r:?}");
+    // A's loader still runs, but its lock is no longer renewed: B takes it and loads.
+    let start = Instant::now();
+    let e = b
+        .get_or_load_entry_with(
+            key,
+            Ttl::Api,
+            &opts.clone().hard_timeout(Duration::from_secs(20)),
+            || async { Ok::<_, String>(3u32) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(**e.value(), 3);
+    assert!(e.was_loaded(), "B loaded once A's lock ran out");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_it_degrades_to_the_in_process_single_flight() {
     // No Redis configured.
     let cache = Cache::builder()

@@ -1,6 +1,7 @@
-//! The distributed stampede lock's two commands: take a short lock with a token
-//! (`SET <key>:~lock <token> NX PX <ms>`) and release it only when it still holds that
-//! token (a compare-and-delete script). See `cache/stampede.rs` for the protocol.
+//! The distributed stampede lock's commands: take a short lock with a token
+//! (`SET <key>:~lock <token> NX PX <ms>`), extend it and release it only when it still
+//! holds that token (compare-and-pexpire and compare-and-delete scripts). See
+//! `cache/stampede.rs` for the protocol.
 //!
 //! The lock lives on Redis only: it is never written to the fallback nor to the replay log.
 //! While Redis is down (or not configured) both calls answer `None`, and the caller falls
@@ -18,6 +19,12 @@ use crate::tier::redis::Failure;
 /// Deletes `KEYS[1]` only when it holds `ARGV[1]`; answers 1 when it did.
 const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Extends `KEYS[1]` to `ARGV[2]` ms only when it holds `ARGV[1]`; answers 1 when it did.
+const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0";
 
@@ -74,6 +81,27 @@ impl Remote {
         }
     }
 
+    /// Extends the lock of `key` to `ttl` from now if it still holds `token`: `Some(true)`
+    /// when extended, `Some(false)` when the lock is gone or held by another holder, `None`
+    /// when Redis is not in use.
+    pub(crate) async fn extend_lock(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
+        self.on_runtime().await.ok()?;
+        let link = self.up_link()?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(EXTEND)
+            .arg(1)
+            .arg(&*self.rkey(&lock_key(key)))
+            .arg(token)
+            .arg(millis(ttl));
+        match link.query::<i64>(&cmd).await {
+            Ok(n) => Some(n == 1),
+            Err(f) => {
+                self.lock_failed(f);
+                None
+            }
+        }
+    }
+
     fn lock_failed(&self, failure: Failure) {
         match failure {
             Failure::Unavailable(why) => self.trip(&why),
@@ -101,5 +129,9 @@ mod tests {
             None
         );
         assert!(!remote.unlock("k", "t").await);
+        assert_eq!(
+            remote.extend_lock("k", "t", Duration::from_secs(1)).await,
+            None
+        );
     }
 }
