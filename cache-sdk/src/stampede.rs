@@ -241,12 +241,16 @@ async fn renew(
     hold_for: Duration,
 ) {
     let every = (lock_ttl / 3).max(Duration::from_millis(1));
-    let until = Instant::now() + hold_for;
+    // Durations set by the user may be huge: saturate instead of overflowing.
+    let until = Instant::now().checked_add(hold_for);
     loop {
         tokio::time::sleep(every).await;
-        if Instant::now() + lock_ttl > until {
-            // The last renewal would outlive the limit: let the lock run out.
-            return;
+        let expiry = Instant::now().checked_add(lock_ttl);
+        if let (Some(until), Some(expiry)) = (until, expiry) {
+            if expiry > until {
+                // The next renewal would outlive the limit: let the lock run out.
+                return;
+            }
         }
         match remote.extend_lock(&key, &token, lock_ttl).await {
             Some(true) => {
@@ -326,7 +330,7 @@ impl Cache {
                     tracing::debug!(key = log_key(key), "stampede lock taken; loading");
                     let hold_for = opts
                         .hard_timeout
-                        .unwrap_or(s.lock_ttl * MAX_RENEWALS_WITHOUT_HARD_TIMEOUT);
+                        .unwrap_or(s.lock_ttl.saturating_mul(MAX_RENEWALS_WITHOUT_HARD_TIMEOUT));
                     let renewal = tokio::runtime::Handle::try_current().ok().map(|rt| {
                         rt.spawn(renew(
                             self.inner.remote.clone(),
