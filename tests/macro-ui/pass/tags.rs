@@ -1,4 +1,11 @@
 #![deny(warnings)]
+// A test program of signatures: its futures are built and never run, its types need no
+// `Debug`, and the bounds are where the signatures under test put them.
+#![allow(
+    missing_debug_implementations,
+    clippy::let_underscore_future,
+    clippy::multiple_bound_locations
+)]
 
 use cache_sdk::{cache_evict, cache_put, cached};
 
@@ -10,7 +17,10 @@ struct Product {
 
 #[cached(key = "cache:product:{id}", ttl = "api", tags = ["product:{id}", "catalog"])]
 async fn product(id: u64) -> Option<Product> {
-    Some(Product { id, name: "Desk".into() })
+    Some(Product {
+        id,
+        name: "Desk".into(),
+    })
 }
 
 #[cached(key = "cache:price:{id}", fail_safe = "1h", tags = ["product:{id}"])]
@@ -34,7 +44,11 @@ async fn reset_catalog() {}
 async fn use_them() {
     let _ = product(1).await;
     let _ = price(1).await;
-    let _ = save(Product { id: 1, name: String::new() }).await;
+    let _ = save(Product {
+        id: 1,
+        name: String::new(),
+    })
+    .await;
     let _ = delete(1).await;
     reset_catalog().await;
     let _ = product_invalidate_tags(1).await;

@@ -1,5 +1,12 @@
 //! Signatures #[cached] and its companions must keep compiling, without warnings.
 #![deny(warnings)]
+// A test program of signatures: its futures are built and never run, its types need no
+// `Debug`, and the bounds are where the signatures under test put them.
+#![allow(
+    missing_debug_implementations,
+    clippy::let_underscore_future,
+    clippy::multiple_bound_locations
+)]
 
 use std::fmt::Display;
 use std::sync::LazyLock;
@@ -45,11 +52,16 @@ impl Service {
 
 /// Generic, with `impl Trait` arguments, `?` in the body and an `io::Result` alias.
 #[cached(key = "cache:read:{path}:{id}", ttl = 300, crate = "sdk", cache = shared())]
-pub async fn read<T: Display + Send + Sync>(path: T, id: impl Display + Send + Sync) -> std::io::Result<String>
+pub async fn read<T: Display + Send + Sync>(
+    path: T,
+    id: impl Display + Send + Sync,
+) -> std::io::Result<String>
 where
     T: Clone,
 {
-    let text: String = format!("{path}/{id}").parse().map_err(std::io::Error::other)?;
+    let text: String = format!("{path}/{id}")
+        .parse()
+        .map_err(std::io::Error::other)?;
     Ok(text)
 }
 

@@ -1,3 +1,10 @@
+// A test program of signatures: its futures are built and never run, its types need no
+// `Debug`, and the bounds are where the signatures under test put them.
+#![allow(
+    missing_debug_implementations,
+    clippy::let_underscore_future,
+    clippy::multiple_bound_locations
+)]
 use cache_sdk::cached;
 
 #[cached(key = "cache:product:{id}", ttl = "api", stampede = "distributed")]
