@@ -10,6 +10,10 @@
 //! - TTL 1 s (so every key expires, or is refreshed, about ten times), fail-safe on with a
 //!   1 h window and a 1 s throttle, soft timeout 100 ms, hard timeout 2 s, eager refresh at
 //!   0.8 of the TTL (background completion of timed-out loads on, for both);
+//! - cache-sdk names the origin (`LoadOptions::origin("products")`), so its circuit breaker
+//!   is on: after 5 failed loads in a row (any key) the origin is asked only by one probe
+//!   per 500 ms until it answers (the defaults). amalgam-cache has no equivalent (its
+//!   fail-safe throttle is per key), so it runs without;
 //! - each library is one instance with an in-process L1 and Redis as L2, on its own keys of
 //!   the same `redis-server` (started by the benchmark on a loopback port). cache-sdk uses
 //!   its default configuration otherwise (bincode envelope, coherence `auto`); amalgam uses
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use amalgam::provider::RedisDistributedCache;
 use amalgam::provider::{DistributedCache, DistributedSerializer, JsonSerializer};
 use amalgam::{EagerThreshold, EntryOptions, FactoryContext, Timeout};
-use cache_sdk::{Cache, LoadOptions, Ttl};
+use cache_sdk::{BreakerSettings, Cache, LoadOptions, Ttl};
 use cache_sdk_tests::RedisServer;
 use serde::{Deserialize, Serialize};
 
@@ -208,9 +212,11 @@ async fn cache_sdk(server: &RedisServer) -> Contender {
         .fail_safe_throttle(THROTTLE)
         .soft_timeout(SOFT_TIMEOUT)
         .hard_timeout(HARD_TIMEOUT)
-        .refresh_ahead(REFRESH_AHEAD);
+        .refresh_ahead(REFRESH_AHEAD)
+        .origin("products");
     let cache = Cache::builder()
         .redis_url(server.url())
+        .breaker(BreakerSettings::new())
         .load_options(opts.clone())
         .build()
         .await
@@ -308,7 +314,7 @@ async fn run(contender: Contender) -> Outcome {
         println!(
             "  cache-sdk stats: loads {}, load errors {}, stale served {}, soft timeouts {}, \
              hard timeouts {}, background completions {}, refreshes started/completed/failed \
-             {}/{}/{}",
+             {}/{}/{}; breaker: opened {}, probes {}, rejections {}",
             s.loads,
             s.load_errors,
             s.stale_served,
@@ -317,7 +323,10 @@ async fn run(contender: Contender) -> Outcome {
             s.background_completions,
             s.refreshes_started,
             s.refreshes_completed,
-            s.refreshes_failed
+            s.refreshes_failed,
+            s.breakers_opened,
+            s.breaker_probes,
+            s.breaker_rejections
         );
     }
     summarize(contender.name(), &origin, &reads)
@@ -449,7 +458,8 @@ fn main() {
     println!(
         "slow and flaky origin: {TASKS} tasks, {KEYS} keys, {}s; origin {}ms, 1 error in \
          {ERROR_ONE_IN}, outage {}s..{}s; TTL {}s, fail-safe {}s (throttle {}s), soft {}ms, \
-         hard {}s, eager refresh {REFRESH_AHEAD}",
+         hard {}s, eager refresh {REFRESH_AHEAD}; cache-sdk: origin breaker (5 failures, probe \
+         every 500 ms)",
         RUN.as_secs(),
         ORIGIN_LATENCY.as_millis(),
         OUTAGE_FROM.as_secs(),
