@@ -540,10 +540,18 @@ impl Breaker {
         })
     }
 
-    /// While the breaker is open: until when a stale value should be re-armed.
-    pub(crate) fn open_until(&self, now: u64) -> Option<u64> {
+    /// How long a stale value served after a failed load of this origin is re-armed (at
+    /// most; the throttle period may be shorter): until the next probe while the breaker
+    /// is open, else one probe interval. The breaker, not the per-key throttle, keeps a
+    /// failing origin from being hammered, so keys come back soon after the origin does.
+    pub(crate) fn rearm_within(&self, now: u64) -> Duration {
         let c = self.lock();
-        c.open.then(|| self.retry_at(&c, now))
+        let ms = if c.open {
+            self.retry_at(&c, now).saturating_sub(now)
+        } else {
+            self.settings.interval_ms()
+        };
+        Duration::from_millis(ms.max(1))
     }
 
     fn attempt(self: &Arc<Self>, probe: bool) -> Arc<Attempt> {
@@ -691,7 +699,12 @@ mod tests {
             ("db", Duration::from_millis(50))
         );
         assert_eq!(r.rejections(), 1);
-        assert_eq!(b.open_until(1_050), Some(1_100));
+        assert_eq!(b.rearm_within(1_050), Duration::from_millis(50));
+        assert_eq!(
+            r.of("other").rearm_within(1_050),
+            Duration::from_millis(100),
+            "closed: one interval"
+        );
     }
 
     #[test]

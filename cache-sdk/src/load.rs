@@ -624,15 +624,13 @@ pub(crate) struct Stamped<T> {
     depends: Option<Arc<Depends>>,
 }
 
-/// How long a stale value served after a failed load is re-armed: the throttle period, or
-/// less when the origin's breaker is open (until its next probe, so that keys come back
-/// soon after the origin does, without asking it meanwhile).
+/// How long a stale value served after a failed load is re-armed: the throttle period, or,
+/// with an origin named, at most until its breaker's next probe (one probe interval while
+/// it is closed): the breaker then keeps a failing origin from being asked once per key,
+/// and keys come back soon after the origin does.
 fn rearm_period(opts: &LoadOptions, attempt: Option<&Attempt>) -> Duration {
-    let now = now_ms();
-    match attempt.and_then(|a| a.breaker().open_until(now)) {
-        Some(until) => opts
-            .throttle
-            .min(Duration::from_millis(until.saturating_sub(now).max(1))),
+    match attempt {
+        Some(a) => opts.throttle.min(a.breaker().rearm_within(now_ms())),
         None => opts.throttle,
     }
 }
