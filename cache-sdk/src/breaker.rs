@@ -30,8 +30,9 @@
 //!   Eager refreshes are skipped.
 //! - **Half-open**: once `probe_interval` has passed, the next load (or eager refresh) of
 //!   any key of the origin is the probe, one at a time; the others are treated as in Open.
-//!   Its success closes the breaker for every key; its failure keeps it open for one more
-//!   interval.
+//!   Its success closes the breaker for every key (stale values it re-armed load again on
+//!   their next read); its failure keeps it open until one interval after the probe
+//!   started.
 //!
 //! The state is per process: each instance of an application has its own breakers and
 //! finds out on its own that an origin is down (a few failed loads) and back (one probe).
@@ -59,11 +60,15 @@ pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
 
 /// Time between probe loads of an origin whose breaker is open, when none is set.
 ///
-/// Half a second: a down origin gets at most two calls a second from each instance,
-/// whatever the number of keys, and once it is back every key is fresh again at most about
-/// half a second later (the next probe, then one load per key). Shorter asks a failing
-/// origin more; longer keeps values stale longer after it recovers.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// A quarter of a second: a down origin gets at most four calls a second from each
+/// instance, whatever the number of keys (a trivial load for a database or an API, against
+/// one per key per throttle period without a breaker), and once it is back every key is
+/// fresh again at most about a quarter of a second later (the next probe; its success
+/// releases every stale value the breaker re-armed). Measured in `BENCHMARKS.md` ("Slow and
+/// flaky origin"): with 500 ms, values were older than with a per-key 1 s throttle in the
+/// second after an outage; with 250 ms they were not. Longer asks a failing origin less
+/// and keeps values stale longer after it recovers.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How the circuit breakers of one cache behave (the same for every origin); used by loads
 /// whose [`LoadOptions`](crate::LoadOptions) name an
@@ -145,7 +150,7 @@ impl BreakerSettings {
     /// The probe interval.
     ///
     /// ```
-    /// assert_eq!(cache_sdk::BreakerSettings::new().interval().as_millis(), 500);
+    /// assert_eq!(cache_sdk::BreakerSettings::new().interval().as_millis(), 250);
     /// ```
     #[must_use]
     pub const fn interval(&self) -> Duration {
@@ -221,7 +226,7 @@ impl fmt::Display for BreakerState {
 ///     panic!("the breaker is open")
 /// };
 /// assert_eq!(e.origin(), "inventory");
-/// assert!(e.retry_after() <= std::time::Duration::from_millis(500));
+/// assert!(e.retry_after() <= cache_sdk::DEFAULT_PROBE_INTERVAL);
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -429,6 +434,7 @@ impl Breakers {
             settings: self.settings,
             counters: self.counters.clone(),
             circuit: Mutex::new(Circuit::default()),
+            generation: AtomicU64::new(0),
         });
         map.insert(name, b.clone());
         b
@@ -469,6 +475,9 @@ pub(crate) struct Breaker {
     settings: BreakerSettings,
     counters: Arc<Counters>,
     circuit: Mutex<Circuit>,
+    /// How many times the breaker closed after being open: a stale value re-armed under an
+    /// older generation is released (loads again) as soon as it changes.
+    generation: AtomicU64,
 }
 
 /// The state behind a breaker's lock (held for a few instructions, never across an
@@ -485,6 +494,12 @@ struct Circuit {
 }
 
 impl Breaker {
+    /// Changes each time the breaker closes after being open (one atomic load).
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Circuit> {
         self.circuit.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -571,6 +586,7 @@ impl Breaker {
         if c.open {
             c.open = false;
             c.probing = false;
+            self.generation.fetch_add(1, Ordering::Release);
             drop(c);
             self.moved(false);
             tracing::info!(origin = %self.name, "the origin answered: circuit breaker closed");
@@ -581,8 +597,8 @@ impl Breaker {
         let mut c = self.lock();
         if c.open {
             if probe {
+                // The next probe stays one interval after this one started.
                 c.probing = false;
-                c.next_probe_ms = now.saturating_add(self.settings.interval_ms());
                 drop(c);
                 tracing::info!(origin = %self.name, "the probe failed: circuit breaker stays open");
             }
@@ -653,7 +669,7 @@ impl Attempt {
     }
 
     /// The breaker this attempt reports to.
-    pub(crate) fn breaker(&self) -> &Breaker {
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
     }
 }
@@ -744,6 +760,33 @@ mod tests {
         drop(b.admit(200, true).unwrap());
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.admit(300, true).is_ok(), "the next load probes");
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn the_counters_and_the_gauge_reach_the_recorder() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let r = ::metrics::with_local_recorder(&recorder, || breakers(1));
+        let b = r.of("db");
+        b.admit(0, true).unwrap().failed_at(0);
+        assert!(b.admit(10, true).is_err());
+        let seen: HashMap<String, DebugValue> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(k, _, _, v)| (k.key().name().to_owned(), v))
+            .collect();
+        assert_eq!(seen[crate::metrics::BREAKER_OPENED], DebugValue::Counter(1));
+        assert_eq!(
+            seen[crate::metrics::BREAKER_REJECTIONS],
+            DebugValue::Counter(1)
+        );
+        assert_eq!(
+            seen[crate::metrics::BREAKER_OPEN],
+            DebugValue::Gauge(1.0.into())
+        );
     }
 
     #[test]

@@ -14,16 +14,35 @@
 //! is too slow.
 //!
 //! ```text
-//! hit, fresh ───────────────► value (+ one background refresh past refresh_ahead × TTL)
+//! hit, fresh ───────────────► value (+ one background refresh past refresh_ahead × TTL,
+//!                             skipped while the origin's breaker is open)
 //! hit, re-armed stale ──────► stale value (the origin is not asked again until the
-//!                             throttle period ends)
-//! miss or expired ──► single-flight leader ──► loader task (spawned, tied to the cache)
+//!                             throttle period ends, or the breaker's next probe)
+//! miss or expired ──► single-flight leader
+//!                        │ origin named and its breaker open (not this load's turn to probe):
+//!                        ├─ refused ────────────► stale value re-armed until the next probe
+//!                        │                        (fail-safe) or LoadError::OriginUnavailable
+//!                        ▼
+//!                     loader task (spawned, tied to the cache; reports to the breaker)
 //!                        │ waits: soft timeout (when a stale value exists), then hard timeout
 //!                        ├─ loaded ─────────────► fresh value, stored in L1 and L2
 //!                        ├─ failed / panicked ──► stale value re-armed (fail-safe) or the error
 //!                        └─ too slow ───────────► stale value re-armed (fail-safe) or
 //!                                                 LoadError::Timeout; the task still lands
 //! ```
+//!
+//! # Origins and their circuit breakers
+//!
+//! [`LoadOptions::origin`] names the data source a loader reads. Its breaker
+//! ([`crate::breaker`], one per origin name and cache, per process) counts failed loads
+//! (error, panic, hard timeout) of all its keys; after
+//! [`BreakerSettings::failure_threshold`](crate::BreakerSettings::failure_threshold) in a
+//! row it opens, and loads and eager refreshes stop calling the loader except for one probe
+//! per [`probe_interval`](crate::BreakerSettings::probe_interval). With an origin named, a
+//! stale value served after a failure is re-armed for the throttle period but at most until
+//! the breaker's next probe (one probe interval while it is closed): the breaker, not the
+//! per-key throttle, protects a failing origin, and every key is fresh again about one
+//! probe interval after the origin is back. Without an origin nothing changes.
 //!
 //! # Across instances
 //!
@@ -49,7 +68,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use super::{log_key, tags, Cache, CacheValue, Inner};
-use crate::breaker::Attempt;
+use crate::breaker::{Attempt, Breaker};
 use crate::codec::{self, now_ms, Header};
 use crate::key;
 use crate::stats::bump;
@@ -622,6 +641,9 @@ pub(crate) struct Stamped<T> {
     throttled_until_ms: u64,
     /// The stamps of its tags, when it has any (see `tags.rs`).
     depends: Option<Arc<Depends>>,
+    /// Re-armed after a failed or refused load of a named origin: its breaker and the
+    /// breaker's generation then. When the breaker closes, the re-arm ends at once.
+    released_by: Option<(Arc<Breaker>, u64)>,
 }
 
 /// How long a stale value served after a failed load is re-armed: the throttle period, or,
@@ -633,6 +655,23 @@ fn rearm_period(opts: &LoadOptions, attempt: Option<&Attempt>) -> Duration {
         Some(a) => opts.throttle.min(a.breaker().rearm_within(now_ms())),
         None => opts.throttle,
     }
+}
+
+/// A load the origin's breaker refused: the error, and what a re-armed stale value needs
+/// to be released when the breaker closes.
+struct Refused {
+    error: crate::OriginUnavailable,
+    breaker: Arc<Breaker>,
+    generation: u64,
+}
+
+/// What a value re-armed after `attempt` failed is released by (see `Stamped::released_by`).
+fn released_by(attempt: Option<&Attempt>) -> Option<(Arc<Breaker>, u64)> {
+    attempt.map(|a| {
+        let b = a.breaker().clone();
+        let generation = b.generation();
+        (b, generation)
+    })
 }
 
 /// How a stamped value stands now.
@@ -651,7 +690,12 @@ impl<T> Stamped<T> {
     pub(super) fn standing(&self, now: u64) -> Standing {
         if self.fresh_until_ms == 0 || now < self.fresh_until_ms {
             Standing::Fresh
-        } else if now < self.throttled_until_ms {
+        } else if now < self.throttled_until_ms
+            && self
+                .released_by
+                .as_ref()
+                .is_none_or(|(b, generation)| b.generation() == *generation)
+        {
             Standing::Throttled
         } else {
             Standing::Expired
@@ -1138,6 +1182,7 @@ impl Cache {
                 fresh_until_ms: h.expires_at_ms,
                 throttled_until_ms: 0,
                 depends,
+                released_by: None,
             }))),
             (_, Err(e)) | (Err(e), _) => {
                 self.decode_failed::<T>(key, &e);
@@ -1219,6 +1264,7 @@ impl Cache {
                                     st,
                                     StaleReason::HardTimeout,
                                     period,
+                                    released_by(attempt.as_deref()),
                                     &mut rx,
                                 ))
                             }
@@ -1241,19 +1287,21 @@ impl Cache {
     /// Asks the breaker of the origin `opts` names (if any) whether a load may call it:
     /// the attempt to report the outcome to (`None` without an origin), or the refusal.
     /// `count` says whether a refusal counts in `breaker_rejections`.
-    fn admit(
-        &self,
-        opts: &LoadOptions,
-        count: bool,
-    ) -> Result<Option<Arc<Attempt>>, crate::OriginUnavailable> {
+    fn admit(&self, opts: &LoadOptions, count: bool) -> Result<Option<Arc<Attempt>>, Refused> {
         let Some(origin) = &opts.origin else {
             return Ok(None);
         };
-        self.inner
-            .breakers
-            .of(origin)
-            .admit(now_ms(), count)
-            .map(Some)
+        let breaker = self.inner.breakers.of(origin);
+        // Read before asking: if it closes in between, the re-arm ends at once.
+        let generation = breaker.generation();
+        match breaker.admit(now_ms(), count) {
+            Ok(attempt) => Ok(Some(attempt)),
+            Err(error) => Err(Refused {
+                error,
+                breaker,
+                generation,
+            }),
+        }
     }
 
     /// The origin's breaker refused the load: the stale value, re-armed until the next
@@ -1261,21 +1309,28 @@ impl Cache {
     fn refused<T: CacheValue, E>(
         &self,
         key: &str,
-        refused: crate::OriginUnavailable,
+        refused: Refused,
         stale: Option<Arc<Stamped<T>>>,
     ) -> Result<Entry<T>, Failure<E>> {
         tracing::debug!(
             key = log_key(key),
-            origin = refused.origin(),
+            origin = refused.error.origin(),
             "circuit breaker open; the loader is not called"
         );
         match stale {
             Some(st) => {
                 let (_, mut none) = oneshot::channel::<Landed<T, E>>();
-                let period = refused.retry_after().max(Duration::from_millis(1));
-                Ok(self.rearm_for(key, &st, StaleReason::OriginUnavailable, period, &mut none))
+                let period = refused.error.retry_after().max(Duration::from_millis(1));
+                Ok(self.rearm_for(
+                    key,
+                    &st,
+                    StaleReason::OriginUnavailable,
+                    period,
+                    Some((refused.breaker, refused.generation)),
+                    &mut none,
+                ))
             }
-            None => Err(Failure::Load(LoadError::OriginUnavailable(refused))),
+            None => Err(Failure::Load(LoadError::OriginUnavailable(refused.error))),
         }
     }
 
@@ -1323,7 +1378,14 @@ impl Cache {
                 );
                 let (_, mut none) = oneshot::channel::<Landed<T, E>>();
                 let period = rearm_period(opts, attempt);
-                Ok(self.rearm_for(key, &st, StaleReason::LoadFailed, period, &mut none))
+                Ok(self.rearm_for(
+                    key,
+                    &st,
+                    StaleReason::LoadFailed,
+                    period,
+                    released_by(attempt),
+                    &mut none,
+                ))
             }
             None => Err(failure),
         }
@@ -1339,16 +1401,18 @@ impl Cache {
         why: StaleReason,
         rx: &mut oneshot::Receiver<Landed<T, E>>,
     ) -> Entry<T> {
-        self.rearm_for(key, st, why, opts.throttle, rx)
+        self.rearm_for(key, st, why, opts.throttle, None, rx)
     }
 
-    /// [`Cache::rearm`] for `period` instead of the throttle period.
+    /// [`Cache::rearm`] for `period` instead of the throttle period; with `released_by`, the
+    /// re-arm also ends when that breaker closes.
     fn rearm_for<T: CacheValue, E>(
         &self,
         key: &str,
         st: &Arc<Stamped<T>>,
         why: StaleReason,
         period: Duration,
+        released_by: Option<(Arc<Breaker>, u64)>,
         rx: &mut oneshot::Receiver<Landed<T, E>>,
     ) -> Entry<T> {
         let rearmed = Arc::new(Stamped {
@@ -1357,6 +1421,7 @@ impl Cache {
             fresh_until_ms: st.fresh_until_ms,
             throttled_until_ms: now_ms().saturating_add(millis(period)),
             depends: st.depends.clone(),
+            released_by,
         });
         let ticket = self.inner.local.ticket(key);
         let depends = st.depends.clone();
@@ -1464,6 +1529,7 @@ impl Cache {
             fresh_until_ms: now.saturating_add(millis(ttl)),
             throttled_until_ms: 0,
             depends: None,
+            released_by: None,
         };
         let physical = opts.physical(ttl);
         let ticket = self.inner.local.ticket(key);
@@ -1619,6 +1685,7 @@ impl<T> Clone for Stamped<T> {
             fresh_until_ms: self.fresh_until_ms,
             throttled_until_ms: self.throttled_until_ms,
             depends: self.depends.clone(),
+            released_by: self.released_by.clone(),
         }
     }
 }

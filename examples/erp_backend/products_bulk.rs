@@ -16,6 +16,11 @@
 //! unlike single reads (`product:{id}` and `catalog`): invalidating those tags does not reach
 //! them. `PUT` and `DELETE` replace or evict the product's key itself, so they stay right.
 //!
+//! The batch query goes through the circuit breaker of the origin `products`
+//! ([`Cache::origin_breaker`](cache_sdk::Cache::origin_breaker)), shared with single
+//! reads: while it is open the database is not queried and the request is a 503 at once
+//! (not counted in `loads`), and a failed batch counts towards opening it.
+//!
 //! At most [`MAX_IDS`] ids per request; an empty, malformed or longer list is a 400, a
 //! failing database a 503 (as for single reads).
 
@@ -23,13 +28,13 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::Json;
-use cache_sdk::Ttl;
+use cache_sdk::{LoadError, Ttl};
 use serde::Serialize;
 
 use crate::app::AppState;
 use crate::db::{DbError, Product};
 use crate::error::ApiError;
-use crate::products::Catalog;
+use crate::products::{Catalog, PRODUCTS_ORIGIN};
 
 /// The most ids one request may ask for.
 pub const MAX_IDS: usize = 100;
@@ -61,14 +66,27 @@ impl Catalog {
         self: &Arc<Self>,
         ids: &[u64],
     ) -> Result<Vec<Option<Product>>, DbError> {
-        cache_sdk::global()
+        let cache = cache_sdk::global();
+        let products = cache.origin_breaker(PRODUCTS_ORIGIN);
+        cache
             .get_many_or_load(
                 ids,
                 |id| format!("cache:product:{id}"),
                 Ttl::Api,
                 |missing: Vec<u64>| {
                     let catalog = self.clone();
-                    async move { catalog.db().get_many(&missing).await }
+                    let products = products.clone();
+                    async move {
+                        products
+                            .run(|| catalog.db().get_many(&missing))
+                            .await
+                            .map_err(|e| match e {
+                                LoadError::Loader(e) => e,
+                                _ => DbError::Unavailable(
+                                    "the database is failing; not asked until it answers a probe",
+                                ),
+                            })
+                    }
                 },
             )
             .await
