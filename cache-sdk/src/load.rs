@@ -117,7 +117,10 @@ pub struct LoadOptions {
 /// A test of a loader's error: `true` when the origin answered (see
 /// [`LoadOptions::origin_answered`]).
 #[derive(Clone)]
-struct Answered(Arc<dyn Fn(&(dyn Any + Send)) -> bool + Send + Sync>);
+struct Answered(Arc<AnswerTest>);
+
+/// The type-erased test behind [`Answered`]: the loader's error as `Any`.
+type AnswerTest = dyn Fn(&(dyn Any + Send)) -> bool + Send + Sync;
 
 impl std::fmt::Debug for Answered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
