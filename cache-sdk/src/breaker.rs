@@ -162,7 +162,12 @@ impl BreakerSettings {
     }
 }
 
-/// Where an origin's circuit breaker stands (see [the states](self#states)).
+/// Where an origin's circuit breaker stands. Closed: loads call the origin, and failed
+/// loads in a row are counted; at the threshold it opens. Open: loads do not call the
+/// origin (stale values are served, or [`OriginUnavailable`] returned) until the probe
+/// interval has passed; then the next load is the one probe (half-open), whose success
+/// closes it and whose failure keeps it open for one more interval. See
+/// [`LoadOptions::origin`](crate::LoadOptions::origin).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
