@@ -10,6 +10,10 @@
 //! - TTL 1 s (so every key expires, or is refreshed, about ten times), fail-safe on with a
 //!   1 h window and a 1 s throttle, soft timeout 100 ms, hard timeout 2 s, eager refresh at
 //!   0.8 of the TTL (background completion of timed-out loads on, for both);
+//! - cache-sdk names the origin (`LoadOptions::origin("products")`), so its circuit breaker
+//!   is on: after 5 failed loads in a row (any key) the origin is asked only by one probe
+//!   per 250 ms until it answers (the defaults). amalgam-cache has no equivalent (its
+//!   fail-safe throttle is per key), so it runs without;
 //! - each library is one instance with an in-process L1 and Redis as L2, on its own keys of
 //!   the same `redis-server` (started by the benchmark on a loopback port). cache-sdk uses
 //!   its default configuration otherwise (bincode envelope, coherence `auto`); amalgam uses
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use amalgam::provider::RedisDistributedCache;
 use amalgam::provider::{DistributedCache, DistributedSerializer, JsonSerializer};
 use amalgam::{EagerThreshold, EntryOptions, FactoryContext, Timeout};
-use cache_sdk::{Cache, LoadOptions, Ttl};
+use cache_sdk::{BreakerSettings, Cache, LoadOptions, Ttl};
 use cache_sdk_tests::RedisServer;
 use serde::{Deserialize, Serialize};
 
@@ -209,8 +213,15 @@ async fn cache_sdk(server: &RedisServer) -> Contender {
         .soft_timeout(SOFT_TIMEOUT)
         .hard_timeout(HARD_TIMEOUT)
         .refresh_ahead(REFRESH_AHEAD);
+    // `ORIGIN_BREAKER=off` runs cache-sdk without it, for comparison.
+    let opts = if std::env::var("ORIGIN_BREAKER").as_deref() == Ok("off") {
+        opts
+    } else {
+        opts.origin("products")
+    };
     let cache = Cache::builder()
         .redis_url(server.url())
+        .breaker(BreakerSettings::new())
         .load_options(opts.clone())
         .build()
         .await
@@ -275,6 +286,33 @@ async fn run(contender: Contender) -> Outcome {
     }
     let started = Instant::now();
     origin.start(started);
+    // When cache-sdk's breaker for the origin was open (sampled every 5 ms).
+    let watch = match &contender {
+        Contender::CacheSdk(cache, _) => {
+            let breaker = cache.origin_breaker("products");
+            Some(tokio::spawn(async move {
+                let mut spans: Vec<(Duration, Duration)> = Vec::new();
+                let mut open_since = None;
+                while started.elapsed() < RUN {
+                    let open = breaker.state() != cache_sdk::BreakerState::Closed;
+                    match (open, open_since) {
+                        (true, None) => open_since = Some(started.elapsed()),
+                        (false, Some(from)) => {
+                            spans.push((from, started.elapsed()));
+                            open_since = None;
+                        }
+                        _ => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if let Some(from) = open_since {
+                    spans.push((from, RUN));
+                }
+                spans
+            }))
+        }
+        Contender::Amalgam(_) => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..TASKS {
         let contender = contender.clone();
@@ -303,12 +341,20 @@ async fn run(contender: Contender) -> Outcome {
     while let Some(done) = tasks.join_next().await {
         reads.extend(done.expect("reader task"));
     }
+    if let Some(watch) = watch {
+        let spans = watch.await.expect("breaker watch");
+        let spans: Vec<String> = spans
+            .iter()
+            .map(|(a, b)| format!("{:.2}s..{:.2}s", a.as_secs_f64(), b.as_secs_f64()))
+            .collect();
+        println!("  cache-sdk breaker open: {}", spans.join(", "));
+    }
     if let Contender::CacheSdk(cache, _) = &contender {
         let s = cache.stats();
         println!(
             "  cache-sdk stats: loads {}, load errors {}, stale served {}, soft timeouts {}, \
              hard timeouts {}, background completions {}, refreshes started/completed/failed \
-             {}/{}/{}",
+             {}/{}/{}; breaker: opened {}, probes {}, rejections {}",
             s.loads,
             s.load_errors,
             s.stale_served,
@@ -317,7 +363,10 @@ async fn run(contender: Contender) -> Outcome {
             s.background_completions,
             s.refreshes_started,
             s.refreshes_completed,
-            s.refreshes_failed
+            s.refreshes_failed,
+            s.breakers_opened,
+            s.breaker_probes,
+            s.breaker_rejections
         );
     }
     summarize(contender.name(), &origin, &reads)
@@ -331,7 +380,62 @@ fn in_outage(at_us: u64) -> bool {
     (micros(OUTAGE_FROM)..micros(OUTAGE_TO)).contains(&at_us)
 }
 
+/// The mean age of the answers in each second of the run, their share older than the TTL
+/// and their number: where the staleness is (shares weigh each read, so a second in which
+/// one library answered more reads counts those reads more).
+fn by_second(name: &str, reads: &[Read]) {
+    let secs = usize::try_from(RUN.as_secs()).unwrap_or(0) + 1;
+    let mut sum = vec![(0u64, 0u64, 0u64, 0u64); secs];
+    for r in reads {
+        let Some(age) = r.age_us else { continue };
+        let s = usize::try_from(r.at_us / 1_000_000)
+            .unwrap_or(usize::MAX)
+            .min(secs - 1);
+        sum[s].0 += age;
+        sum[s].1 += 1;
+        sum[s].2 += u64::from(age > micros(TTL));
+        sum[s].3 += r.latency_us;
+    }
+    let cells: Vec<String> = sum
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, n, _, _))| *n > 0)
+        .map(|(s, (total, n, old, lat))| {
+            format!(
+                "{s}s: {} ({}% >TTL of {n}, mean latency {})",
+                ms(total / n),
+                old * 100 / n,
+                ms(lat / n)
+            )
+        })
+        .collect();
+    println!("  {name}, mean age by second: {}", cells.join(", "));
+}
+
+/// After the outage: how many reads were answered with a value the origin produced before
+/// it ended, and when the last one was (every key recovered by then).
+fn recovery(name: &str, reads: &[Read]) {
+    let end = micros(OUTAGE_TO);
+    let mut late = 0;
+    let mut last = None;
+    for r in reads.iter().filter(|r| r.at_us >= end) {
+        let Some(age) = r.age_us else { continue };
+        let produced = (r.at_us + r.latency_us).saturating_sub(age);
+        if produced < end {
+            late += 1;
+            last = last.max(Some(r.at_us + r.latency_us));
+        }
+    }
+    let last = last.map_or_else(|| "-".to_owned(), |l| format!("{:.2}s", l as f64 / 1e6));
+    println!(
+        "  {name}, after the outage: {late} reads answered with a value from before its end, \
+         the last at {last}"
+    );
+}
+
 fn summarize(name: &'static str, origin: &Origin, reads: &[Read]) -> Outcome {
+    by_second(name, reads);
+    recovery(name, reads);
     let mut latencies: Vec<u64> = reads.iter().map(|r| r.latency_us).collect();
     latencies.sort_unstable();
     let pct = |p: f64| -> u64 {
@@ -449,7 +553,8 @@ fn main() {
     println!(
         "slow and flaky origin: {TASKS} tasks, {KEYS} keys, {}s; origin {}ms, 1 error in \
          {ERROR_ONE_IN}, outage {}s..{}s; TTL {}s, fail-safe {}s (throttle {}s), soft {}ms, \
-         hard {}s, eager refresh {REFRESH_AHEAD}",
+         hard {}s, eager refresh {REFRESH_AHEAD}; cache-sdk: origin breaker (5 failures, probe \
+         every 250 ms)",
         RUN.as_secs(),
         ORIGIN_LATENCY.as_millis(),
         OUTAGE_FROM.as_secs(),

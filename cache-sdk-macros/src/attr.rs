@@ -39,6 +39,7 @@ impl Which {
                 "crate",
                 "tags",
                 "stampede",
+                "origin",
             ],
             Which::Evict => &["key", "cache", "tier", "before", "crate", "tags"],
             Which::Put => &["key", "ttl", "cache", "tier", "jitter", "crate", "tags"],
@@ -93,6 +94,8 @@ pub(crate) struct Options {
     pub(crate) tags: Option<(Vec<LitStr>, Span)>,
     /// `stampede = "distributed"`: whether one instance loads across the fleet.
     pub(crate) stampede: Option<(bool, Span)>,
+    /// `origin = "products"`: the origin whose circuit breaker guards the body.
+    pub(crate) origin: Option<(String, Span)>,
 }
 
 impl Options {
@@ -117,6 +120,7 @@ impl Options {
             refresh_ahead: None,
             tags: None,
             stampede: None,
+            origin: None,
         };
         let mut seen: Vec<String> = Vec::new();
         while !input.is_empty() {
@@ -164,6 +168,7 @@ impl Options {
                 "refresh_ahead" => o.refresh_ahead = Some(parse_fraction(input)?),
                 "tags" => o.tags = Some(crate::tags::parse(input, name.span())?),
                 "stampede" => o.stampede = Some(parse_stampede(input)?),
+                "origin" => o.origin = Some(parse_origin(input)?),
                 _ => {
                     let s: LitStr = input.parse()?;
                     o.krate = Some(s.parse().map_err(|_| {
@@ -210,6 +215,19 @@ fn parse_keys(which: Which, input: ParseStream<'_>) -> syn::Result<Vec<LitStr>> 
         return Ok(keys.into_iter().collect());
     }
     Ok(vec![input.parse()?])
+}
+
+/// `origin = "products"`: a name, not empty.
+fn parse_origin(input: ParseStream<'_>) -> syn::Result<(String, Span)> {
+    let s: LitStr = input.parse()?;
+    let name = s.value();
+    if name.trim().is_empty() {
+        return Err(syn::Error::new(
+            s.span(),
+            "`origin` names the data source the body reads (such as \"products\"), whose circuit breaker the calls share: it must not be empty",
+        ));
+    }
+    Ok((name, s.span()))
 }
 
 /// `stampede = "local"` (the default) or `"distributed"`; `true` for distributed.
@@ -272,6 +290,7 @@ impl Options {
             || self.hard_timeout.is_some()
             || self.refresh_ahead.is_some()
             || self.distributed()
+            || self.origin.is_some()
     }
 
     /// Whether `stampede = "distributed"` was given.
@@ -287,6 +306,7 @@ impl Options {
             .or(self.hard_timeout.map(|(_, s)| s))
             .or(self.refresh_ahead.map(|(_, s)| s))
             .or(self.stampede.filter(|(d, _)| *d).map(|(_, s)| s))
+            .or(self.origin.as_ref().map(|(_, s)| *s))
     }
 }
 
@@ -499,6 +519,16 @@ mod tests {
         assert!(
             error(Which::Cached, quote::quote!(key = "a", tier = "l2")).contains("unknown tier")
         );
+    }
+
+    #[test]
+    fn origin_names() {
+        let o = options(Which::Cached, quote::quote!(key = "a", origin = "products")).unwrap();
+        assert_eq!(o.origin.map(|(n, _)| n).as_deref(), Some("products"));
+        assert!(error(Which::Cached, quote::quote!(key = "a", origin = ""))
+            .contains("must not be empty"));
+        assert!(error(Which::Put, quote::quote!(key = "a", origin = "db"))
+            .contains("unknown option `origin`"));
     }
 
     #[test]

@@ -172,10 +172,12 @@ impl Gen<'_> {
                         Some(list) => quote!(#opts.tags(#list)),
                         None => opts,
                     };
-                    let call = if self.opts.hard_timeout.is_some() {
-                        quote!(#p::cached_deadline)
-                    } else {
-                        quote!(#p::cached_resilient)
+                    let call = match (self.opts.hard_timeout.is_some(), self.opts.origin.is_some())
+                    {
+                        (true, true) => quote!(#p::cached_guarded_deadline),
+                        (false, true) => quote!(#p::cached_guarded),
+                        (true, false) => quote!(#p::cached_deadline),
+                        (false, false) => quote!(#p::cached_resilient),
                     };
                     // Owned: the body, moved into a task, may own what the cache was read from.
                     return self.wrap(quote! {
@@ -295,7 +297,12 @@ impl Gen<'_> {
             .opts
             .distributed()
             .then(|| quote!(.stampede(#p::Stampede::Distributed)));
-        quote!(#p::LoadOptions::new() #fail_safe #soft #hard #refresh #stampede)
+        let origin = self
+            .opts
+            .origin
+            .as_ref()
+            .map(|(name, _)| quote!(.origin(#name)));
+        quote!(#p::LoadOptions::new() #fail_safe #soft #hard #refresh #stampede #origin)
     }
 
     /// `<name>_invalidate(<key arguments>)`: drops the cached value for those arguments.

@@ -149,6 +149,17 @@ fn check_resilience(opts: &Options, func: &Func, span: proc_macro2::Span, errors
             ));
         }
     }
+    if let Some((_, s)) = &opts.origin {
+        let none_too = opts.cache_none.as_ref().is_some_and(|b| b.value);
+        let fits =
+            matches!(func.ret, Ret::Result) || (matches!(func.ret, Ret::Option) && !none_too);
+        if !fits {
+            errors.push(syn::Error::new(
+                *s,
+                "`origin` needs a function returning `Result<T, E>` (with `E: From<cache_sdk::OriginUnavailable>`) or `Option<T>`: while the origin's circuit breaker is open, with no stale value, there is no value to return",
+            ));
+        }
+    }
     if let Some(recv) = func.item.sig.receiver() {
         if recv.reference.is_some() {
             errors.push(syn::Error::new(

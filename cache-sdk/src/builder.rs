@@ -44,6 +44,8 @@ pub struct CacheBuilder {
     error: Option<ConfigError>,
     /// The defaults of [`Cache::get_or_load_entry`].
     load: crate::LoadOptions,
+    /// How the origins' circuit breakers behave.
+    breaker: crate::BreakerSettings,
 }
 
 impl CacheBuilder {
@@ -53,6 +55,7 @@ impl CacheBuilder {
             cfg: CacheConfig::default(),
             types: TypeTags::default(),
             load: crate::LoadOptions::new(),
+            breaker: crate::BreakerSettings::new(),
             error: None,
         }
     }
@@ -449,7 +452,7 @@ impl CacheBuilder {
             return Err(e.into());
         }
         let tls = self.cfg.checked()?;
-        Cache::start(self.cfg, tls, self.types, self.load).await
+        Cache::start(self.cfg, tls, self.types, self.load, self.breaker).await
     }
 
     /// The default [`LoadOptions`](crate::LoadOptions) of
@@ -469,6 +472,28 @@ impl CacheBuilder {
     /// ```
     pub fn load_options(mut self, options: crate::LoadOptions) -> Self {
         self.load = options;
+        self
+    }
+
+    /// How the circuit breakers of this cache's origins behave (failure threshold, probe
+    /// interval; [`BreakerSettings::new`](crate::BreakerSettings::new) unless set). A
+    /// breaker is used only by loads that name an origin
+    /// ([`LoadOptions::origin`](crate::LoadOptions::origin), `#[cached(origin = "...")]`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_sdk::BuildError> {
+    /// use std::time::Duration;
+    /// use cache_sdk::BreakerSettings;
+    /// let cache = cache_sdk::Cache::builder()
+    ///     .breaker(BreakerSettings::new().failure_threshold(3).probe_interval(Duration::from_secs(1)))
+    ///     .build()
+    ///     .await?;
+    /// # let _ = cache;
+    /// # Ok(()) }
+    /// ```
+    pub fn breaker(mut self, settings: crate::BreakerSettings) -> Self {
+        self.breaker = settings;
         self
     }
 }

@@ -121,6 +121,8 @@ struct Inner {
     load_defaults: LoadOptions,
     /// Loader tasks and eager refreshes, aborted when the cache is dropped.
     background: Background,
+    /// The circuit breakers of the origins named in [`LoadOptions::origin`].
+    breakers: crate::breaker::Breakers,
 }
 
 impl std::fmt::Debug for Cache {
@@ -170,6 +172,7 @@ impl Cache {
             remote,
             TypeTags::default(),
             LoadOptions::new(),
+            crate::BreakerSettings::new(),
         )
     }
 
@@ -181,11 +184,12 @@ impl Cache {
         tls: TlsMaterial,
         types: TypeTags,
         load_defaults: LoadOptions,
+        breakers: crate::BreakerSettings,
     ) -> std::result::Result<Cache, BuildError> {
         let remote = Remote::new(&cfg, &tls)?;
         remote.start(&cfg).await?;
         let up = remote.is_up();
-        let cache = Cache::assemble(&cfg, &tls, remote, types, load_defaults);
+        let cache = Cache::assemble(&cfg, &tls, remote, types, load_defaults, breakers);
         if let (true, Some(link)) = (up, &cache.inner.coherence) {
             // Redis answered: give the invalidation link as long to come up, so that L1
             // serves from the first call.
@@ -200,6 +204,7 @@ impl Cache {
         remote: Remote,
         types: TypeTags,
         load_defaults: LoadOptions,
+        breakers: crate::BreakerSettings,
     ) -> Self {
         let local = Local::new(cfg.l1_capacity, cfg.l1_ttl);
         let coherence = CoherenceLink::start(cfg, tls, &local, &remote);
@@ -233,6 +238,7 @@ impl Cache {
                 pubsub,
                 load_defaults,
                 background: Background::default(),
+                breakers: crate::breaker::Breakers::new(breakers),
             }),
         };
         observe::watch(&cache);
@@ -962,6 +968,10 @@ impl Cache {
             refreshes_started: read(&c.refreshes_started),
             refreshes_completed: read(&c.refreshes_completed),
             refreshes_failed: read(&c.refreshes_failed),
+            breaker_rejections: self.inner.breakers.rejections(),
+            breakers_opened: self.inner.breakers.opened(),
+            breaker_probes: self.inner.breakers.probes(),
+            origins_open: self.inner.breakers.open_now(),
         }
     }
 

@@ -50,6 +50,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod breaker;
 mod builder;
 mod cache;
 pub mod codec;
@@ -78,6 +79,10 @@ mod ttl;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use breaker::{
+    BreakerSettings, BreakerState, OriginBreaker, OriginUnavailable, DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_PROBE_INTERVAL,
+};
 pub use builder::CacheBuilder;
 pub use cache::bulk::BulkOptions;
 pub use cache::load::{

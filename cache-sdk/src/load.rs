@@ -14,16 +14,35 @@
 //! is too slow.
 //!
 //! ```text
-//! hit, fresh ───────────────► value (+ one background refresh past refresh_ahead × TTL)
+//! hit, fresh ───────────────► value (+ one background refresh past refresh_ahead × TTL,
+//!                             skipped while the origin's breaker is open)
 //! hit, re-armed stale ──────► stale value (the origin is not asked again until the
-//!                             throttle period ends)
-//! miss or expired ──► single-flight leader ──► loader task (spawned, tied to the cache)
+//!                             throttle period ends, or the breaker's next probe)
+//! miss or expired ──► single-flight leader
+//!                        │ origin named and its breaker open (not this load's turn to probe):
+//!                        ├─ refused ────────────► stale value re-armed until the next probe
+//!                        │                        (fail-safe) or LoadError::OriginUnavailable
+//!                        ▼
+//!                     loader task (spawned, tied to the cache; reports to the breaker)
 //!                        │ waits: soft timeout (when a stale value exists), then hard timeout
 //!                        ├─ loaded ─────────────► fresh value, stored in L1 and L2
 //!                        ├─ failed / panicked ──► stale value re-armed (fail-safe) or the error
 //!                        └─ too slow ───────────► stale value re-armed (fail-safe) or
 //!                                                 LoadError::Timeout; the task still lands
 //! ```
+//!
+//! # Origins and their circuit breakers
+//!
+//! [`LoadOptions::origin`] names the data source a loader reads. Its breaker
+//! ([`crate::breaker`], one per origin name and cache, per process) counts failed loads
+//! (error, panic, hard timeout) of all its keys; after
+//! [`BreakerSettings::failure_threshold`](crate::BreakerSettings::failure_threshold) in a
+//! row it opens, and loads and eager refreshes stop calling the loader except for one probe
+//! per [`probe_interval`](crate::BreakerSettings::probe_interval). With an origin named, a
+//! stale value served after a failure is re-armed for the throttle period but at most until
+//! the breaker's next probe (one probe interval while it is closed): the breaker, not the
+//! per-key throttle, protects a failing origin, and every key is fresh again about one
+//! probe interval after the origin is back. Without an origin nothing changes.
 //!
 //! # Across instances
 //!
@@ -49,6 +68,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use super::{log_key, tags, Cache, CacheValue, Inner};
+use crate::breaker::{Attempt, Breaker};
 use crate::codec::{self, now_ms, Header};
 use crate::key;
 use crate::stats::bump;
@@ -88,6 +108,30 @@ pub struct LoadOptions {
     tags: Option<Arc<[String]>>,
     /// Who loads on a miss across instances (`stampede.rs`).
     pub(super) stampede: super::stampede::StampedeOptions,
+    /// The origin whose circuit breaker guards the loads (`breaker.rs`).
+    origin: Option<Arc<str>>,
+    /// Loader errors that prove the origin answered (not failures for its breaker).
+    answered: Option<Answered>,
+}
+
+/// A test of a loader's error: `true` when the origin answered (see
+/// [`LoadOptions::origin_answered`]).
+#[derive(Clone)]
+struct Answered(Arc<AnswerTest>);
+
+/// The type-erased test behind [`Answered`]: the loader's error as `Any`.
+type AnswerTest = dyn Fn(&(dyn Any + Send)) -> bool + Send + Sync;
+
+impl std::fmt::Debug for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Answered(..)")
+    }
+}
+
+impl PartialEq for Answered {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Default for LoadOptions {
@@ -122,6 +166,8 @@ impl LoadOptions {
             refresh_ahead: None,
             tags: None,
             stampede: super::stampede::StampedeOptions::new(),
+            origin: None,
+            answered: None,
         }
     }
 
@@ -253,6 +299,71 @@ impl LoadOptions {
         self.tags.as_deref().unwrap_or_default()
     }
 
+    /// Names the origin the loader reads (a database, an API) and turns on its circuit
+    /// breaker: failed loads of every key given the same origin name count together, and
+    /// after [`BreakerSettings::failure_threshold`](crate::BreakerSettings::failure_threshold)
+    /// failures in a row the loader is no longer called, except by one probe per
+    /// [`probe_interval`](crate::BreakerSettings::probe_interval), until a probe succeeds.
+    /// Meanwhile callers get their stale value ([`StaleReason::OriginUnavailable`], with
+    /// fail-safe on) or [`LoadError::OriginUnavailable`] at once, and eager refreshes are
+    /// skipped. A failed load is a loader error, a panic or the hard timeout passing (see
+    /// [`LoadOptions::origin_answered`] for errors that are answers).
+    ///
+    /// Off unless named (an empty name turns it off): loaders of different origins sharing
+    /// one cache never trip each other. The breakers are per cache and per process (each
+    /// instance of an application has its own), set up with
+    /// [`CacheBuilder::breaker`](crate::CacheBuilder::breaker).
+    ///
+    /// ```
+    /// let o = cache_sdk::LoadOptions::new().origin("products");
+    /// assert_eq!(o.origin_name(), Some("products"));
+    /// assert_eq!(o.origin("").origin_name(), None);
+    /// ```
+    pub fn origin(mut self, name: &str) -> Self {
+        self.origin = (!name.is_empty()).then(|| name.into());
+        self
+    }
+
+    /// The origin named with [`LoadOptions::origin`], `None` when its breaker is off.
+    ///
+    /// ```
+    /// assert_eq!(cache_sdk::LoadOptions::new().origin_name(), None);
+    /// ```
+    #[must_use]
+    pub fn origin_name(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// Loader errors for which `answered` returns `true` prove that the origin answered
+    /// (a row not found, a request refused): they count as successes for the origin's
+    /// circuit breaker instead of failures. They are still returned to the caller (or
+    /// answered from stale) as any loader error. The test applies to loaders whose error
+    /// type is `E`; errors of other types count as failures.
+    ///
+    /// ```
+    /// #[derive(Debug)]
+    /// enum DbError { NotFound(u64), Unavailable }
+    /// let o = cache_sdk::LoadOptions::new()
+    ///     .origin("products")
+    ///     .origin_answered(|e: &DbError| matches!(e, DbError::NotFound(_)));
+    /// # let _ = (o, DbError::NotFound(1), DbError::Unavailable);
+    /// ```
+    pub fn origin_answered<E: Send + 'static>(
+        mut self,
+        answered: impl Fn(&E) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.answered = Some(Answered(Arc::new(move |e: &(dyn Any + Send)| {
+            e.downcast_ref::<E>().is_some_and(&answered)
+        })));
+        self
+    }
+
+    /// Whether the loader's error `e` is an answer of the origin (see
+    /// [`LoadOptions::origin_answered`]).
+    fn is_answer<E: Send + 'static>(&self, e: &E) -> bool {
+        self.answered.as_ref().is_some_and(|a| (a.0)(e))
+    }
+
     fn physical(&self, ttl: Duration) -> Duration {
         match self.fail_safe {
             Some(w) => ttl.saturating_add(w).min(MAX_TTL),
@@ -278,6 +389,9 @@ pub enum StaleReason {
     HardTimeout,
     /// A recent failure or timeout re-armed the stale value for the throttle period.
     Throttled,
+    /// The origin's circuit breaker is open (see [`LoadOptions::origin`]): the loader was
+    /// not called, and the value is re-armed until the breaker's next probe.
+    OriginUnavailable,
 }
 
 impl StaleReason {
@@ -293,6 +407,7 @@ impl StaleReason {
             StaleReason::SoftTimeout => "soft-timeout",
             StaleReason::HardTimeout => "hard-timeout",
             StaleReason::Throttled => "throttled",
+            StaleReason::OriginUnavailable => "origin-unavailable",
         }
     }
 }
@@ -495,6 +610,12 @@ pub enum LoadError<E> {
     /// The load was cancelled before it answered (the runtime is shutting down).
     #[error("the load was cancelled")]
     Cancelled,
+    /// The origin's circuit breaker is open (see [`LoadOptions::origin`]) and there is no
+    /// stale value to serve (or fail-safe is off): the loader was not called. Returned at
+    /// once; [`OriginUnavailable::retry_after`](crate::OriginUnavailable::retry_after) says
+    /// when the breaker next lets a probe through.
+    #[error(transparent)]
+    OriginUnavailable(crate::OriginUnavailable),
 }
 
 impl<E> LoadError<E> {
@@ -523,6 +644,37 @@ pub(crate) struct Stamped<T> {
     throttled_until_ms: u64,
     /// The stamps of its tags, when it has any (see `tags.rs`).
     depends: Option<Arc<Depends>>,
+    /// Re-armed after a failed or refused load of a named origin: its breaker and the
+    /// breaker's generation then. When the breaker closes, the re-arm ends at once.
+    released_by: Option<(Arc<Breaker>, u64)>,
+}
+
+/// How long a stale value served after a failed load is re-armed: the throttle period, or,
+/// with an origin named, at most until its breaker's next probe (one probe interval while
+/// it is closed): the breaker then keeps a failing origin from being asked once per key,
+/// and keys come back soon after the origin does.
+fn rearm_period(opts: &LoadOptions, attempt: Option<&Attempt>) -> Duration {
+    match attempt {
+        Some(a) => opts.throttle.min(a.breaker().rearm_within(now_ms())),
+        None => opts.throttle,
+    }
+}
+
+/// A load the origin's breaker refused: the error, and what a re-armed stale value needs
+/// to be released when the breaker closes.
+struct Refused {
+    error: crate::OriginUnavailable,
+    breaker: Arc<Breaker>,
+    generation: u64,
+}
+
+/// What a value re-armed after `attempt` failed is released by (see `Stamped::released_by`).
+fn released_by(attempt: Option<&Attempt>) -> Option<(Arc<Breaker>, u64)> {
+    attempt.map(|a| {
+        let b = a.breaker().clone();
+        let generation = b.generation();
+        (b, generation)
+    })
 }
 
 /// How a stamped value stands now.
@@ -541,7 +693,12 @@ impl<T> Stamped<T> {
     pub(super) fn standing(&self, now: u64) -> Standing {
         if self.fresh_until_ms == 0 || now < self.fresh_until_ms {
             Standing::Fresh
-        } else if now < self.throttled_until_ms {
+        } else if now < self.throttled_until_ms
+            && self
+                .released_by
+                .as_ref()
+                .is_none_or(|(b, generation)| b.generation() == *generation)
+        {
             Standing::Throttled
         } else {
             Standing::Expired
@@ -1028,6 +1185,7 @@ impl Cache {
                 fresh_until_ms: h.expires_at_ms,
                 throttled_until_ms: 0,
                 depends,
+                released_by: None,
             }))),
             (_, Err(e)) | (Err(e), _) => {
                 self.decode_failed::<T>(key, &e);
@@ -1054,6 +1212,10 @@ impl Cache {
     {
         let c = &self.inner.counters;
         let stale = stale.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let attempt = match self.admit(opts, true) {
+            Ok(attempt) => attempt,
+            Err(refused) => return self.refused(key, refused, stale),
+        };
         let started = tokio::time::Instant::now();
         let lock = match self
             .stampede_turn(key, opts, stale.is_some(), started)
@@ -1065,12 +1227,14 @@ impl Cache {
                 return self.waited_too_long(key, opts, why, stale)
             }
         };
-        let mut rx = self.spawn_load(key, ttl, opts, loader, lock).await;
+        let mut rx = self
+            .spawn_load(key, ttl, opts, loader, lock, attempt.clone())
+            .await;
         if let (Some(soft), Some(st)) = (opts.soft_timeout, &stale) {
             let soft = opts.hard_timeout.map_or(soft, |h| soft.min(h));
             let soft = soft.saturating_sub(started.elapsed());
             match tokio::time::timeout(soft, &mut rx).await {
-                Ok(landed) => return self.landed(key, opts, landed, stale),
+                Ok(landed) => return self.landed(key, opts, landed, stale, attempt.as_deref()),
                 Err(_) => {
                     bump(&c.soft_timeouts);
                     tracing::info!(
@@ -1088,13 +1252,24 @@ impl Cache {
                     Ok(landed) => landed,
                     Err(_) => {
                         bump(&c.hard_timeouts);
+                        if let Some(a) = &attempt {
+                            a.failed();
+                        }
                         return match &stale {
                             Some(st) => {
                                 tracing::warn!(
                                     key = log_key(key),
                                     "loader passed the hard timeout; serving the stale value"
                                 );
-                                Ok(self.rearm(key, opts, st, StaleReason::HardTimeout, &mut rx))
+                                let period = rearm_period(opts, attempt.as_deref());
+                                Ok(self.rearm_for(
+                                    key,
+                                    st,
+                                    StaleReason::HardTimeout,
+                                    period,
+                                    released_by(attempt.as_deref()),
+                                    &mut rx,
+                                ))
                             }
                             None => {
                                 tracing::warn!(
@@ -1109,7 +1284,78 @@ impl Cache {
             }
             None => rx.await,
         };
-        self.landed(key, opts, landed, stale)
+        self.landed(key, opts, landed, stale, attempt.as_deref())
+    }
+
+    /// Asks the breaker of the origin `opts` names (if any) whether a load may call it:
+    /// the attempt to report the outcome to (`None` without an origin), or the refusal.
+    /// `count` says whether a refusal counts in `breaker_rejections`.
+    fn admit(&self, opts: &LoadOptions, count: bool) -> Result<Option<Arc<Attempt>>, Refused> {
+        let Some(origin) = &opts.origin else {
+            return Ok(None);
+        };
+        let breaker = self.inner.breakers.of(origin);
+        // Read before asking: if it closes in between, the re-arm ends at once.
+        let generation = breaker.generation();
+        match breaker.admit(now_ms(), count) {
+            Ok(attempt) => Ok(Some(attempt)),
+            Err(error) => Err(Refused {
+                error,
+                breaker,
+                generation,
+            }),
+        }
+    }
+
+    /// The origin's breaker refused the load: the stale value, re-armed until the next
+    /// probe, or the fast error.
+    fn refused<T: CacheValue, E>(
+        &self,
+        key: &str,
+        refused: Refused,
+        stale: Option<Arc<Stamped<T>>>,
+    ) -> Result<Entry<T>, Failure<E>> {
+        tracing::debug!(
+            key = log_key(key),
+            origin = refused.error.origin(),
+            "circuit breaker open; the loader is not called"
+        );
+        match stale {
+            Some(st) => {
+                let (_, mut none) = oneshot::channel::<Landed<T, E>>();
+                let period = refused.error.retry_after().max(Duration::from_millis(1));
+                Ok(self.rearm_for(
+                    key,
+                    &st,
+                    StaleReason::OriginUnavailable,
+                    period,
+                    Some((refused.breaker, refused.generation)),
+                    &mut none,
+                ))
+            }
+            None => Err(Failure::Load(LoadError::OriginUnavailable(refused.error))),
+        }
+    }
+
+    /// A handle on the circuit breaker of `origin` (made on first use): its state, and
+    /// [`OriginBreaker::run`](crate::OriginBreaker::run) to guard calls to the origin made
+    /// outside [`Cache::get_or_load_entry_with`] (batch loads, for instance), which then
+    /// count towards the same breaker as the loads given
+    /// [`LoadOptions::origin`]`(origin)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = cache_sdk::Cache::in_memory();
+    /// let products = cache.origin_breaker("products");
+    /// assert_eq!(products.state(), cache_sdk::BreakerState::Closed);
+    /// let rows = products.run(|| async { Ok::<_, String>(vec![1u64, 2]) }).await.unwrap();
+    /// assert_eq!(rows.len(), 2);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn origin_breaker(&self, origin: &str) -> crate::OriginBreaker {
+        self.inner.breakers.handle(origin)
     }
 
     /// What the leader returns once the load task answered.
@@ -1119,6 +1365,7 @@ impl Cache {
         opts: &LoadOptions,
         landed: Result<Landed<T, E>, oneshot::error::RecvError>,
         stale: Option<Arc<Stamped<T>>>,
+        attempt: Option<&Attempt>,
     ) -> Result<Entry<T>, Failure<E>> {
         let failure = match landed {
             Ok(Landed::Stored(s)) => return Ok(s.entry(None, true)),
@@ -1133,7 +1380,15 @@ impl Cache {
                     "loader failed; serving the stale value (fail-safe)"
                 );
                 let (_, mut none) = oneshot::channel::<Landed<T, E>>();
-                Ok(self.rearm(key, opts, &st, StaleReason::LoadFailed, &mut none))
+                let period = rearm_period(opts, attempt);
+                Ok(self.rearm_for(
+                    key,
+                    &st,
+                    StaleReason::LoadFailed,
+                    period,
+                    released_by(attempt),
+                    &mut none,
+                ))
             }
             None => Err(failure),
         }
@@ -1149,22 +1404,33 @@ impl Cache {
         why: StaleReason,
         rx: &mut oneshot::Receiver<Landed<T, E>>,
     ) -> Entry<T> {
+        self.rearm_for(key, st, why, opts.throttle, None, rx)
+    }
+
+    /// [`Cache::rearm`] for `period` instead of the throttle period; with `released_by`, the
+    /// re-arm also ends when that breaker closes.
+    fn rearm_for<T: CacheValue, E>(
+        &self,
+        key: &str,
+        st: &Arc<Stamped<T>>,
+        why: StaleReason,
+        period: Duration,
+        released_by: Option<(Arc<Breaker>, u64)>,
+        rx: &mut oneshot::Receiver<Landed<T, E>>,
+    ) -> Entry<T> {
         let rearmed = Arc::new(Stamped {
             value: st.value.clone(),
             written_at_ms: st.written_at_ms,
             fresh_until_ms: st.fresh_until_ms,
-            throttled_until_ms: now_ms().saturating_add(millis(opts.throttle)),
+            throttled_until_ms: now_ms().saturating_add(millis(period)),
             depends: st.depends.clone(),
+            released_by,
         });
         let ticket = self.inner.local.ticket(key);
         let depends = st.depends.clone();
-        self.inner.local.insert_depending(
-            key,
-            rearmed as AnyValue,
-            Some(opts.throttle),
-            depends,
-            ticket,
-        );
+        self.inner
+            .local
+            .insert_depending(key, rearmed as AnyValue, Some(period), depends, ticket);
         if let Ok(Landed::Stored(fresh)) = rx.try_recv() {
             let ticket = self.inner.local.ticket(key);
             let left = fresh.fresh_until_ms.saturating_sub(now_ms()).max(1);
@@ -1190,6 +1456,7 @@ impl Cache {
         opts: &LoadOptions,
         loader: F,
         lock: Option<super::stampede::HeldLock>,
+        attempt: Option<Arc<Attempt>>,
     ) -> oneshot::Receiver<Landed<T, E>>
     where
         T: CacheValue,
@@ -1207,6 +1474,13 @@ impl Cache {
                 AssertUnwindSafe(crate::metrics::timed_load(async move { loader().await }))
                     .catch_unwind()
                     .await;
+            if let Some(a) = attempt {
+                match &result {
+                    Ok(Ok(_)) => a.succeeded(),
+                    Ok(Err(e)) if opts.is_answer(e) => a.succeeded(),
+                    _ => a.failed(),
+                }
+            }
             let Some(inner) = weak.upgrade() else { return };
             let cache = Cache { inner };
             let c = &cache.inner.counters;
@@ -1258,6 +1532,7 @@ impl Cache {
             fresh_until_ms: now.saturating_add(millis(ttl)),
             throttled_until_ms: 0,
             depends: None,
+            released_by: None,
         };
         let physical = opts.physical(ttl);
         let ticket = self.inner.local.ticket(key);
@@ -1323,6 +1598,11 @@ impl Cache {
         {
             return false;
         }
+        // An open breaker skips the refresh: the value expires and is then answered stale.
+        let Ok(attempt) = self.admit(opts, false) else {
+            self.inner.background.end_refresh(key);
+            return false;
+        };
         let guard = RefreshGuard {
             inner: Arc::downgrade(&self.inner),
             key: key.to_owned(),
@@ -1352,7 +1632,9 @@ impl Cache {
                     return;
                 }
             }
-            let rx = cache.spawn_load(&key, ttl, &opts, loader, None).await;
+            let rx = cache
+                .spawn_load(&key, ttl, &opts, loader, None, attempt)
+                .await;
             let weak = Arc::downgrade(&cache.inner);
             drop(cache);
             let landed = rx.await;
@@ -1406,6 +1688,7 @@ impl<T> Clone for Stamped<T> {
             fresh_until_ms: self.fresh_until_ms,
             throttled_until_ms: self.throttled_until_ms,
             depends: self.depends.clone(),
+            released_by: self.released_by.clone(),
         }
     }
 }

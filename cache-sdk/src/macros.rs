@@ -45,6 +45,7 @@
 /// | `crate` | the path of `cache_sdk` when renamed: `crate = "my_cache"` | `"::cache_sdk"` |
 /// | `tags` | tags the value carries, patterns like the key: `["product:{id}", "catalog"]` (see [`Cache::invalidate_tag`](crate::Cache::invalidate_tag)); not with `tier = "l1"` | none |
 /// | `stampede` | `"distributed"`: on a miss, only the instance holding a short Redis lock runs the body, the others wait for its value ([`Stampede::Distributed`](crate::Stampede), async functions on the `Cache` with owned arguments, as for `fail_safe`); `"local"`: one run per process | `"local"` |
+/// | `origin` | the data source the body reads, `"products"`: its circuit breaker ([`LoadOptions::origin`](crate::LoadOptions::origin)) is shared by every function and call naming it; while it is open the body is not run and the stale value (with `fail_safe`) or an error is returned at once, so the function must return `Result<T, E>` with `E: From<`[`OriginUnavailable`](crate::OriginUnavailable)`>` or `Option<T>` (`None`); async functions on the `Cache` with owned arguments, as for `fail_safe` | none (no breaker) |
 ///
 /// An option given twice, an unknown option, a malformed TTL (`"5 minutes"`, `0`, more
 /// than 365 days) or a bad key is a compile error pointing at it.

@@ -70,6 +70,15 @@ pub const STALE_SERVED: &str = "cache.stale.served";
 /// `cache.refreshes`: eager refreshes, by `cache.refresh.state` (`started`, `completed`,
 /// `failed`).
 pub const REFRESHES: &str = "cache.refreshes";
+/// `cache.breaker.rejections`: loads an origin's circuit breaker kept from the origin
+/// (served stale, or failed fast).
+pub const BREAKER_REJECTIONS: &str = "cache.breaker.rejections";
+/// `cache.breaker.opened`: times an origin's circuit breaker opened.
+pub const BREAKER_OPENED: &str = "cache.breaker.opened";
+/// `cache.breaker.probes`: probe loads sent to an origin whose breaker is open.
+pub const BREAKER_PROBES: &str = "cache.breaker.probes";
+/// `cache.breaker.open`: origins whose circuit breaker is open now.
+pub const BREAKER_OPEN: &str = "cache.breaker.open";
 /// `cache.decode.errors`: stored values that did not decode (read as misses).
 pub const DECODE_ERRORS: &str = "cache.decode.errors";
 /// `cache.redis.duration` (seconds): each Redis round trip (a command or a pipeline).
@@ -146,7 +155,7 @@ pub const OUTAGE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.
 #[cfg(feature = "metrics")]
 pub fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
-    let counters: [(&'static str, Unit, &'static str); 22] = [
+    let counters: [(&'static str, Unit, &'static str); 25] = [
         (REQUESTS, Unit::Count, "Cache reads by tier and result"),
         (LOADS, Unit::Count, "Loader runs"),
         (LOAD_ERRORS, Unit::Count, "Loader runs that failed"),
@@ -171,6 +180,21 @@ pub fn describe() {
             "Stale values served by fail-safe",
         ),
         (REFRESHES, Unit::Count, "Eager refreshes"),
+        (
+            BREAKER_REJECTIONS,
+            Unit::Count,
+            "Loads an open circuit breaker kept from the origin",
+        ),
+        (
+            BREAKER_OPENED,
+            Unit::Count,
+            "Times an origin's circuit breaker opened",
+        ),
+        (
+            BREAKER_PROBES,
+            Unit::Count,
+            "Probe loads sent to an origin whose breaker is open",
+        ),
         (
             DECODE_ERRORS,
             Unit::Count,
@@ -221,13 +245,18 @@ pub fn describe() {
     for (name, unit, text) in counters {
         describe_counter!(name, unit, text);
     }
-    let gauges: [(&'static str, Unit, &'static str); 4] = [
+    let gauges: [(&'static str, Unit, &'static str); 5] = [
         (
             L2_AVAILABLE,
             Unit::Count,
             "1 while operations go to Redis, 0 on the fallback",
         ),
         (FALLBACK_BYTES, Unit::Bytes, "Bytes held by the fallback"),
+        (
+            BREAKER_OPEN,
+            Unit::Count,
+            "Origins whose circuit breaker is open now",
+        ),
         (ENTRIES, Unit::Count, "Entries held by tier"),
         (
             REPLAY_PENDING,
@@ -676,6 +705,40 @@ impl Availability {
                 *since = Some(Instant::now());
                 self.outages.increment(1);
             }
+        }
+    }
+}
+
+/// The gauge of origins whose circuit breaker is open ([`BREAKER_OPEN`]), moved up and
+/// down as breakers open and close, so that several caches in one process add up.
+#[derive(Debug)]
+pub(crate) struct OpenOrigins {
+    #[cfg(feature = "metrics")]
+    gauge: Gauge,
+}
+
+impl OpenOrigins {
+    /// Registers the gauge with the recorder installed now (at 0 for this cache).
+    pub(crate) fn exported() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            gauge: {
+                let g = ::metrics::gauge!(BREAKER_OPEN);
+                g.increment(0.0);
+                g
+            },
+        }
+    }
+
+    /// An origin's breaker opened (`true`) or closed (`false`).
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables, clippy::unused_self))]
+    pub(crate) fn moved(&self, open: bool) {
+        #[cfg(feature = "metrics")]
+        if open {
+            self.gauge.increment(1.0);
+        } else {
+            self.gauge.decrement(1.0);
         }
     }
 }

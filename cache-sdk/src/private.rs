@@ -21,7 +21,7 @@ pub use crate::cache::Cache;
 pub use crate::error::{Error, Result};
 pub use crate::global::global;
 pub use crate::ttl::Ttl;
-pub use crate::{LoadError, LoadOptions, LoadTimeout, Stampede};
+pub use crate::{LoadError, LoadOptions, LoadTimeout, OriginUnavailable, Stampede};
 
 // ---------------------------------------------------------------------------------------
 // Keys
@@ -331,6 +331,80 @@ where
         Err(LoadError::Loader(e)) => M::join(Err(e)),
         Err(LoadError::Timeout(t)) => M::join(Err(M::timed_out(t))),
         Err(_) => std::future::pending().await,
+    }
+}
+
+/// `#[cached(origin = "...")]` (no `hard_timeout`): as [`cached_resilient`]; while the
+/// origin's circuit breaker is open, with no stale value, the function returns
+/// [`OnUnavailable::unavailable`].
+pub async fn cached_guarded<M, R, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    ttl: LazyTtl<'_>,
+    opts: LoadOptions,
+    loader: F,
+) -> R
+where
+    M: OnUnavailable<R>,
+    M::Value: CacheValue + Clone,
+    M::Error: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    match load_split::<M, R, F, Fut>(cache, key, ttl, &opts, loader).await {
+        Ok(v) => M::join(Ok(v)),
+        Err(LoadError::Loader(e)) => M::join(Err(e)),
+        Err(LoadError::OriginUnavailable(u)) => M::join(Err(M::unavailable(u))),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// `#[cached(origin = "...", hard_timeout = "...")]`: [`cached_deadline`] and
+/// [`cached_guarded`] together.
+pub async fn cached_guarded_deadline<M, R, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    ttl: LazyTtl<'_>,
+    opts: LoadOptions,
+    loader: F,
+) -> R
+where
+    M: OnTimeout<R> + OnUnavailable<R>,
+    M::Value: CacheValue + Clone,
+    M::Error: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    match load_split::<M, R, F, Fut>(cache, key, ttl, &opts, loader).await {
+        Ok(v) => M::join(Ok(v)),
+        Err(LoadError::Loader(e)) => M::join(Err(e)),
+        Err(LoadError::Timeout(t)) => M::join(Err(<M as OnTimeout<R>>::timed_out(t))),
+        Err(LoadError::OriginUnavailable(u)) => M::join(Err(M::unavailable(u))),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// What a function with `origin` returns while the origin's circuit breaker is open and
+/// there is no stale value.
+#[diagnostic::on_unimplemented(
+    message = "`origin` needs the error type to be built from a `cache_sdk::OriginUnavailable`",
+    label = "while the origin's circuit breaker is open this function must return an error",
+    note = "implement `From<cache_sdk::OriginUnavailable>` for the error type, or return `Option<T>` (`None` while the origin is unavailable)"
+)]
+pub trait OnUnavailable<R>: Mode<R> {
+    /// The error returned while the breaker is open.
+    fn unavailable(unavailable: OriginUnavailable) -> Self::Error;
+}
+
+impl<T, E: From<OriginUnavailable>> OnUnavailable<std::result::Result<T, E>> for ResultMode {
+    fn unavailable(unavailable: OriginUnavailable) -> E {
+        E::from(unavailable)
+    }
+}
+
+impl<T> OnUnavailable<Option<T>> for OptionMode {
+    fn unavailable(_: OriginUnavailable) -> Absent {
+        Absent
     }
 }
 

@@ -99,6 +99,16 @@ pub struct Stats {
     pub refreshes_completed: u64,
     /// Eager refreshes whose loader failed, panicked or was cancelled.
     pub refreshes_failed: u64,
+    /// Loads an open circuit breaker kept from their origin (answered stale, or failed
+    /// fast); eager refreshes it skipped are not counted. See
+    /// [`LoadOptions::origin`](crate::LoadOptions::origin).
+    pub breaker_rejections: u64,
+    /// Times an origin's circuit breaker opened.
+    pub breakers_opened: u64,
+    /// Probe loads sent to an origin whose breaker was open.
+    pub breaker_probes: u64,
+    /// Origins whose circuit breaker is open now.
+    pub origins_open: u64,
 }
 
 /// Where operations go now: Redis, or the in-memory store (Redis not configured, or

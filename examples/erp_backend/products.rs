@@ -3,8 +3,8 @@
 //!
 //! | request | database | cache |
 //! |---|---|---|
-//! | `GET /api/products/{id}` | read on a miss only | `get_or_load_entry_with`: L1, then Redis, then the database; fresh for the `api` preset (10 min, `CACHE_TTL_API`), kept 1 h more for fail-safe, refreshed in the background after 80 % of it; a slow database (over 100 ms) is answered from the stale value, no caller waits over 2 s; with Redis, one instance of the fleet reads a cold product (distributed stampede lock) and the others wait for its value. The `Cache-Status` header (RFC 9211) says which |
-//! | `GET /api/products?ids=1,2,3` | one batch read for the ids not cached | `get_many_or_load` (`products_bulk.rs`) |
+//! | `GET /api/products/{id}` | read on a miss only | `get_or_load_entry_with`: L1, then Redis, then the database; fresh for the `api` preset (10 min, `CACHE_TTL_API`), kept 1 h more for fail-safe, refreshed in the background after 80 % of it; a slow database (over 100 ms) is answered from the stale value, no caller waits over 2 s; with Redis, one instance of the fleet reads a cold product (distributed stampede lock) and the others wait for its value; the origin `products` has a circuit breaker: after 5 failed reads in a row the database is asked only by one probe per 250 ms until it answers, meanwhile products are answered stale (or 503 at once for one never cached). The `Cache-Status` header (RFC 9211) says which (a stale answer, whether the database failed or the breaker kept the read from it, is `cache-sdk; hit; detail=stale`) |
+//! | `GET /api/products?ids=1,2,3` | one batch read for the ids not cached, through the same `products` breaker | `get_many_or_load` (`products_bulk.rs`) |
 //! | `PUT /api/products/{id}` | update | `#[cache_evict(tags = ["catalog"])]` after the update (every cached catalogue page is a miss on every instance), then `#[cache_put]`: the new value replaces the cached one in L1 and Redis |
 //! | `DELETE /api/products/{id}` | delete | `#[cache_evict]`: the key is removed from L1 and Redis, and the tag `catalog` is invalidated |
 //!
@@ -30,6 +30,10 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cache_sdk::{cache_evict, cache_put, Entry, LoadError, LoadOptions, Stampede, Ttl};
+
+/// The origin name of the product database: its circuit breaker is shared by single and
+/// batch product reads.
+pub const PRODUCTS_ORIGIN: &str = "products";
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -67,6 +71,10 @@ impl Catalog {
             .refresh_ahead(0.8)
             // One database read per cold product across every instance on the same Redis.
             .stampede(Stampede::Distributed)
+            // A down database is asked by one probe per interval, not once per product;
+            // an unknown id is an answer, not a failure.
+            .origin(PRODUCTS_ORIGIN)
+            .origin_answered(|e: &DbError| matches!(e, DbError::NotFound(_)))
     }
 
     /// The options of one product's read: [`Catalog::load_options`] with its tags.
@@ -180,6 +188,11 @@ pub async fn get_product(
             "Product database unavailable",
         )
         .detail(t.to_string()),
+        LoadError::OriginUnavailable(u) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Product database unavailable",
+        )
+        .detail(u.to_string()),
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Product database unavailable",

@@ -16,6 +16,11 @@
 //! `catalog`, through `BulkOptions::tags` and `tags_by_key`), so invalidating either reaches
 //! them too.
 //!
+//! The batch query goes through the circuit breaker of the origin `products`
+//! ([`Cache::origin_breaker`](cache_sdk::Cache::origin_breaker)), shared with single
+//! reads: while it is open the database is not queried and the request is a 503 at once
+//! (not counted in `loads`), and a failed batch counts towards opening it.
+//!
 //! At most [`MAX_IDS`] ids per request; an empty, malformed or longer list is a 400, a
 //! failing database a 503 (as for single reads).
 
@@ -23,13 +28,13 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::Json;
-use cache_sdk::{BulkOptions, Ttl};
+use cache_sdk::{BulkOptions, LoadError, Ttl};
 use serde::Serialize;
 
 use crate::app::AppState;
 use crate::db::{DbError, Product};
 use crate::error::ApiError;
-use crate::products::Catalog;
+use crate::products::{Catalog, PRODUCTS_ORIGIN};
 
 /// The most ids one request may ask for.
 pub const MAX_IDS: usize = 100;
@@ -70,7 +75,9 @@ impl Catalog {
                     .into_iter()
                     .collect()
             });
-        cache_sdk::global()
+        let cache = cache_sdk::global();
+        let products = cache.origin_breaker(PRODUCTS_ORIGIN);
+        cache
             .get_many_or_load_with(
                 ids,
                 |id| format!("cache:product:{id}"),
@@ -78,7 +85,18 @@ impl Catalog {
                 &opts,
                 |missing: Vec<u64>| {
                     let catalog = self.clone();
-                    async move { catalog.db().get_many(&missing).await }
+                    let products = products.clone();
+                    async move {
+                        products
+                            .run(|| catalog.db().get_many(&missing))
+                            .await
+                            .map_err(|e| match e {
+                                LoadError::Loader(e) => e,
+                                _ => DbError::Unavailable(
+                                    "the database is failing; not asked until it answers a probe",
+                                ),
+                            })
+                    }
                 },
             )
             .await
