@@ -671,10 +671,12 @@ async fn increments_are_replayed_once_when_a_replay_times_out_after_redis_applie
     server.restart();
     serving_from_redis(&cache).await;
     // The replay is under way: stop the server while pipelines are in flight. They time
-    // out on our side; Redis applies them when it resumes, and they are sent again.
+    // out on our side; Redis applies them when it resumes, and they are sent again. The
+    // pause outlasts the replay's timed-out rounds in a row (3 of the 100 ms timeout, with
+    // shrinking pipelines) by far, so the cache surely takes Redis for down again.
     let pending = cache.stats().replay_pending;
     server.pause();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     server.resume();
     back_on_redis(&cache).await;
     let s = cache.stats();
