@@ -18,6 +18,8 @@
 //!                             skipped while the origin's breaker is open)
 //! hit, re-armed stale ──────► stale value (the origin is not asked again until the
 //!                             throttle period ends, or the breaker's next probe)
+//! hit, re-armed by a breaker, ► stale value at once + one background reload (as an eager
+//!   re-arm ended or released   refresh; the probe, while the breaker is open)
 //! miss or expired ──► single-flight leader
 //!                        │ origin named and its breaker open (not this load's turn to probe):
 //!                        ├─ refused ────────────► stale value re-armed until the next probe
@@ -43,6 +45,15 @@
 //! the breaker's next probe (one probe interval while it is closed): the breaker, not the
 //! per-key throttle, protects a failing origin, and every key is fresh again about one
 //! probe interval after the origin is back. Without an origin nothing changes.
+//!
+//! Such a value stays in L1 after its re-arm ends (at the next probe time, or when the
+//! breaker closes): the read that finds it so answers it at once and reloads it in the
+//! background, one reload per key, like an eager refresh. No caller waits for the probe
+//! or for the first load of a key after the origin is back; were they to, every reader of
+//! a hot key would queue on that load, and readers of many hot keys, released together,
+//! would queue again on the next released key, one load after the other. When the
+//! reloads of that value failed twice within the throttle period, or the breaker refuses,
+//! the read takes the regular path.
 //!
 //! # Across instances
 //!
@@ -387,7 +398,9 @@ pub enum StaleReason {
     SoftTimeout,
     /// The loader was slower than the hard timeout; it finishes in the background.
     HardTimeout,
-    /// A recent failure or timeout re-armed the stale value for the throttle period.
+    /// A recent failure or timeout re-armed the stale value for the throttle period; or its
+    /// origin's breaker re-armed it and it is being reloaded in the background
+    /// ([`Entry::refresh_started`] tells the read that started the reload).
     Throttled,
     /// The origin's circuit breaker is open (see [`LoadOptions::origin`]): the loader was
     /// not called, and the value is re-armed until the breaker's next probe.
@@ -968,7 +981,10 @@ impl Cache {
     ///   [`LoadError::Timeout`]; the loader still finishes and its value is stored;
     /// - **eager refresh**: a hit past the given fraction of the TTL starts one background
     ///   refresh of the key and returns the cached value at once; after two failed
-    ///   refreshes, the same value is not refreshed again for the throttle period.
+    ///   refreshes, the same value is not refreshed again for the throttle period;
+    /// - **origin** (its circuit breaker): a stale value re-armed after a failure of the
+    ///   origin is returned at once when its re-arm ends or the breaker closes, and
+    ///   reloaded in the background, as an eager refresh.
     ///
     /// The loader runs as a task on the current runtime (hence `Send + 'static`), tied to
     /// the cache: dropping the cache aborts it. A panicking loader is caught: it counts as a

@@ -253,7 +253,10 @@ async fn values_released_when_the_origin_is_back_are_answered_at_once_and_reload
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(fresh.len(), KEYS, "every key is fresh again");
-    assert!(stale_answers >= KEYS, "each key answered stale while it reloaded");
+    assert!(
+        stale_answers >= KEYS,
+        "each key answered stale while it reloaded"
+    );
     assert_eq!(cache.origin_breaker("db").state(), BreakerState::Closed);
     // One load per key, the probe being one of them, each in the background.
     assert_eq!(db.calls() - back, KEYS);
