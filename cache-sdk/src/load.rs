@@ -1781,12 +1781,24 @@ impl Cache {
                     return;
                 }
             }
-            let rx = cache
+            let watched = attempt.clone();
+            let mut rx = cache
                 .spawn_load(&key, ttl, &opts, loader, None, attempt)
                 .await;
             let weak = Arc::downgrade(&cache.inner);
             drop(cache);
-            let landed = rx.await;
+            // Past the hard timeout the load counts as failed for the origin's breaker (a
+            // hung probe must not keep it half-open); the refresh still waits for it.
+            let landed = match (opts.hard_timeout, watched) {
+                (Some(hard), Some(a)) => match tokio::time::timeout(hard, &mut rx).await {
+                    Ok(landed) => landed,
+                    Err(_) => {
+                        a.failed();
+                        rx.await
+                    }
+                },
+                _ => rx.await,
+            };
             let Some(inner) = weak.upgrade() else { return };
             match landed {
                 Ok(Landed::Stored(_)) => bump(&inner.counters.refreshes_completed),

@@ -264,6 +264,46 @@ async fn values_released_when_the_origin_is_back_are_answered_at_once_and_reload
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_probe_that_hangs_fails_at_the_hard_timeout() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let opts = guarded().hard_timeout(Duration::from_millis(200));
+    let db = Arc::new(Db::default());
+    let key = |i: u32| format!("cache:br:hung:{i}");
+    for i in 0..THRESHOLD {
+        read(&cache, &db, &opts, &key(i), 1).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.down.store(true, Ordering::SeqCst);
+    for i in 0..THRESHOLD {
+        read(&cache, &db, &opts, &key(i), 2).await.unwrap();
+    }
+    let breaker = cache.origin_breaker("db");
+    assert_eq!(breaker.state(), BreakerState::Open);
+    tokio::time::sleep(PROBE + Duration::from_millis(50)).await;
+    // The probe hangs far longer than the test: answered stale, probed behind.
+    let hung = || async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<u32, String>(9)
+    };
+    let e = cache
+        .get_or_load_entry_with(&key(0), TTL, &opts, hung)
+        .await
+        .unwrap();
+    assert_eq!(
+        (**e.value(), e.is_stale(), e.refresh_started()),
+        (1, true, true)
+    );
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    // Past the hard timeout the probe counts as failed: open again, not half-open for good.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while breaker.state() != BreakerState::Open && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(breaker.state(), BreakerState::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_failures_do_not_open_it() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
