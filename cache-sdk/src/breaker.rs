@@ -30,8 +30,10 @@
 //!   Eager refreshes are skipped.
 //! - **Half-open**: once `probe_interval` has passed, the next load (or eager refresh) of
 //!   any key of the origin is the probe, one at a time; the others are treated as in Open.
-//!   Its success closes the breaker for every key (stale values it re-armed load again on
-//!   their next read); its failure keeps it open until one interval after the probe
+//!   A read that finds a stale value whose re-arm ended probes in the background and gets
+//!   the stale value at once. Its success closes the breaker for every key (stale values
+//!   it re-armed are reloaded in the background from their next read on, which still gets
+//!   the stale value); its failure keeps it open until one interval after the probe
 //!   started.
 //!
 //! The state is per process: each instance of an application has its own breakers and

@@ -18,6 +18,8 @@
 //!                             skipped while the origin's breaker is open)
 //! hit, re-armed stale ──────► stale value (the origin is not asked again until the
 //!                             throttle period ends, or the breaker's next probe)
+//! hit, re-armed by a breaker, ► stale value at once + one background reload (as an eager
+//!   re-arm ended or released   refresh; the probe, while the breaker is open)
 //! miss or expired ──► single-flight leader
 //!                        │ origin named and its breaker open (not this load's turn to probe):
 //!                        ├─ refused ────────────► stale value re-armed until the next probe
@@ -43,6 +45,15 @@
 //! the breaker's next probe (one probe interval while it is closed): the breaker, not the
 //! per-key throttle, protects a failing origin, and every key is fresh again about one
 //! probe interval after the origin is back. Without an origin nothing changes.
+//!
+//! Such a value stays in L1 after its re-arm ends (at the next probe time, or when the
+//! breaker closes): the read that finds it so answers it at once and reloads it in the
+//! background, one reload per key, like an eager refresh. No caller waits for the probe
+//! or for the first load of a key after the origin is back; were they to, every reader of
+//! a hot key would queue on that load, and readers of many hot keys, released together,
+//! would queue again on the next released key, one load after the other. When the
+//! reloads of that value failed twice within the throttle period, or the breaker refuses,
+//! the read takes the regular path.
 //!
 //! # Across instances
 //!
@@ -387,7 +398,9 @@ pub enum StaleReason {
     SoftTimeout,
     /// The loader was slower than the hard timeout; it finishes in the background.
     HardTimeout,
-    /// A recent failure or timeout re-armed the stale value for the throttle period.
+    /// A recent failure or timeout re-armed the stale value for the throttle period; or its
+    /// origin's breaker re-armed it and it is being reloaded in the background
+    /// ([`Entry::refresh_started`] tells the read that started the reload).
     Throttled,
     /// The origin's circuit breaker is open (see [`LoadOptions::origin`]): the loader was
     /// not called, and the value is re-armed until the breaker's next probe.
@@ -835,6 +848,14 @@ impl Background {
         );
     }
 
+    /// Whether an eager refresh of `key` runs in this process.
+    fn is_refreshing(&self, key: &str) -> bool {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(key)
+    }
+
     fn end_refresh(&self, key: &str) {
         self.refreshing
             .lock()
@@ -960,7 +981,10 @@ impl Cache {
     ///   [`LoadError::Timeout`]; the loader still finishes and its value is stored;
     /// - **eager refresh**: a hit past the given fraction of the TTL starts one background
     ///   refresh of the key and returns the cached value at once; after two failed
-    ///   refreshes, the same value is not refreshed again for the throttle period.
+    ///   refreshes, the same value is not refreshed again for the throttle period;
+    /// - **origin** (its circuit breaker): a stale value re-armed after a failure of the
+    ///   origin is returned at once when its re-arm ends or the breaker closes, and
+    ///   reloaded in the background, as an eager refresh.
     ///
     /// The loader runs as a task on the current runtime (hence `Send + 'static`), tied to
     /// the cache: dropping the cache aborts it. A panicking loader is caught: it counts as a
@@ -1015,7 +1039,7 @@ impl Cache {
                     let mut entry = s.entry(None, false);
                     if let Some(f) = opts.refresh_ahead {
                         if s.due_for_refresh(now, f) {
-                            entry.refreshing = self.refresh(key, ttl.into(), opts, &s, loader);
+                            entry.refreshing = self.refresh(key, &ttl.into(), opts, &s, loader);
                         }
                     }
                     return Ok(entry);
@@ -1024,6 +1048,19 @@ impl Cache {
                     bump(&c.l1_hits);
                     bump(&c.stale_served);
                     return Ok(s.entry(Some(StaleReason::Throttled), false));
+                }
+                Standing::Expired if s.released_by.is_some() => {
+                    // Re-armed after a failure of its origin, now released: answered at
+                    // once while it reloads in the background.
+                    let ttl = ttl.into();
+                    match self.revalidate(key, &ttl, opts, &s, loader) {
+                        Ok(entry) => {
+                            bump(&c.l1_hits);
+                            bump(&c.stale_served);
+                            return Ok(entry);
+                        }
+                        Err(back) => return self.load_entry(key, ttl, opts, back, Some(s)).await,
+                    }
                 }
                 Standing::Expired => expired = Some(s),
             }
@@ -1038,8 +1075,28 @@ impl Cache {
                 written_at_ms: None,
             });
         }
+        self.load_entry(key, ttl.into(), opts, loader, expired)
+            .await
+    }
+
+    /// [`Cache::get_or_load_entry_with`] past L1: the single-flight leader's recheck and
+    /// load, `expired` being what L1 held past its TTL.
+    async fn load_entry<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Ttl,
+        opts: &LoadOptions,
+        loader: F,
+        mut expired: Option<Arc<Stamped<T>>>,
+    ) -> Result<Entry<T>, LoadError<E>>
+    where
+        T: CacheValue,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let c = &self.inner.counters;
         bump(&c.l1_misses);
-        let ttl = ttl.into();
         let resolved = key::validate(key).and_then(|_| self.resolve(&ttl));
         let ttl = match resolved {
             Ok(ttl) => ttl,
@@ -1214,7 +1271,7 @@ impl Cache {
         let stale = stale.lock().unwrap_or_else(PoisonError::into_inner).take();
         let attempt = match self.admit(opts, true) {
             Ok(attempt) => attempt,
-            Err(refused) => return self.refused(key, refused, stale),
+            Err(refused) => return self.refused(key, opts, refused, stale),
         };
         let started = tokio::time::Instant::now();
         let lock = match self
@@ -1268,6 +1325,7 @@ impl Cache {
                                     StaleReason::HardTimeout,
                                     period,
                                     released_by(attempt.as_deref()),
+                                    opts.fail_safe,
                                     &mut rx,
                                 ))
                             }
@@ -1312,6 +1370,7 @@ impl Cache {
     fn refused<T: CacheValue, E>(
         &self,
         key: &str,
+        opts: &LoadOptions,
         refused: Refused,
         stale: Option<Arc<Stamped<T>>>,
     ) -> Result<Entry<T>, Failure<E>> {
@@ -1330,6 +1389,7 @@ impl Cache {
                     StaleReason::OriginUnavailable,
                     period,
                     Some((refused.breaker, refused.generation)),
+                    opts.fail_safe,
                     &mut none,
                 ))
             }
@@ -1387,6 +1447,7 @@ impl Cache {
                     StaleReason::LoadFailed,
                     period,
                     released_by(attempt),
+                    opts.fail_safe,
                     &mut none,
                 ))
             }
@@ -1404,11 +1465,15 @@ impl Cache {
         why: StaleReason,
         rx: &mut oneshot::Receiver<Landed<T, E>>,
     ) -> Entry<T> {
-        self.rearm_for(key, st, why, opts.throttle, None, rx)
+        self.rearm_for(key, st, why, opts.throttle, None, opts.fail_safe, rx)
     }
 
     /// [`Cache::rearm`] for `period` instead of the throttle period; with `released_by`, the
-    /// re-arm also ends when that breaker closes.
+    /// re-arm also ends when that breaker closes, and the value stays in L1 past the end of
+    /// the re-arm for as long as it lives (its TTL plus the fail-safe `window`), so that the
+    /// read that finds the re-arm ended answers it at once and reloads it in the background
+    /// ([`Cache::revalidate`]).
+    #[allow(clippy::too_many_arguments)]
     fn rearm_for<T: CacheValue, E>(
         &self,
         key: &str,
@@ -1416,13 +1481,22 @@ impl Cache {
         why: StaleReason,
         period: Duration,
         released_by: Option<(Arc<Breaker>, u64)>,
+        window: Option<Duration>,
         rx: &mut oneshot::Receiver<Landed<T, E>>,
     ) -> Entry<T> {
+        let now = now_ms();
+        let l1_ttl = match (&released_by, window) {
+            (Some(_), Some(window)) if st.fresh_until_ms != 0 => {
+                let end = st.fresh_until_ms.saturating_add(millis(window));
+                Duration::from_millis(end.saturating_sub(now)).max(period)
+            }
+            _ => period,
+        };
         let rearmed = Arc::new(Stamped {
             value: st.value.clone(),
             written_at_ms: st.written_at_ms,
             fresh_until_ms: st.fresh_until_ms,
-            throttled_until_ms: now_ms().saturating_add(millis(period)),
+            throttled_until_ms: now.saturating_add(millis(period)),
             depends: st.depends.clone(),
             released_by,
         });
@@ -1430,7 +1504,7 @@ impl Cache {
         let depends = st.depends.clone();
         self.inner
             .local
-            .insert_depending(key, rearmed as AnyValue, Some(period), depends, ticket);
+            .insert_depending(key, rearmed as AnyValue, Some(l1_ttl), depends, ticket);
         if let Ok(Landed::Stored(fresh)) = rx.try_recv() {
             let ticket = self.inner.local.ticket(key);
             let left = fresh.fresh_until_ms.saturating_sub(now_ms()).max(1);
@@ -1577,7 +1651,7 @@ impl Cache {
     fn refresh<T, E, F, Fut>(
         &self,
         key: &str,
-        ttl: Ttl,
+        ttl: &Ttl,
         opts: &LoadOptions,
         seen: &Stamped<T>,
         loader: F,
@@ -1588,26 +1662,101 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let Ok(ttl) = self.resolve(&ttl) else {
-            return false;
+        match self.claim_refresh(key, ttl, opts, seen) {
+            Some(claim) => self.run_refresh(key, opts, seen.written_at_ms, claim, loader),
+            None => false,
+        }
+    }
+
+    /// Serves a value that a breaker-guarded failure had re-armed, now expired (its
+    /// origin's breaker closed, or the re-arm ended), at once, and reloads it in the
+    /// background as an eager refresh (one per key in this process; while the breaker is
+    /// open, only when it is this load's turn to probe). Callers then never queue on the
+    /// first load of a key after its origin is back: with hot keys read by many tasks,
+    /// each such wait holds every reader of the key, and the readers, released together,
+    /// meet again on the next such key, one load after another.
+    ///
+    /// Hands the loader back when nothing was started and no reload is running (a refresh
+    /// of that value failed twice within the throttle period, the breaker refused, no
+    /// runtime): the caller then takes the regular path (fail-safe, timeouts).
+    fn revalidate<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: &Ttl,
+        opts: &LoadOptions,
+        st: &Stamped<T>,
+        loader: F,
+    ) -> Result<Entry<T>, F>
+    where
+        T: CacheValue,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        if opts.fail_safe.is_none() || tokio::runtime::Handle::try_current().is_err() {
+            return Err(loader);
+        }
+        let stale = || st.entry(Some(StaleReason::Throttled), false);
+        if self.inner.background.is_refreshing(key) {
+            return Ok(stale());
+        }
+        let Some(claim) = self.claim_refresh(key, ttl, opts, st) else {
+            return Err(loader);
         };
+        tracing::debug!(
+            key = log_key(key),
+            "serving the released stale value; reloading it in the background"
+        );
+        let mut entry = stale();
+        entry.refreshing = self.run_refresh(key, opts, st.written_at_ms, claim, loader);
+        Ok(entry)
+    }
+
+    /// Claims the eager refresh of `key`: the resolved TTL and the breaker's attempt, or
+    /// `None` when a refresh runs already, the value's refreshes failed too often, or the
+    /// origin's breaker is open (not this load's turn to probe).
+    fn claim_refresh<T>(
+        &self,
+        key: &str,
+        ttl: &Ttl,
+        opts: &LoadOptions,
+        seen: &Stamped<T>,
+    ) -> Option<(Duration, Option<Arc<Attempt>>)> {
+        let ttl = self.resolve(ttl).ok()?;
         if !self
             .inner
             .background
             .start_refresh(key, seen.written_at_ms, now_ms())
         {
-            return false;
+            return None;
         }
         // An open breaker skips the refresh: the value expires and is then answered stale.
         let Ok(attempt) = self.admit(opts, false) else {
             self.inner.background.end_refresh(key);
-            return false;
+            return None;
         };
+        Some((ttl, attempt))
+    }
+
+    /// Runs the refresh claimed with [`Cache::claim_refresh`] as a task of the cache.
+    fn run_refresh<T, E, F, Fut>(
+        &self,
+        key: &str,
+        opts: &LoadOptions,
+        seen_at: u64,
+        (ttl, attempt): (Duration, Option<Arc<Attempt>>),
+        loader: F,
+    ) -> bool
+    where
+        T: CacheValue,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
         let guard = RefreshGuard {
             inner: Arc::downgrade(&self.inner),
             key: key.to_owned(),
         };
-        let seen_at = seen.written_at_ms;
         let opts = opts.clone();
         bump(&self.inner.counters.refreshes_started);
         let task = async move {
@@ -1632,12 +1781,24 @@ impl Cache {
                     return;
                 }
             }
-            let rx = cache
+            let watched = attempt.clone();
+            let mut rx = cache
                 .spawn_load(&key, ttl, &opts, loader, None, attempt)
                 .await;
             let weak = Arc::downgrade(&cache.inner);
             drop(cache);
-            let landed = rx.await;
+            // Past the hard timeout the load counts as failed for the origin's breaker (a
+            // hung probe must not keep it half-open); the refresh still waits for it.
+            let landed = match (opts.hard_timeout, watched) {
+                (Some(hard), Some(a)) => match tokio::time::timeout(hard, &mut rx).await {
+                    Ok(landed) => landed,
+                    Err(_) => {
+                        a.failed();
+                        rx.await
+                    }
+                },
+                _ => rx.await,
+            };
             let Some(inner) = weak.upgrade() else { return };
             match landed {
                 Ok(Landed::Stored(_)) => bump(&inner.counters.refreshes_completed),

@@ -208,6 +208,102 @@ async fn keys_are_fresh_again_about_one_probe_interval_after_the_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_released_when_the_origin_is_back_are_answered_at_once_and_reloaded_behind() {
+    const KEYS: usize = 4;
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    // A soft timeout far longer than the load: a caller that waited for the load would get
+    // the fresh value, loaded by its call.
+    let opts = guarded().soft_timeout(Duration::from_secs(5));
+    let db = Arc::new(Db::default());
+    let key = |i: usize| format!("cache:br:released:{i}");
+    for i in 0..KEYS {
+        read(&cache, &db, &opts, &key(i), 1).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.down.store(true, Ordering::SeqCst);
+    for i in 0..KEYS {
+        let e = read(&cache, &db, &opts, &key(i), 2).await.unwrap();
+        assert_eq!((**e.value(), e.is_stale()), (1, true));
+    }
+    assert_eq!(cache.origin_breaker("db").state(), BreakerState::Open);
+    db.down.store(false, Ordering::SeqCst);
+    let back = db.calls();
+    let refreshes = cache.stats().refreshes_started;
+    tokio::time::sleep(PROBE + Duration::from_millis(50)).await;
+
+    // The probe and the loads of the values its success releases run behind the callers:
+    // every answer is the stale value or, once its load landed, the fresh one; no caller
+    // ran (waited for) a load.
+    let mut fresh = std::collections::HashSet::new();
+    let mut stale_answers = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fresh.len() < KEYS && Instant::now() < deadline {
+        for i in 0..KEYS {
+            let e = read(&cache, &db, &opts, &key(i), 3).await.unwrap();
+            assert!(!e.was_loaded(), "a caller waited for the load of key {i}");
+            if e.is_stale() {
+                assert_eq!(**e.value(), 1);
+                stale_answers += 1;
+            } else {
+                assert_eq!(**e.value(), 3);
+                fresh.insert(i);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fresh.len(), KEYS, "every key is fresh again");
+    assert!(
+        stale_answers >= KEYS,
+        "each key answered stale while it reloaded"
+    );
+    assert_eq!(cache.origin_breaker("db").state(), BreakerState::Closed);
+    // One load per key, the probe being one of them, each in the background.
+    assert_eq!(db.calls() - back, KEYS);
+    assert_eq!(cache.stats().refreshes_started - refreshes, KEYS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_probe_that_hangs_fails_at_the_hard_timeout() {
+    let server = RedisServer::start();
+    let cache = cache(&server).await;
+    let opts = guarded().hard_timeout(Duration::from_millis(200));
+    let db = Arc::new(Db::default());
+    let key = |i: u32| format!("cache:br:hung:{i}");
+    for i in 0..THRESHOLD {
+        read(&cache, &db, &opts, &key(i), 1).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.down.store(true, Ordering::SeqCst);
+    for i in 0..THRESHOLD {
+        read(&cache, &db, &opts, &key(i), 2).await.unwrap();
+    }
+    let breaker = cache.origin_breaker("db");
+    assert_eq!(breaker.state(), BreakerState::Open);
+    tokio::time::sleep(PROBE + Duration::from_millis(50)).await;
+    // The probe hangs far longer than the test: answered stale, probed behind.
+    let hung = || async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<u32, String>(9)
+    };
+    let e = cache
+        .get_or_load_entry_with(&key(0), TTL, &opts, hung)
+        .await
+        .unwrap();
+    assert_eq!(
+        (**e.value(), e.is_stale(), e.refresh_started()),
+        (1, true, true)
+    );
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    // Past the hard timeout the probe counts as failed: open again, not half-open for good.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while breaker.state() != BreakerState::Open && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(breaker.state(), BreakerState::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_failures_do_not_open_it() {
     let server = RedisServer::start();
     let cache = cache(&server).await;
