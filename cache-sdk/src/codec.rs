@@ -54,6 +54,7 @@
 //! value may decode as another type whose encoding happens to fit (a `0u64` reads as an
 //! empty `String`); two named types never read each other's values.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::any::TypeId;
@@ -204,6 +205,26 @@ impl Header {
         (self.expires_at_ms != 0)
             .then(|| Duration::from_millis(self.expires_at_ms.saturating_sub(now_ms())))
     }
+}
+
+/// The written-at time of the newest tag or clear stamp this process wrote (see
+/// [`written_at`]).
+static LAST_STAMP_MS: AtomicU64 = AtomicU64::new(0);
+
+/// The written-at time of a value encoded at `now`: `now`, but always after the newest
+/// tag or clear stamp this process wrote. A stamp makes every value written at or before
+/// its time a miss, so a value written in the same millisecond as an invalidation that
+/// came before it in this process (an evict-then-put on update) would otherwise be
+/// dropped with the values it replaces. Runs ahead of the clock by a millisecond or so
+/// only while stamps and writes share a millisecond.
+fn written_at(now: u64) -> u64 {
+    now.max(LAST_STAMP_MS.load(Ordering::SeqCst).saturating_add(1))
+}
+
+/// Records a tag or clear stamp this process wrote (its written-at time): values encoded
+/// from now on are written after it.
+pub(crate) fn stamped(at_ms: u64) {
+    LAST_STAMP_MS.fetch_max(at_ms, Ordering::SeqCst);
 }
 
 /// Milliseconds since the Unix epoch.
@@ -430,7 +451,7 @@ pub fn encode_tagged<T: Serialize + ?Sized>(
     };
     out.extend_from_slice(&[MAGIC, version, codec.id()]);
     out.extend_from_slice(&tag.value.to_le_bytes());
-    out.extend_from_slice(&now.to_le_bytes());
+    out.extend_from_slice(&written_at(now).to_le_bytes());
     out.extend_from_slice(&expires.to_le_bytes());
     if !tags.is_empty() {
         // At most MAX_TAGS (64): fits a byte.

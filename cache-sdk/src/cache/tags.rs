@@ -246,6 +246,10 @@ impl Cache {
                 message,
             },
         )?;
+        // Values this process encodes from now on are written after this stamp.
+        if let Ok(h) = Header::parse(&bytes) {
+            codec::stamped(h.written_at_ms);
+        }
         self.inner.local.invalidate(key);
         let result = self.inner.remote.set(key, bytes, Some(MAX_TTL)).await;
         // A read in flight may have put the old stamp back.
@@ -396,5 +400,32 @@ mod tests {
         assert!(TagList::new(&many).is_err());
         assert!(TagList::new(&[]).unwrap().is_none());
         assert!(stamp_key("x").starts_with(key::RESERVED_PREFIX));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_after_an_invalidation_in_the_same_millisecond_is_kept() {
+        // Evict-then-put, as an update does: the put comes after the invalidation, so it
+        // must survive it even when both fall in the same millisecond (most of these do).
+        let cache = Cache::in_memory();
+        let opts = SetOptions::new().tags(["catalog"]);
+        for i in 0..200u32 {
+            cache.invalidate_tag("catalog").await.unwrap();
+            cache
+                .set_with("cache:t:1", &i, Ttl::Api, &opts)
+                .await
+                .unwrap();
+            cache.clear_local();
+            assert_eq!(
+                cache.get::<u32>("cache:t:1").await.unwrap(),
+                Some(i),
+                "write {i}"
+            );
+        }
+        cache.clear().await.unwrap();
+        assert_eq!(
+            cache.get::<u32>("cache:t:1").await.unwrap(),
+            None,
+            "a later clear wins"
+        );
     }
 }
