@@ -9,7 +9,9 @@
 //! a Prometheus exporter turns the dots into underscores (`cache.requests` is scraped as
 //! `cache_requests`, the attribute `cache.tier` as the label `cache_tier`).
 //!
-//! ```
+// The examples use the public module, which exists with the feature only.
+#![cfg_attr(feature = "metrics", doc = "```")]
+#![cfg_attr(not(feature = "metrics"), doc = "```ignore")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), cache_sdk::BuildError> {
 //! // With an exporter: `metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -129,7 +131,8 @@ pub const SESSION_SAVE_FAILURES: &str = "cache.session.save_failures";
 /// Histogram buckets, in seconds, for the SDK's durations (100 µs to 2.5 s): pass them to
 /// the exporter (`PrometheusBuilder::set_buckets`) so durations are real histograms.
 ///
-/// ```
+#[cfg_attr(feature = "metrics", doc = "```")]
+#[cfg_attr(not(feature = "metrics"), doc = "```ignore")]
 /// assert!(cache_sdk::metrics::DURATION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
 /// ```
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -138,7 +141,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 /// Histogram buckets, in seconds, for [`L2_OUTAGE_DURATION`] (100 ms to 1 h).
 ///
-/// ```
+#[cfg_attr(feature = "metrics", doc = "```")]
+#[cfg_attr(not(feature = "metrics"), doc = "```ignore")]
 /// assert_eq!(cache_sdk::metrics::OUTAGE_BUCKETS.last(), Some(&3600.0));
 /// ```
 pub const OUTAGE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
