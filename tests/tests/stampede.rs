@@ -25,6 +25,21 @@ fn distributed() -> LoadOptions {
         .stampede_lock_ttl(Duration::from_millis(800))
 }
 
+/// The distributed mode with a short lock, looked at every 50 ms by waiters.
+fn short_lock(lock_ttl_ms: u64) -> LoadOptions {
+    distributed()
+        .stampede_lock_ttl(Duration::from_millis(lock_ttl_ms))
+        .stampede_poll(Duration::from_millis(50))
+}
+
+/// Two instances on `server` with the same load options.
+async fn two_caches(server: &RedisServer, opts: &LoadOptions) -> (Cache, Cache) {
+    (
+        cache_with(server, opts.clone()).await,
+        cache_with(server, opts.clone()).await,
+    )
+}
+
 /// Whether the stampede lock of `key` is held within 2 s (polled every 10 ms).
 async fn lock_held(server: &RedisServer, key: &str) -> bool {
     for _ in 0..200 {
@@ -130,11 +145,8 @@ async fn a_waiter_is_woken_by_the_invalidation_link_not_the_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_mid_load_hands_over_after_the_lock_expires() {
     let server = RedisServer::start();
-    let opts = distributed()
-        .stampede_lock_ttl(Duration::from_millis(700))
-        .stampede_poll(Duration::from_millis(50));
-    let a = cache_with(&server, opts.clone()).await;
-    let b = cache_with(&server, opts.clone()).await;
+    let opts = short_lock(700);
+    let (a, b) = two_caches(&server, &opts).await;
     let key = "cache:st:killed";
     let a2 = a.clone();
     let stuck = tokio::spawn(async move {
@@ -201,11 +213,8 @@ async fn a_waiter_never_waits_past_the_hard_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_slower_than_the_lock_ttl_keeps_its_lock_until_it_stores() {
     let server = RedisServer::start();
-    let opts = distributed()
-        .stampede_lock_ttl(Duration::from_millis(600))
-        .stampede_poll(Duration::from_millis(50));
-    let a = cache_with(&server, opts.clone()).await;
-    let b = cache_with(&server, opts.clone()).await;
+    let opts = short_lock(600);
+    let (a, b) = two_caches(&server, &opts).await;
     let key = "cache:st:renewed";
     let a2 = a.clone();
     let holder = tokio::spawn(async move {
@@ -232,11 +241,8 @@ async fn a_loader_slower_than_the_lock_ttl_keeps_its_lock_until_it_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_loader_is_renewed_only_until_its_hard_timeout() {
     let server = RedisServer::start();
-    let opts = distributed()
-        .stampede_lock_ttl(Duration::from_millis(600))
-        .stampede_poll(Duration::from_millis(50));
-    let a = cache_with(&server, opts.clone()).await;
-    let b = cache_with(&server, opts.clone()).await;
+    let opts = short_lock(600);
+    let (a, b) = two_caches(&server, &opts).await;
     let key = "cache:st:hung";
     let hung = opts.clone().hard_timeout(Duration::from_millis(900));
     let r = a
